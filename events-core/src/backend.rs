@@ -1,0 +1,242 @@
+//! The backend trait, backend kinds, and the link-time table of backend factories.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::Error;
+use crate::event::EventRef;
+use crate::handler::{BoxFuture, Handler};
+
+/// Where events go: the in-memory backend, the Celery backend, or your own.
+///
+/// Object-safe, so the bus holds any backend as `dyn Backend`. A backend receives every
+/// collected handler through [`subscribe`](Backend::subscribe) once, when the bus is built, and
+/// closures subscribed at run time later.
+pub trait Backend: Send + Sync + 'static {
+    /// The backend's kind.
+    fn kind(&self) -> BackendKind;
+
+    /// A one-line description for logs and errors (never containing a password).
+    fn describe(&self) -> String {
+        self.kind().to_string()
+    }
+
+    /// Subscribes a handler to its event.
+    fn subscribe(&self, handler: Handler) -> Result<(), Error>;
+
+    /// Publishes an event. Resolves once the event is delivered: for the in-memory backend,
+    /// once every handler ran; for a broker, once the broker accepted the message.
+    fn publish<'a>(&'a self, event: EventRef<'a>) -> BoxFuture<'a, Result<Receipt, Error>>;
+
+    /// Publishes an event without an async runtime, blocking the calling thread until it is
+    /// delivered.
+    fn publish_blocking(&self, event: EventRef<'_>) -> Result<Receipt, Error>;
+}
+
+/// What a successful publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Receipt {
+    /// The event was handled in process by this many handlers (zero when none subscribes).
+    Handled {
+        /// The event's name.
+        event: &'static str,
+        /// How many handlers ran, all successfully.
+        handlers: usize,
+    },
+    /// The event was accepted by a broker as a task message.
+    Enqueued {
+        /// The event's name.
+        event: &'static str,
+        /// The task id of the message.
+        task_id: String,
+        /// The queue (or routing key) it was sent to.
+        queue: String,
+    },
+}
+
+impl Receipt {
+    /// The name of the published event.
+    pub fn event(&self) -> &'static str {
+        match self {
+            Receipt::Handled { event, .. } | Receipt::Enqueued { event, .. } => event,
+        }
+    }
+}
+
+/// The kinds of backend, as the seed's `EventBackendType`.
+///
+/// Parses case-insensitively from `"memory"` or `"celery"`, and from a broker URL (`amqp://`,
+/// `amqps://`, `redis://`, `rediss://` mean Celery):
+///
+/// ```
+/// use events_core::BackendKind;
+///
+/// assert_eq!("Memory".parse::<BackendKind>()?, BackendKind::Memory);
+/// assert_eq!("amqp://guest:guest@localhost//".parse::<BackendKind>()?, BackendKind::Celery);
+/// assert!("kafka".parse::<BackendKind>().is_err());
+/// # Ok::<(), events_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// In-process dispatch ([`MemoryBackend`](crate::MemoryBackend)).
+    Memory,
+    /// Celery task messages on a broker (the `events-celery` crate).
+    Celery,
+}
+
+impl BackendKind {
+    /// The accepted kind names, for messages.
+    pub const ACCEPTED: &'static str = "`memory`, `celery`";
+
+    /// The kind's name: `memory` or `celery`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Memory => "memory",
+            BackendKind::Celery => "celery",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+const CELERY_SCHEMES: [&str; 4] = ["amqp", "amqps", "redis", "rediss"];
+
+impl FromStr for BackendKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let trimmed = s.trim();
+        if trimmed.eq_ignore_ascii_case("memory") {
+            return Ok(BackendKind::Memory);
+        }
+        if trimmed.eq_ignore_ascii_case("celery") {
+            return Ok(BackendKind::Celery);
+        }
+        if let Some((scheme, _)) = trimmed.split_once("://") {
+            if CELERY_SCHEMES
+                .iter()
+                .any(|known| scheme.eq_ignore_ascii_case(known))
+            {
+                return Ok(BackendKind::Celery);
+            }
+        }
+        Err(Error::UnsupportedBackend {
+            given: redact_url(trimmed),
+            accepted: BackendKind::ACCEPTED,
+        })
+    }
+}
+
+/// Replaces the password of a URL (`scheme://user:password@host`) with `***`, for messages.
+///
+/// ```
+/// assert_eq!(
+///     events_core::redact_url("amqp://guest:secret@host:5672//"),
+///     "amqp://guest:***@host:5672//"
+/// );
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let redacted = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
+            format!("{scheme}://{redacted}{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// A backend that can be built from configuration text, registered at link time by the crate
+/// that provides it (`events-celery` registers the Celery backend).
+#[doc(hidden)]
+pub struct BackendFactory {
+    /// The kind it builds.
+    pub kind: BackendKind,
+    /// Builds the backend from the configuration text (a kind name or a URL).
+    pub build: fn(&str) -> Result<Box<dyn Backend>, Error>,
+}
+
+/// Builds a backend from a kind name or URL (see [`BackendKind`]).
+///
+/// `"memory"` builds a [`MemoryBackend`](crate::MemoryBackend); `"celery"` and broker URLs
+/// build the Celery backend when the `events-celery` crate is linked.
+pub fn backend_from_config(config: &str) -> Result<Box<dyn Backend>, Error> {
+    let kind: BackendKind = config.parse()?;
+    if kind == BackendKind::Memory {
+        return Ok(Box::new(crate::MemoryBackend::new()));
+    }
+    crate::__private::BACKEND_FACTORIES
+        .iter()
+        .find(|f| f.kind == kind)
+        .map(|f| (f.build)(config.trim()))
+        .unwrap_or(Err(Error::BackendNotLinked {
+            kind: kind.as_str(),
+            krate: "events_celery",
+        }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_case_insensitively_and_from_urls() {
+        for (text, kind) in [
+            ("memory", BackendKind::Memory),
+            (" MEMORY ", BackendKind::Memory),
+            ("Celery", BackendKind::Celery),
+            ("amqp://guest:guest@127.0.0.1:5672//", BackendKind::Celery),
+            ("AMQPS://h/v", BackendKind::Celery),
+            ("redis://127.0.0.1:6379/0", BackendKind::Celery),
+            ("rediss://:pw@h:6380/1", BackendKind::Celery),
+        ] {
+            assert_eq!(text.parse::<BackendKind>().unwrap(), kind, "{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_list_the_accepted_ones_without_passwords() {
+        for text in ["kafka", "", "sqs://user:hunter2@queue", "memoryy"] {
+            let err = text.parse::<BackendKind>().unwrap_err();
+            let message = err.to_string();
+            assert!(matches!(err, Error::UnsupportedBackend { .. }), "{text}");
+            assert!(message.contains("`memory`, `celery`"), "{message}");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redact_url("amqp://user@h//"), "amqp://user@h//");
+        assert_eq!(redact_url("amqp://h/v"), "amqp://h/v");
+        assert_eq!(redact_url("amqp://u:p@ss@h/v"), "amqp://u:***@h/v");
+        assert_eq!(redact_url("memory"), "memory");
+    }
+
+    #[test]
+    fn celery_without_its_crate_is_not_linked() {
+        let err = backend_from_config("celery").err().unwrap();
+        assert!(
+            matches!(err, Error::BackendNotLinked { kind: "celery", .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("events_celery"));
+    }
+}

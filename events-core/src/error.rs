@@ -1,0 +1,236 @@
+//! The error type of the event framework.
+
+use std::fmt;
+
+use crate::event::SourceLocation;
+use crate::handler::{BoxError, HandlerFailure};
+
+/// Everything that can go wrong when initialising the bus or publishing an event. Each message
+/// says what happened and what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The global bus was used before [`init`](crate::init).
+    #[error(
+        "the event bus is not initialized: call `events_core::init(backend)` or \
+         `events_core::init_from(\"memory\")` at start-up, before publishing or subscribing"
+    )]
+    NotInitialized,
+
+    /// [`init`](crate::init) was called a second time.
+    #[error(
+        "the event bus is already initialized with the {backend} backend: call `init` once at \
+         start-up, or build an explicit `EventBus` for a second bus"
+    )]
+    AlreadyInitialized {
+        /// A description of the backend in place.
+        backend: String,
+    },
+
+    /// The backend kind or URL is not one this framework knows.
+    #[error(
+        "unsupported event backend `{given}`: expected one of {accepted} (case-insensitive), \
+         or a broker URL (amqp://, amqps://, redis://, rediss://)"
+    )]
+    UnsupportedBackend {
+        /// What was given.
+        given: String,
+        /// The accepted kinds.
+        accepted: &'static str,
+    },
+
+    /// The backend kind is known but its crate is not part of the program.
+    #[error(
+        "the {kind} backend is not linked into this program: add the `{krate}` crate to your \
+         dependencies and reference it (e.g. `use {krate} as _;`)"
+    )]
+    BackendNotLinked {
+        /// The backend kind.
+        kind: &'static str,
+        /// The crate that provides it.
+        krate: &'static str,
+    },
+
+    /// The backend could not be configured from the given text.
+    #[error("cannot configure the {kind} backend from `{config}`: {reason}")]
+    InvalidConfig {
+        /// The backend kind.
+        kind: &'static str,
+        /// The configuration as given (with any password removed).
+        config: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// No event of that name is declared.
+    #[error("unknown event `{name}`: no `#[domain_event]` has that name{}", suggestion(.closest))]
+    UnknownEvent {
+        /// The name asked for.
+        name: String,
+        /// The known names closest to it.
+        closest: Vec<&'static str>,
+    },
+
+    /// Two event types declare the same name.
+    #[error(
+        "event name `{name}` is declared twice: by `{first_type}` at {first_location} and by \
+         `{second_type}` at {second_location}; give one of them another name with \
+         `#[domain_event(name = \"...\")]`"
+    )]
+    DuplicateEvent {
+        /// The name both declare.
+        name: &'static str,
+        /// The first type.
+        first_type: &'static str,
+        /// Where the first is declared.
+        first_location: SourceLocation,
+        /// The second type.
+        second_type: &'static str,
+        /// Where the second is declared.
+        second_location: SourceLocation,
+    },
+
+    /// A handler's event type has no descriptor (the type implements `DomainEvent` by hand).
+    #[error(
+        "handler `{handler}` at {location} handles `{event}`, which is not registered: implement \
+         events with `#[domain_event]`, not by hand"
+    )]
+    UnregisteredEvent {
+        /// The handler.
+        handler: &'static str,
+        /// Where it is declared.
+        location: SourceLocation,
+        /// The event name it expects.
+        event: &'static str,
+    },
+
+    /// A crate expected to contribute handlers contributed none (it was not linked).
+    #[error(
+        "no handlers from crate `{krate}` were collected: nothing in the program references it, \
+         so the linker dropped it; add `events_core::link!({krate});` to your binary"
+    )]
+    HandlerCrateNotLinked {
+        /// The crate's name (as in `CARGO_CRATE_NAME`).
+        krate: String,
+    },
+
+    /// The payload does not deserialise into the event type.
+    #[error("payload for event `{event}` does not fit `{type_name}`: {source}")]
+    InvalidPayload {
+        /// The event's name.
+        event: &'static str,
+        /// The Rust type it should fit.
+        type_name: &'static str,
+        /// The deserialisation error (it names the field and the reason).
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// The event could not be serialised.
+    #[error("event `{event}` could not be serialized: {source}")]
+    Serialize {
+        /// The event's name.
+        event: &'static str,
+        /// The serialisation error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// `publish_blocking` was used on an event with async handlers.
+    #[error(
+        "event `{event}` has {count} async handler(s) (first: `{first}`), which \
+         `publish_blocking` cannot run: publish with `publish(&event).await` inside an async \
+         runtime"
+    )]
+    AsyncHandlersNeedRuntime {
+        /// The event's name.
+        event: &'static str,
+        /// How many of its handlers are async.
+        count: usize,
+        /// The first of them.
+        first: String,
+    },
+
+    /// Some handlers failed; every other handler still ran.
+    #[error(transparent)]
+    Handlers(#[from] HandlerFailures),
+
+    /// The backend failed (a broker error, a time-out, …).
+    #[error("the {backend} backend failed: {source}")]
+    Backend {
+        /// Which backend.
+        backend: &'static str,
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
+}
+
+fn suggestion(closest: &[&'static str]) -> String {
+    match closest {
+        [] => "; declare it with `#[domain_event(name = \"...\")]`".to_owned(),
+        [one] => format!("; did you mean `{one}`?"),
+        many => {
+            let names: Vec<String> = many.iter().map(|n| format!("`{n}`")).collect();
+            format!("; did you mean one of {}?", names.join(", "))
+        }
+    }
+}
+
+/// The handlers that failed on one publish, with how many ran in all.
+#[derive(Debug)]
+pub struct HandlerFailures {
+    event: &'static str,
+    ran: usize,
+    failures: Vec<HandlerFailure>,
+}
+
+impl HandlerFailures {
+    /// Collects `failures` out of `ran` handlers of `event`.
+    pub fn new(event: &'static str, ran: usize, failures: Vec<HandlerFailure>) -> Self {
+        Self {
+            event,
+            ran,
+            failures,
+        }
+    }
+
+    /// The event's name.
+    pub fn event(&self) -> &'static str {
+        self.event
+    }
+
+    /// How many handlers ran (failed or not).
+    pub fn ran(&self) -> usize {
+        self.ran
+    }
+
+    /// Each failure, in the order the handlers ran.
+    pub fn failures(&self) -> &[HandlerFailure] {
+        &self.failures
+    }
+}
+
+impl fmt::Display for HandlerFailures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} of {} handler(s) of event `{}` failed (the others ran to completion)",
+            self.failures.len(),
+            self.ran,
+            self.event
+        )?;
+        for failure in &self.failures {
+            write!(f, "; `{}`: {}", failure.handler(), failure.chain())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for HandlerFailures {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.failures
+            .first()
+            .map(|f| f as &(dyn std::error::Error + 'static))
+    }
+}

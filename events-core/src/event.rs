@@ -1,0 +1,238 @@
+//! Domain events: the [`DomainEvent`] trait and the descriptors `#[domain_event]` collects.
+
+use std::any::{Any, TypeId};
+use std::fmt;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A typed domain event: a serde-serialisable value with a stable name.
+///
+/// Implement it with [`#[domain_event]`](crate::domain_event), never by hand: the attribute also
+/// derives serde's traits and records the event in the link-time [`Registry`](crate::Registry).
+///
+/// ```
+/// use events_core::{DomainEvent, domain_event};
+///
+/// #[domain_event(name = "products.product_created")]
+/// struct ProductCreated {
+///     product_id: String,
+///     stock: u32,
+/// }
+///
+/// assert_eq!(ProductCreated::NAME, "products.product_created");
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a domain event",
+    label = "not a domain event",
+    note = "add `#[domain_event]` to the definition of `{Self}`, or take a type that has it"
+)]
+pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The event's stable name, as it appears on the wire (`domain_events.<NAME>` for Celery).
+    const NAME: &'static str;
+
+    /// The descriptor `#[domain_event]` registered for this type.
+    fn descriptor() -> &'static EventDescriptor;
+}
+
+/// Where an event or handler was declared in the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceLocation {
+    /// The source file, as `file!()` gives it.
+    pub file: &'static str,
+    /// The line, as `line!()` gives it.
+    pub line: u32,
+}
+
+impl fmt::Display for SourceLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// A decoded event whose type is known only at run time (see [`EventDescriptor::decode_json`]).
+pub type AnyEvent = Box<dyn Any + Send + Sync>;
+
+/// What the registry knows of one event type: its name, Rust type, source location, and how to
+/// serialise and deserialise it without naming the type.
+///
+/// Created by `#[domain_event]`; read it through [`Registry`](crate::Registry).
+pub struct EventDescriptor {
+    name: &'static str,
+    type_name: fn() -> &'static str,
+    type_id: fn() -> TypeId,
+    location: SourceLocation,
+    crate_name: &'static str,
+    from_value: fn(serde_json::Value) -> Result<AnyEvent, serde_json::Error>,
+    from_str: fn(&str) -> Result<AnyEvent, serde_json::Error>,
+    as_serialize: fn(&(dyn Any + Send + Sync)) -> Option<&dyn erased_serde::Serialize>,
+}
+
+impl EventDescriptor {
+    #[doc(hidden)]
+    pub const fn new<E: DomainEvent>(location: SourceLocation, crate_name: &'static str) -> Self {
+        Self {
+            name: E::NAME,
+            type_name: std::any::type_name::<E>,
+            type_id: TypeId::of::<E>,
+            location,
+            crate_name,
+            from_value: from_value::<E>,
+            from_str: from_str::<E>,
+            as_serialize: as_serialize::<E>,
+        }
+    }
+
+    /// The event's stable name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The Rust type's full path, e.g. `shop::events::ProductCreated`.
+    pub fn type_name(&self) -> &'static str {
+        (self.type_name)()
+    }
+
+    /// The Rust type's [`TypeId`].
+    pub fn type_id(&self) -> TypeId {
+        (self.type_id)()
+    }
+
+    /// Where `#[domain_event]` was written.
+    pub fn location(&self) -> SourceLocation {
+        self.location
+    }
+
+    /// The crate that declares the event (`CARGO_CRATE_NAME`).
+    pub fn crate_name(&self) -> &'static str {
+        self.crate_name
+    }
+
+    /// Deserialises a JSON value into the event type.
+    pub fn decode_value(&self, value: serde_json::Value) -> Result<AnyEvent, serde_json::Error> {
+        (self.from_value)(value)
+    }
+
+    /// Deserialises JSON text into the event type.
+    pub fn decode_json(&self, json: &str) -> Result<AnyEvent, serde_json::Error> {
+        (self.from_str)(json)
+    }
+
+    /// A type-erased serialiser for a value of this event type, or `None` if `value` is of
+    /// another type. Serialise it with any serde serializer.
+    pub fn serializable<'a>(
+        &self,
+        value: &'a (dyn Any + Send + Sync),
+    ) -> Option<&'a dyn erased_serde::Serialize> {
+        (self.as_serialize)(value)
+    }
+
+    /// Serialises a value of this event type to a JSON value.
+    pub fn encode_value(
+        &self,
+        value: &(dyn Any + Send + Sync),
+    ) -> Option<Result<serde_json::Value, serde_json::Error>> {
+        self.serializable(value).map(serde_json::to_value)
+    }
+}
+
+impl fmt::Debug for EventDescriptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventDescriptor")
+            .field("name", &self.name)
+            .field("type", &self.type_name())
+            .field("location", &format_args!("{}", self.location))
+            .finish()
+    }
+}
+
+fn from_value<E: DomainEvent>(value: serde_json::Value) -> Result<AnyEvent, serde_json::Error> {
+    serde_json::from_value::<E>(value).map(|e| Box::new(e) as AnyEvent)
+}
+
+fn from_str<E: DomainEvent>(json: &str) -> Result<AnyEvent, serde_json::Error> {
+    serde_json::from_str::<E>(json).map(|e| Box::new(e) as AnyEvent)
+}
+
+fn as_serialize<E: DomainEvent>(
+    value: &(dyn Any + Send + Sync),
+) -> Option<&dyn erased_serde::Serialize> {
+    value
+        .downcast_ref::<E>()
+        .map(|e| e as &dyn erased_serde::Serialize)
+}
+
+/// A borrowed event of any type, with its descriptor: what backends receive.
+#[derive(Clone, Copy)]
+pub struct EventRef<'a> {
+    descriptor: &'static EventDescriptor,
+    type_id: TypeId,
+    value: &'a (dyn Any + Send + Sync),
+}
+
+impl<'a> EventRef<'a> {
+    /// Borrows a typed event.
+    pub fn new<E: DomainEvent>(event: &'a E) -> Self {
+        Self {
+            descriptor: E::descriptor(),
+            type_id: TypeId::of::<E>(),
+            value: event,
+        }
+    }
+
+    /// Pairs a type-erased value with its descriptor; `None` if the value is not of the
+    /// descriptor's type.
+    pub fn from_any(
+        descriptor: &'static EventDescriptor,
+        value: &'a (dyn Any + Send + Sync),
+    ) -> Option<Self> {
+        let type_id = descriptor.type_id();
+        ((*value).type_id() == type_id).then_some(Self {
+            descriptor,
+            type_id,
+            value,
+        })
+    }
+
+    /// The event's descriptor.
+    pub fn descriptor(&self) -> &'static EventDescriptor {
+        self.descriptor
+    }
+
+    /// The event's name.
+    pub fn name(&self) -> &'static str {
+        self.descriptor.name
+    }
+
+    /// The event's Rust [`TypeId`].
+    pub fn type_id(&self) -> TypeId {
+        self.type_id
+    }
+
+    /// The event value, to hand to handlers.
+    pub fn value(&self) -> &'a (dyn Any + Send + Sync) {
+        self.value
+    }
+
+    /// The event value as something any serde serializer can write.
+    pub fn serializable(&self) -> &'a dyn erased_serde::Serialize {
+        match self.descriptor.serializable(self.value) {
+            Some(s) => s,
+            // `new` and `from_any` check the type, so this cannot be reached.
+            None => unreachable!("EventRef holds a value of its descriptor's type"),
+        }
+    }
+
+    /// The event as a JSON value.
+    pub fn to_json_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(self.serializable())
+    }
+}
+
+impl fmt::Debug for EventRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventRef")
+            .field("event", &self.descriptor.name)
+            .finish_non_exhaustive()
+    }
+}

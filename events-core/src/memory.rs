@@ -1,0 +1,156 @@
+//! The in-memory backend: immediate, in-process dispatch.
+
+use std::any::TypeId;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustc_hash::FxHashMap;
+
+use crate::backend::{Backend, BackendKind, Receipt};
+use crate::error::{Error, HandlerFailures};
+use crate::event::EventRef;
+use crate::handler::{BoxFuture, Handler, HandlerFailure};
+
+/// Immediate, in-process dispatch of each event to every handler subscribed to it.
+///
+/// - Handlers run one after another in the [registry's order](crate::Registry), then closures
+///   in subscription order.
+/// - A handler that returns `Err` or panics is logged at ERROR and reported; the others still
+///   run. The publish then fails with [`Error::Handlers`], which lists every failure.
+/// - [`publish`](Backend::publish) awaits async handlers (never fire-and-forget);
+///   [`publish_blocking`](Backend::publish_blocking) needs no runtime and runs sync handlers
+///   only (an event with async handlers is refused before any handler runs). The blocking path
+///   makes no heap allocation unless a handler fails.
+///
+/// ```
+/// use events_core::{EventBus, MemoryBackend, domain_event};
+///
+/// #[domain_event(name = "doc.memory_example")]
+/// struct Pinged;
+///
+/// let bus = EventBus::new(MemoryBackend::new())?;
+/// bus.subscribe(|_: &Pinged| println!("pong"));
+/// bus.publish_blocking(&Pinged)?;
+/// # Ok::<(), events_core::Error>(())
+/// ```
+#[derive(Default)]
+pub struct MemoryBackend {
+    table: ArcSwap<Table>,
+}
+
+#[derive(Default, Clone)]
+struct Table {
+    by_type: FxHashMap<TypeId, Subscribers>,
+}
+
+#[derive(Clone)]
+struct Subscribers {
+    handlers: Arc<[Handler]>,
+    async_count: usize,
+}
+
+impl MemoryBackend {
+    /// An empty in-memory backend.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many handlers are subscribed to events of this type.
+    pub fn handler_count(&self, event_type: TypeId) -> usize {
+        self.table
+            .load()
+            .by_type
+            .get(&event_type)
+            .map_or(0, |s| s.handlers.len())
+    }
+}
+
+impl std::fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBackend")
+            .field("events", &self.table.load().by_type.len())
+            .finish()
+    }
+}
+
+fn outcome(
+    event: &'static str,
+    ran: usize,
+    failures: Vec<HandlerFailure>,
+) -> Result<Receipt, Error> {
+    if failures.is_empty() {
+        Ok(Receipt::Handled {
+            event,
+            handlers: ran,
+        })
+    } else {
+        Err(HandlerFailures::new(event, ran, failures).into())
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Memory
+    }
+
+    fn subscribe(&self, handler: Handler) -> Result<(), Error> {
+        self.table.rcu(|table| {
+            let mut table = Table::clone(table);
+            let entry = table.by_type.entry(handler.event_type());
+            let current = entry.or_insert_with(|| Subscribers {
+                handlers: Arc::from(Vec::new()),
+                async_count: 0,
+            });
+            let mut handlers = current.handlers.to_vec();
+            handlers.push(handler.clone());
+            current.handlers = handlers.into();
+            current.async_count += usize::from(handler.is_async());
+            table
+        });
+        Ok(())
+    }
+
+    fn publish<'a>(&'a self, event: EventRef<'a>) -> BoxFuture<'a, Result<Receipt, Error>> {
+        Box::pin(async move {
+            let name = event.name();
+            let subscribers = self.table.load().by_type.get(&event.type_id()).cloned();
+            let Some(subscribers) = subscribers else {
+                tracing::debug!(event = name, "no handlers subscribed to event");
+                return outcome(name, 0, Vec::new());
+            };
+            tracing::info!(event = name, "publishing event");
+            let mut failures = Vec::new();
+            for handler in subscribers.handlers.iter() {
+                if let Err(failure) = handler.run(event.value()).await {
+                    failures.push(failure);
+                }
+            }
+            outcome(name, subscribers.handlers.len(), failures)
+        })
+    }
+
+    fn publish_blocking(&self, event: EventRef<'_>) -> Result<Receipt, Error> {
+        let name = event.name();
+        let table = self.table.load();
+        let Some(subscribers) = table.by_type.get(&event.type_id()) else {
+            tracing::debug!(event = name, "no handlers subscribed to event");
+            return outcome(name, 0, Vec::new());
+        };
+        if subscribers.async_count > 0 {
+            let first = subscribers.handlers.iter().find(|h| h.is_async());
+            return Err(Error::AsyncHandlersNeedRuntime {
+                event: name,
+                count: subscribers.async_count,
+                first: first.map(|h| h.name().to_owned()).unwrap_or_default(),
+            });
+        }
+        tracing::info!(event = name, "publishing event");
+        let mut failures = Vec::new();
+        for handler in subscribers.handlers.iter() {
+            if let Some(Err(failure)) = handler.run_sync(event.value()) {
+                failures.push(failure);
+            }
+        }
+        outcome(name, subscribers.handlers.len(), failures)
+    }
+}

@@ -1,0 +1,67 @@
+//! Everything the macros' generated code needs, under one hidden path. Not a public API.
+
+use std::any::Any;
+use std::future::Future;
+
+pub use linkme;
+pub use linkme::distributed_slice;
+pub use serde;
+
+pub use crate::backend::BackendFactory;
+pub use crate::event::{DomainEvent, EventDescriptor, SourceLocation};
+pub use crate::handler::{
+    BoxFuture, HandlerDescriptor, HandlerFn, HandlerOptions, HandlerResult, IntoHandlerResult,
+};
+
+/// Every `#[domain_event]` in the program.
+#[distributed_slice]
+pub static EVENTS: [EventDescriptor];
+
+/// Every `#[handler]` in the program.
+#[distributed_slice]
+pub static HANDLERS: [HandlerDescriptor];
+
+/// Every backend that can be built from configuration text.
+#[distributed_slice]
+pub static BACKEND_FACTORIES: [BackendFactory];
+
+/// The event behind a handler's type-erased argument.
+#[inline]
+pub fn downcast<E: DomainEvent>(value: &(dyn Any + Send + Sync)) -> &E {
+    match value.downcast_ref::<E>() {
+        Some(event) => event,
+        None => panic!(
+            "a handler for `{}` was given an event of another type",
+            std::any::type_name::<E>()
+        ),
+    }
+}
+
+/// Boxes an async handler's future, converting its output.
+#[inline]
+pub fn boxed<'a, F>(future: F) -> BoxFuture<'a, HandlerResult>
+where
+    F: Future + Send + 'a,
+    F::Output: IntoHandlerResult,
+{
+    Box::pin(async move { future.await.into_handler_result() })
+}
+
+/// Events taken by value by a handler are cloned from the one published.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is taken by value, so it must implement `Clone`",
+    label = "taken by value here",
+    note = "take `&{Self}` instead, or add `#[derive(Clone)]` to `{Self}`"
+)]
+pub trait ByValueEvent: DomainEvent + Clone {}
+
+impl<E: DomainEvent + Clone> ByValueEvent for E {}
+
+/// Clones an event for a handler that takes it by value.
+#[inline]
+pub fn by_value<E: ByValueEvent>(value: &(dyn Any + Send + Sync)) -> E {
+    downcast::<E>(value).clone()
+}
+
+/// Checks at compile time that a handler's parameter is a domain event.
+pub const fn assert_domain_event<E: DomainEvent>() {}

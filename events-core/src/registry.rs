@@ -1,0 +1,221 @@
+//! The registry of every event and handler collected at link time.
+
+use std::any::TypeId;
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+
+use rustc_hash::FxHashMap;
+
+use crate::error::Error;
+use crate::event::EventDescriptor;
+use crate::handler::HandlerDescriptor;
+
+/// Every `#[domain_event]` and `#[handler]` linked into the program, checked and indexed.
+///
+/// Built once, on first use, from the two link-time slices. Events are listed by name; the
+/// handlers of an event run in a **deterministic order: by handler name** (the function's full
+/// path, `crate::module::function`, or the `name` given to `#[handler]`), then by source
+/// location. Closures subscribed at run time run after them, in the order they were subscribed.
+///
+/// ```
+/// use events_core::{Registry, domain_event, handler};
+///
+/// #[domain_event(name = "doc.registry_example")]
+/// struct Example;
+///
+/// #[handler]
+/// fn on_example(_: &Example) {}
+///
+/// let registry = Registry::collected()?;
+/// let event = registry.event("doc.registry_example").unwrap();
+/// assert_eq!(registry.handlers_of(event.name()).len(), 1);
+/// # Ok::<(), events_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Registry {
+    events: Vec<&'static EventDescriptor>,
+    by_name: FxHashMap<&'static str, usize>,
+    by_type: FxHashMap<TypeId, usize>,
+    handlers: Vec<Vec<&'static HandlerDescriptor>>,
+}
+
+impl Registry {
+    /// The registry of everything linked into this program, built on first call.
+    ///
+    /// Fails if two event types declare the same name (naming both), or if a handler's event
+    /// type was not declared with `#[domain_event]`.
+    pub fn collected() -> Result<&'static Registry, Error> {
+        static COLLECTED: OnceLock<Result<Registry, (usize, usize)>> = OnceLock::new();
+        let built = COLLECTED.get_or_init(|| {
+            Registry::build(&crate::__private::EVENTS, &crate::__private::HANDLERS).map_err(|e| {
+                match e {
+                    BuildError::Duplicate(a, b) => (a, b),
+                    BuildError::Unregistered(h) => (usize::MAX, h),
+                }
+            })
+        });
+        match built {
+            Ok(registry) => Ok(registry),
+            Err((usize::MAX, h)) => Err(unregistered(&crate::__private::HANDLERS[*h])),
+            Err((a, b)) => Err(duplicate(
+                &crate::__private::EVENTS[*a],
+                &crate::__private::EVENTS[*b],
+            )),
+        }
+    }
+
+    /// Builds a registry from explicit lists (the collected one uses the link-time slices).
+    pub fn from_parts(
+        events: &'static [EventDescriptor],
+        handlers: &'static [HandlerDescriptor],
+    ) -> Result<Registry, Error> {
+        Registry::build(events, handlers).map_err(|e| match e {
+            BuildError::Duplicate(a, b) => duplicate(&events[a], &events[b]),
+            BuildError::Unregistered(h) => unregistered(&handlers[h]),
+        })
+    }
+
+    fn build(
+        events: &'static [EventDescriptor],
+        handlers: &'static [HandlerDescriptor],
+    ) -> Result<Registry, BuildError> {
+        let mut order: Vec<usize> = (0..events.len()).collect();
+        order.sort_by_key(|&i| (events[i].name(), events[i].location()));
+        for pair in order.windows(2) {
+            if events[pair[0]].name() == events[pair[1]].name() {
+                return Err(BuildError::Duplicate(pair[0], pair[1]));
+            }
+        }
+        let sorted: Vec<&'static EventDescriptor> = order.iter().map(|&i| &events[i]).collect();
+        let by_name = sorted
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name(), i))
+            .collect();
+        let by_type: FxHashMap<TypeId, usize> = sorted
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.type_id(), i))
+            .collect();
+        let mut per_event: Vec<Vec<&'static HandlerDescriptor>> = vec![Vec::new(); sorted.len()];
+        for (i, handler) in handlers.iter().enumerate() {
+            match by_type.get(&handler.event_type()) {
+                Some(&index) => per_event[index].push(handler),
+                None => return Err(BuildError::Unregistered(i)),
+            }
+        }
+        for list in &mut per_event {
+            list.sort_by_key(|h| (h.name(), h.location()));
+        }
+        Ok(Registry {
+            events: sorted,
+            by_name,
+            by_type,
+            handlers: per_event,
+        })
+    }
+
+    /// Every event, sorted by name.
+    pub fn events(&self) -> impl ExactSizeIterator<Item = &'static EventDescriptor> + '_ {
+        self.events.iter().copied()
+    }
+
+    /// The event with this name.
+    pub fn event(&self, name: &str) -> Option<&'static EventDescriptor> {
+        self.by_name.get(name).map(|&i| self.events[i])
+    }
+
+    /// The event with this name, or [`Error::UnknownEvent`] naming the closest known names.
+    pub fn lookup(&self, name: &str) -> Result<&'static EventDescriptor, Error> {
+        self.event(name).ok_or_else(|| Error::UnknownEvent {
+            name: name.to_owned(),
+            closest: self.closest_names(name),
+        })
+    }
+
+    /// The event of this Rust type.
+    pub fn event_of_type(&self, type_id: TypeId) -> Option<&'static EventDescriptor> {
+        self.by_type.get(&type_id).map(|&i| self.events[i])
+    }
+
+    /// The collected handlers of the named event, in the order they run.
+    pub fn handlers_of(&self, event: &str) -> &[&'static HandlerDescriptor] {
+        match self.by_name.get(event) {
+            Some(&i) => &self.handlers[i],
+            None => &[],
+        }
+    }
+
+    /// Every collected handler: events by name, then each event's handlers in run order.
+    pub fn handlers(&self) -> impl Iterator<Item = &'static HandlerDescriptor> + '_ {
+        self.handlers.iter().flatten().copied()
+    }
+
+    /// The events no collected handler subscribes to (on a publisher-only process this is
+    /// expected; on a worker it usually means a handler crate was not linked).
+    pub fn events_without_handlers(&self) -> impl Iterator<Item = &'static EventDescriptor> + '_ {
+        self.events
+            .iter()
+            .zip(&self.handlers)
+            .filter(|(_, hs)| hs.is_empty())
+            .map(|(e, _)| *e)
+    }
+
+    /// The crates (as `CARGO_CRATE_NAME`) that contributed at least one handler.
+    pub fn handler_crates(&self) -> BTreeSet<&'static str> {
+        self.handlers().map(|h| h.crate_name()).collect()
+    }
+
+    /// Checks that each named crate contributed handlers: the way to detect a handler crate
+    /// that the linker dropped because nothing referenced it.
+    ///
+    /// Crate names are as in `CARGO_CRATE_NAME` (`-` becomes `_`); either spelling is accepted.
+    pub fn require_handler_crates<'a>(
+        &self,
+        crates: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), Error> {
+        let present = self.handler_crates();
+        for krate in crates {
+            let normalized = krate.replace('-', "_");
+            if !present.contains(normalized.as_str()) {
+                return Err(Error::HandlerCrateNotLinked { krate: normalized });
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to three known event names closest to `name` (by edit distance), best first.
+    pub fn closest_names(&self, name: &str) -> Vec<&'static str> {
+        let mut scored: Vec<(usize, &'static str)> = self
+            .events
+            .iter()
+            .map(|e| (strsim::levenshtein(name, e.name()), e.name()))
+            .filter(|&(d, candidate)| d <= (candidate.len().max(name.len()) / 2).max(2))
+            .collect();
+        scored.sort();
+        scored.into_iter().take(3).map(|(_, n)| n).collect()
+    }
+}
+
+enum BuildError {
+    Duplicate(usize, usize),
+    Unregistered(usize),
+}
+
+fn duplicate(a: &'static EventDescriptor, b: &'static EventDescriptor) -> Error {
+    Error::DuplicateEvent {
+        name: a.name(),
+        first_type: a.type_name(),
+        first_location: a.location(),
+        second_type: b.type_name(),
+        second_location: b.location(),
+    }
+}
+
+fn unregistered(h: &'static HandlerDescriptor) -> Error {
+    Error::UnregisteredEvent {
+        handler: h.name(),
+        location: h.location(),
+        event: h.event(),
+    }
+}

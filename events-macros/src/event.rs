@@ -1,0 +1,225 @@
+//! `#[domain_event]`: serde derives, the `DomainEvent` impl and the registry entry.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Attribute, Ident, Item, LitStr, Path};
+
+use crate::attr::{self, CRATE, Errors, NAME, Once};
+
+struct Args {
+    name: Option<(String, LitStr)>,
+    krate: Option<Path>,
+}
+
+fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
+    let mut name = Once::default();
+    let mut krate = Once::default();
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident(NAME) {
+            let lit = attr::parse_str(&meta)?;
+            name.set(&meta, NAME, lit)
+        } else if meta.path.is_ident(CRATE) {
+            let path = attr::parse_crate(&meta)?;
+            krate.set(&meta, CRATE, path)
+        } else {
+            Err(attr::unknown(&meta, &[NAME, CRATE]))
+        }
+    });
+    if let Err(e) = syn::parse::Parser::parse2(parser, args) {
+        errors.push(e);
+    }
+    let name = name
+        .get()
+        .and_then(|lit: LitStr| match attr::check_name(&lit, "event") {
+            Ok(value) => Some((value, lit)),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        });
+    Args {
+        name,
+        krate: krate.get(),
+    }
+}
+
+/// The default event name: the type's name in snake case (`ProductCreated` → `product_created`,
+/// `HTTPRequestSent` → `http_request_sent`).
+fn snake_case(ident: &Ident) -> String {
+    let name = ident.to_string();
+    let name = name.strip_prefix("r#").unwrap_or(&name);
+    let chars: Vec<char> = name.chars().collect();
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_uppercase() {
+            let prev = i.checked_sub(1).map(|p| chars[p]);
+            let next = chars.get(i + 1).copied();
+            let boundary = match prev {
+                Some(p) if p.is_lowercase() || p.is_ascii_digit() => true,
+                Some(p) if p.is_uppercase() => next.is_some_and(char::is_lowercase),
+                _ => false,
+            };
+            if boundary && !out.ends_with('_') {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn derives(attrs: &[Attribute], trait_name: &str) -> bool {
+    attrs
+        .iter()
+        .filter(|a| a.path().is_ident("derive"))
+        .any(|a| {
+            let mut found = false;
+            let _ = a.parse_nested_meta(|meta| {
+                if meta
+                    .path
+                    .segments
+                    .last()
+                    .is_some_and(|s| s.ident == trait_name)
+                {
+                    found = true;
+                }
+                Ok(())
+            });
+            found
+        })
+}
+
+pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = parse_args(args, &mut errors);
+    let item: Item = match syn::parse2(input.clone()) {
+        Ok(item) => item,
+        Err(e) => {
+            errors.push(e);
+            return with_errors(&input, &errors);
+        }
+    };
+    let (ident, attrs, generics) = match &item {
+        Item::Struct(s) => (&s.ident, &s.attrs, &s.generics),
+        Item::Enum(e) => (&e.ident, &e.attrs, &e.generics),
+        Item::Union(u) => {
+            errors.push(syn::Error::new_spanned(
+                &u.union_token,
+                "`#[domain_event]` cannot be used on a union: events are serialized, so use a \
+                 struct or an enum",
+            ));
+            return with_errors(&item, &errors);
+        }
+        other => {
+            errors.push(syn::Error::new(
+                item_span(other),
+                "`#[domain_event]` goes on a struct or an enum",
+            ));
+            return with_errors(&item, &errors);
+        }
+    };
+    if !generics.params.is_empty() || generics.where_clause.is_some() {
+        errors.push(syn::Error::new_spanned(
+            generics,
+            "generic domain events are not supported: an event needs one stable name and one \
+             concrete type; declare a concrete type per event (e.g. `struct OrderPlaced { .. }`)",
+        ));
+        // No impl for a generic type, so the error above is the only one.
+        return with_errors(&item, &errors);
+    }
+
+    let krate = attr::crate_path(args.krate);
+    let name = match &args.name {
+        Some((_, lit)) => quote!(#lit),
+        None => {
+            let default = snake_case(ident);
+            quote!(#default)
+        }
+    };
+    let serde_path = format!("{}::__private::serde", krate).replace(' ', "");
+    let mut derive = Vec::new();
+    if !derives(attrs, "Serialize") {
+        derive.push(quote!(#krate::__private::serde::Serialize));
+    }
+    if !derives(attrs, "Deserialize") {
+        derive.push(quote!(#krate::__private::serde::Deserialize));
+    }
+    let serde_attrs = if derive.is_empty() {
+        TokenStream::new()
+    } else {
+        quote! {
+            #[derive(#(#derive),*)]
+            #[serde(crate = #serde_path)]
+        }
+    };
+    let location = quote_spanned! {ident.span()=>
+        #krate::__private::SourceLocation { file: ::core::file!(), line: ::core::line!() }
+    };
+    let compile_errors = errors.to_compile_errors();
+    quote! {
+        #serde_attrs
+        #item
+
+        const _: () = {
+            #[#krate::__private::distributed_slice(#krate::__private::EVENTS)]
+            #[linkme(crate = #krate::__private::linkme)]
+            static __EVENTS_DESCRIPTOR: #krate::__private::EventDescriptor =
+                #krate::__private::EventDescriptor::new::<#ident>(
+                    #location,
+                    ::core::env!("CARGO_CRATE_NAME"),
+                );
+
+            #[automatically_derived]
+            impl #krate::__private::DomainEvent for #ident {
+                const NAME: &'static str = #name;
+
+                #[inline]
+                fn descriptor() -> &'static #krate::__private::EventDescriptor {
+                    &__EVENTS_DESCRIPTOR
+                }
+            }
+        };
+
+        #compile_errors
+    }
+}
+
+fn with_errors(item: &impl quote::ToTokens, errors: &Errors) -> TokenStream {
+    let compile_errors = errors.to_compile_errors();
+    quote!(#item #compile_errors)
+}
+
+fn item_span(item: &Item) -> Span {
+    match item {
+        Item::Fn(f) => f.sig.fn_token.span,
+        Item::Trait(t) => t.trait_token.span,
+        Item::Type(t) => t.type_token.span,
+        Item::Impl(i) => i.impl_token.span,
+        Item::Mod(m) => m.mod_token.span,
+        other => other.span(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snake_case;
+    use proc_macro2::Span;
+    use syn::Ident;
+
+    #[test]
+    fn default_names_are_snake_case() {
+        for (ty, name) in [
+            ("ProductCreated", "product_created"),
+            ("HTTPRequestSent", "http_request_sent"),
+            ("Order2Placed", "order2_placed"),
+            ("Pinged", "pinged"),
+            ("already_snake", "already_snake"),
+            ("V2Launched", "v2_launched"),
+        ] {
+            assert_eq!(snake_case(&Ident::new(ty, Span::call_site())), name, "{ty}");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Examples for the domain-events workspace; see the `examples/*.rs` files.

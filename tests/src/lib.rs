@@ -1,0 +1,1 @@
+//! Integration, UI (trybuild) and interop tests for the domain-events workspace.
