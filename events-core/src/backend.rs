@@ -24,6 +24,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Subscribes a handler to its event.
     fn subscribe(&self, handler: Handler) -> Result<(), Error>;
 
+    /// Subscribes several handlers at once, in order (the bus registers the collected handlers
+    /// this way). The default subscribes them one by one.
+    fn subscribe_many(&self, handlers: Vec<Handler>) -> Result<(), Error> {
+        handlers.into_iter().try_for_each(|h| self.subscribe(h))
+    }
+
     /// Publishes an event. Resolves once the event is delivered: for the in-memory backend,
     /// once every handler ran; for a broker, once the broker accepted the message.
     fn publish<'a>(&'a self, event: EventRef<'a>) -> BoxFuture<'a, Result<Receipt, Error>>;

@@ -15,7 +15,7 @@ use crate::registry::Registry;
 /// Use the global bus ([`init`], [`publish`], …) in applications, and explicit `EventBus`
 /// values where several buses must live side by side (tests, libraries).
 ///
-/// ```
+/// ```rust,standalone_crate
 /// use events_core::{EventBus, MemoryBackend, domain_event, handler};
 ///
 /// #[domain_event(name = "doc.order_placed")]
@@ -131,12 +131,13 @@ impl EventBus {
         if *done {
             return Ok(0);
         }
-        let mut count = 0;
-        for descriptor in self.registry.handlers() {
-            self.backend
-                .subscribe(Handler::from_descriptor(descriptor))?;
-            count += 1;
-        }
+        let handlers: Vec<Handler> = self
+            .registry
+            .handlers()
+            .map(Handler::from_descriptor)
+            .collect();
+        let count = handlers.len();
+        self.backend.subscribe_many(handlers)?;
         *done = true;
         tracing::debug!(
             handlers = count,
@@ -265,7 +266,7 @@ static GLOBAL: OnceLock<EventBus> = OnceLock::new();
 /// Call it once at start-up. A second call fails with [`Error::AlreadyInitialized`], naming the
 /// backend in place.
 ///
-/// ```
+/// ```rust,standalone_crate
 /// use events_core::MemoryBackend;
 ///
 /// let bus = events_core::init(MemoryBackend::new())?;

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 /// Implement it with [`#[domain_event]`](crate::domain_event), never by hand: the attribute also
 /// derives serde's traits and records the event in the link-time [`Registry`](crate::Registry).
 ///
-/// ```
+/// ```rust,standalone_crate
 /// use events_core::{DomainEvent, domain_event};
 ///
 /// #[domain_event(name = "products.product_created")]

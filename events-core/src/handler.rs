@@ -272,7 +272,10 @@ impl Handler {
             Call::Sync(f) => catch_unwind(AssertUnwindSafe(|| f(event))),
             Call::Static(HandlerFn::Async(_)) | Call::Async(_) => return None,
         };
-        Some(self.settle(outcome))
+        match outcome {
+            Ok(Ok(())) => Some(Ok(())),
+            failed => Some(self.settle(failed)),
+        }
     }
 
     /// Runs the handler on `event`, sync or async, catching errors and panics.
@@ -294,6 +297,8 @@ impl Handler {
         self.settle(outcome)
     }
 
+    #[cold]
+    #[inline(never)]
     fn settle(
         &self,
         outcome: Result<HandlerResult, Box<dyn Any + Send>>,
@@ -452,6 +457,10 @@ impl IntoHandlerResult for () {
     }
 }
 
+// `do_not_recommend`: when `E` is not an error, report "`Result<(), E>` is not a valid handler
+// return type" with the note above, rather than rustc's "`E: std::error::Error` is not
+// satisfied" found three `From`/`Into` impls deep.
+#[diagnostic::do_not_recommend]
 impl<E: Into<BoxError>> IntoHandlerResult for Result<(), E> {
     #[inline]
     fn into_handler_result(self) -> HandlerResult {

@@ -3,7 +3,7 @@
 //!
 //! # Example
 //!
-//! ```
+//! ```rust,standalone_crate
 //! use events_core::{MemoryBackend, domain_event, handler};
 //!
 //! #[domain_event(name = "products.product_created")]

@@ -26,8 +26,11 @@ pub static HANDLERS: [HandlerDescriptor];
 pub static BACKEND_FACTORIES: [BackendFactory];
 
 /// The event behind a handler's type-erased argument.
+///
+/// No `DomainEvent` bound: `#[handler]` checks that once, so that a handler taking a type that
+/// is not an event gets one error rather than one per generated call.
 #[inline]
-pub fn downcast<E: DomainEvent>(value: &(dyn Any + Send + Sync)) -> &E {
+pub fn downcast<E: Any>(value: &(dyn Any + Send + Sync)) -> &E {
     match value.downcast_ref::<E>() {
         Some(event) => event,
         None => panic!(
@@ -37,25 +40,28 @@ pub fn downcast<E: DomainEvent>(value: &(dyn Any + Send + Sync)) -> &E {
     }
 }
 
-/// Boxes an async handler's future, converting its output.
+/// Boxes an async handler's future (`#[handler]` converts its output where the return type is
+/// written, so that a wrong return type is reported there).
 #[inline]
 pub fn boxed<'a, F>(future: F) -> BoxFuture<'a, HandlerResult>
 where
-    F: Future + Send + 'a,
-    F::Output: IntoHandlerResult,
+    F: Future<Output = HandlerResult> + Send + 'a,
 {
-    Box::pin(async move { future.await.into_handler_result() })
+    Box::pin(future)
 }
 
 /// Events taken by value by a handler are cloned from the one published.
+///
+/// Only `Clone` is required here: whether the type is a domain event is checked (once)
+/// elsewhere.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is taken by value, so it must implement `Clone`",
     label = "taken by value here",
     note = "take `&{Self}` instead, or add `#[derive(Clone)]` to `{Self}`"
 )]
-pub trait ByValueEvent: DomainEvent + Clone {}
+pub trait ByValueEvent: Any + Clone {}
 
-impl<E: DomainEvent + Clone> ByValueEvent for E {}
+impl<E: Any + Clone> ByValueEvent for E {}
 
 /// Clones an event for a handler that takes it by value.
 #[inline]

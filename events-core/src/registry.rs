@@ -17,7 +17,7 @@ use crate::handler::HandlerDescriptor;
 /// path, `crate::module::function`, or the `name` given to `#[handler]`), then by source
 /// location. Closures subscribed at run time run after them, in the order they were subscribed.
 ///
-/// ```
+/// ```rust,standalone_crate
 /// use events_core::{Registry, domain_event, handler};
 ///
 /// #[domain_event(name = "doc.registry_example")]

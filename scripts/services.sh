@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Starts Redis and RabbitMQ on 127.0.0.1 if they are not answering, and installs the Python
+# Celery used by the interop tests into ./.venv. Idempotent: safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+if ! port_open 6379; then
+    echo "starting redis-server"
+    mkdir -p /var/lib/redis /var/log/redis
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log
+fi
+if ! port_open 5672; then
+    echo "starting rabbitmq-server"
+    rabbitmq-server -detached
+    rabbitmqctl await_startup --timeout 120 >/dev/null
+fi
+for i in $(seq 1 60); do
+    if port_open 6379 && port_open 5672; then break; fi
+    sleep 1
+done
+port_open 6379 || { echo "redis is not answering on 127.0.0.1:6379" >&2; exit 1; }
+port_open 5672 || { echo "rabbitmq is not answering on 127.0.0.1:5672" >&2; exit 1; }
+
+CELERY_VERSION=5.7.0
+if ! .venv/bin/python -c "import celery, sys; sys.exit(celery.__version__ != '$CELERY_VERSION')" 2>/dev/null; then
+    echo "installing celery[redis]==$CELERY_VERSION into .venv"
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check "celery[redis]==$CELERY_VERSION"
+fi

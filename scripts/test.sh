@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up what the tests need (brokers, Python Celery) and runs the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/services.sh
+export EVENTS_TEST_PYTHON="$PWD/.venv/bin/python"
+cargo test --workspace --all-targets "$@"
+cargo test --workspace --doc
