@@ -124,13 +124,12 @@ impl FromStr for BackendKind {
         if trimmed.eq_ignore_ascii_case("celery") {
             return Ok(BackendKind::Celery);
         }
-        if let Some((scheme, _)) = trimmed.split_once("://") {
-            if CELERY_SCHEMES
+        if let Some((scheme, _)) = trimmed.split_once("://")
+            && CELERY_SCHEMES
                 .iter()
                 .any(|known| scheme.eq_ignore_ascii_case(known))
-            {
-                return Ok(BackendKind::Celery);
-            }
+        {
+            return Ok(BackendKind::Celery);
         }
         Err(Error::UnsupportedBackend {
             given: redact_url(trimmed),

@@ -53,6 +53,10 @@ impl Default for MemoryBackend {
 /// [`Backend::subscribe_many`] publishes a whole batch as one table.
 struct Published {
     current: AtomicPtr<Table>,
+    #[allow(
+        clippy::vec_box,
+        reason = "readers hold pointers into the tables, which must not move when the list grows"
+    )]
     all: Mutex<Vec<Box<Table>>>,
 }
 

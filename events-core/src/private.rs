@@ -68,6 +68,3 @@ impl<E: Any + Clone> ByValueEvent for E {}
 pub fn by_value<E: ByValueEvent>(value: &(dyn Any + Send + Sync)) -> E {
     downcast::<E>(value).clone()
 }
-
-/// Checks at compile time that a handler's parameter is a domain event.
-pub const fn assert_domain_event<E: DomainEvent>() {}

@@ -1,8 +1,7 @@
 //! `#[domain_event]`: serde derives, the `DomainEvent` impl and the registry entry.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
-use syn::spanned::Spanned;
 use syn::{Attribute, Ident, Item, LitStr, Path};
 
 use crate::attr::{self, CRATE, Errors, NAME, Once};
@@ -12,13 +11,17 @@ struct Args {
     krate: Option<Path>,
 }
 
+/// The example shown in errors about `name`.
+const NAME_EXAMPLE: &str = "orders.order_placed";
+
 fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
     let mut name = Once::default();
     let mut krate = Once::default();
-    let parser = syn::meta::parser(|meta| {
+    attr::parse_each(args, errors, |meta| {
         if meta.path.is_ident(NAME) {
-            let lit = attr::parse_str(&meta)?;
-            name.set(&meta, NAME, lit)
+            let lit = attr::parse_str(&meta, NAME, NAME_EXAMPLE)?;
+            name.set(&meta, NAME, lit.clone())?;
+            attr::check_name(&lit, "event", NAME_EXAMPLE).map(drop)
         } else if meta.path.is_ident(CRATE) {
             let path = attr::parse_crate(&meta)?;
             krate.set(&meta, CRATE, path)
@@ -26,18 +29,11 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
             Err(attr::unknown(&meta, &[NAME, CRATE]))
         }
     });
-    if let Err(e) = syn::parse::Parser::parse2(parser, args) {
-        errors.push(e);
-    }
-    let name = name
-        .get()
-        .and_then(|lit: LitStr| match attr::check_name(&lit, "event") {
-            Ok(value) => Some((value, lit)),
-            Err(e) => {
-                errors.push(e);
-                None
-            }
-        });
+    // Checked (and reported) above; keep only a valid name.
+    let name = name.get().and_then(|lit: LitStr| {
+        let value = attr::check_name(&lit, "event", NAME_EXAMPLE).ok()?;
+        Some((value, lit))
+    });
     Args {
         name,
         krate: krate.get(),
@@ -107,16 +103,17 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         Item::Enum(e) => (&e.ident, &e.attrs, &e.generics),
         Item::Union(u) => {
             errors.push(syn::Error::new_spanned(
-                &u.union_token,
-                "`#[domain_event]` cannot be used on a union: events are serialized, so use a \
-                 struct or an enum",
+                u.union_token,
+                "`#[domain_event]` goes on a struct or an enum, not on a union: serde cannot \
+                 serialize a union",
             ));
             return with_errors(&item, &errors);
         }
         other => {
+            let (span, kind) = attr::item_kind(other);
             errors.push(syn::Error::new(
-                item_span(other),
-                "`#[domain_event]` goes on a struct or an enum",
+                span,
+                format_args!("`#[domain_event]` goes on a struct or an enum, not on {kind}"),
             ));
             return with_errors(&item, &errors);
         }
@@ -124,14 +121,14 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     if !generics.params.is_empty() || generics.where_clause.is_some() {
         errors.push(syn::Error::new_spanned(
             generics,
-            "generic domain events are not supported: an event needs one stable name and one \
-             concrete type; declare a concrete type per event (e.g. `struct OrderPlaced { .. }`)",
+            "a domain event cannot be generic: it needs one stable name and one concrete \
+             type, so declare one type per event, e.g. `struct OrderPlaced { .. }`",
         ));
         // No impl for a generic type, so the error above is the only one.
         return with_errors(&item, &errors);
     }
 
-    let krate = attr::crate_path(args.krate);
+    let krate = attr::crate_path(args.krate.as_ref());
     let name = match &args.name {
         Some((_, lit)) => quote!(#lit),
         None => {
@@ -190,17 +187,6 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
 fn with_errors(item: &impl quote::ToTokens, errors: &Errors) -> TokenStream {
     let compile_errors = errors.to_compile_errors();
     quote!(#item #compile_errors)
-}
-
-fn item_span(item: &Item) -> Span {
-    match item {
-        Item::Fn(f) => f.sig.fn_token.span,
-        Item::Trait(t) => t.trait_token.span,
-        Item::Type(t) => t.type_token.span,
-        Item::Impl(i) => i.impl_token.span,
-        Item::Mod(m) => m.mod_token.span,
-        other => other.span(),
-    }
 }
 
 #[cfg(test)]

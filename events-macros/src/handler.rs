@@ -1,7 +1,7 @@
 //! `#[handler]`: checks the signature and registers the function in the handler slice.
 
-use proc_macro2::TokenStream;
-use quote::{ToTokens, quote, quote_spanned};
+use proc_macro2::{Ident, Span, TokenStream};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn, LitStr, Path, ReturnType, Safety, Type};
 
@@ -16,27 +16,31 @@ struct Args {
     time_limit_ms: Option<u64>,
 }
 
+/// The example shown in errors about `name`.
+const NAME_EXAMPLE: &str = "billing.send_invoice";
+
 fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
     let mut name = Once::default();
     let mut krate = Once::default();
     let mut max_retries = Once::default();
     let mut time_limit_ms = Once::default();
-    let parser = syn::meta::parser(|meta| {
+    attr::parse_each(args, errors, |meta| {
         if meta.path.is_ident(NAME) {
-            let lit: LitStr = attr::parse_str(&meta)?;
-            name.set(&meta, NAME, lit)
+            let lit: LitStr = attr::parse_str(&meta, NAME, NAME_EXAMPLE)?;
+            name.set(&meta, NAME, lit.clone())?;
+            attr::check_name(&lit, "handler", NAME_EXAMPLE).map(drop)
         } else if meta.path.is_ident(CRATE) {
             let path = attr::parse_crate(&meta)?;
             krate.set(&meta, CRATE, path)
         } else if meta.path.is_ident(MAX_RETRIES) {
-            let (n, _) = attr::parse_int::<u32>(&meta)?;
+            let (n, _) = attr::parse_int(&meta, MAX_RETRIES, "3", u32::MAX)?;
             max_retries.set(&meta, MAX_RETRIES, n)
         } else if meta.path.is_ident(TIME_LIMIT_MS) {
-            let (n, span) = attr::parse_int::<u64>(&meta)?;
+            let (n, span) = attr::parse_int(&meta, TIME_LIMIT_MS, "30000", u64::MAX)?;
             if n == 0 {
                 return Err(syn::Error::new(
                     span,
-                    "`time_limit_ms` must be at least 1 (leave it out for no limit)",
+                    "`time_limit_ms` must be at least 1: leave it out for no limit",
                 ));
             }
             time_limit_ms.set(&meta, TIME_LIMIT_MS, n)
@@ -44,18 +48,10 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
             Err(attr::unknown(&meta, KEYS))
         }
     });
-    if let Err(e) = syn::parse::Parser::parse2(parser, args) {
-        errors.push(e);
-    }
+    // Checked (and reported) above; keep only a valid name.
     let name = name
         .get()
-        .and_then(|lit| match attr::check_name(&lit, "handler") {
-            Ok(value) => Some(value),
-            Err(e) => {
-                errors.push(e);
-                None
-            }
-        });
+        .and_then(|lit: LitStr| attr::check_name(&lit, "handler", NAME_EXAMPLE).ok());
     Args {
         name,
         krate: krate.get(),
@@ -70,37 +66,53 @@ enum Taking {
     Value,
 }
 
-/// Checks the signature; returns the event type and how it is taken.
-fn check_signature(f: &ItemFn, errors: &mut Errors) -> Option<(Type, Taking)> {
+/// What the generated code needs from a valid signature.
+struct Signature {
+    /// The event type, without the `&`.
+    event: Type,
+    taking: Taking,
+    /// The declared return type; `None` for `()`.
+    output: Option<Type>,
+}
+
+/// Checks the signature; returns `None` after pushing an error for each mistake.
+fn check_signature(f: &ItemFn, errors: &mut Errors) -> Option<Signature> {
+    let mut mistakes = Errors::default();
     let sig = &f.sig;
     if let Safety::Unsafe(token) = &sig.safety {
-        errors.push(syn::Error::new_spanned(
+        mistakes.push(syn::Error::new_spanned(
             token,
-            "a handler cannot be `unsafe`: wrap the unsafe code in a safe function",
+            "a handler cannot be `unsafe`: remove `unsafe` and put the unsafe code in an \
+             `unsafe { .. }` block inside it",
         ));
     }
     if let Some(abi) = &sig.abi {
-        errors.push(syn::Error::new_spanned(
+        mistakes.push(syn::Error::new_spanned(
             abi,
             "a handler cannot have an explicit ABI: remove the `extern`",
         ));
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        errors.push(syn::Error::new_spanned(
-            &sig.generics,
-            "a handler cannot be generic: write one handler per event type, taking `&MyEvent`",
+        let tokens = match &sig.generics.where_clause {
+            Some(clause) if sig.generics.params.is_empty() => clause.to_token_stream(),
+            _ => sig.generics.to_token_stream(),
+        };
+        mistakes.push(syn::Error::new_spanned(
+            tokens,
+            "a handler cannot be generic: write one handler per event type, e.g. \
+             `fn on_order_placed(event: &OrderPlaced)`",
         ));
     }
     if let Some(variadic) = &sig.variadic {
-        errors.push(syn::Error::new_spanned(
+        mistakes.push(syn::Error::new_spanned(
             variadic,
-            "a handler takes exactly one parameter, the event",
+            "a handler takes exactly one parameter, the event: remove the `...`",
         ));
     }
     let mut typed = Vec::new();
     for input in &sig.inputs {
         match input {
-            FnArg::Receiver(receiver) => errors.push(syn::Error::new_spanned(
+            FnArg::Receiver(receiver) => mistakes.push(syn::Error::new_spanned(
                 receiver,
                 "a handler cannot take `self`: make it a free function taking the event, e.g. \
                  `fn on_order_placed(event: &OrderPlaced)`",
@@ -109,8 +121,8 @@ fn check_signature(f: &ItemFn, errors: &mut Errors) -> Option<(Type, Taking)> {
         }
     }
     let event = match typed.as_slice() {
-        [] if sig.receiver().is_none() => {
-            errors.push(syn::Error::new(
+        [] if sig.receiver().is_none() && sig.variadic.is_none() => {
+            mistakes.push(syn::Error::new(
                 sig.paren_token.span.join(),
                 "a handler takes exactly one parameter, the event: add it, e.g. \
                  `(event: &OrderPlaced)`",
@@ -124,7 +136,7 @@ fn check_signature(f: &ItemFn, errors: &mut Errors) -> Option<(Type, Taking)> {
             for pat in extra {
                 pat.to_tokens(&mut tokens);
             }
-            errors.push(syn::Error::new_spanned(
+            mistakes.push(syn::Error::new_spanned(
                 tokens,
                 format_args!(
                     "a handler takes exactly one parameter, the event, but this one takes {}: \
@@ -134,11 +146,11 @@ fn check_signature(f: &ItemFn, errors: &mut Errors) -> Option<(Type, Taking)> {
             ));
             None
         }
-    }?;
-    match &*event.ty {
+    };
+    let taken = event.and_then(|event| match &*event.ty {
         Type::Reference(reference) => {
             if let Some(mutability) = &reference.mutability {
-                errors.push(syn::Error::new_spanned(
+                mistakes.push(syn::Error::new_spanned(
                     mutability,
                     "a handler cannot take the event by `&mut`: every handler sees the same \
                      event, so take `&Event` (or `Event` to get your own clone)",
@@ -146,23 +158,48 @@ fn check_signature(f: &ItemFn, errors: &mut Errors) -> Option<(Type, Taking)> {
                 return None;
             }
             if let Type::ImplTrait(t) = &*reference.elem {
-                errors.push(syn::Error::new_spanned(
-                    t,
-                    "a handler cannot be generic: name the event type",
-                ));
+                mistakes.push(impl_trait_parameter(t));
                 return None;
             }
             Some(((*reference.elem).clone(), Taking::Reference))
         }
         Type::ImplTrait(t) => {
-            errors.push(syn::Error::new_spanned(
-                t,
-                "a handler cannot be generic: name the event type",
-            ));
+            mistakes.push(impl_trait_parameter(t));
             None
         }
         other => Some((other.clone(), Taking::Value)),
-    }
+    });
+    let output = match &sig.output {
+        ReturnType::Default => None,
+        ReturnType::Type(_, ty) => match &**ty {
+            Type::ImplTrait(t) => {
+                let message = if sig.asyncness.is_some() {
+                    "a handler cannot return `impl Trait`: return `()` or `Result<(), E>`"
+                } else {
+                    "a handler cannot return `impl Trait`: to return a future, write \
+                     `async fn` and return `()` or `Result<(), E>`"
+                };
+                mistakes.push(syn::Error::new_spanned(t, message));
+                None
+            }
+            other => Some(other.clone()),
+        },
+    };
+    let ok = mistakes.is_empty();
+    errors.append(mistakes);
+    let (event, taking) = taken?;
+    ok.then_some(Signature {
+        event,
+        taking,
+        output,
+    })
+}
+
+fn impl_trait_parameter(t: &syn::TypeImplTrait) -> syn::Error {
+    syn::Error::new_spanned(
+        t,
+        "a handler cannot be generic: name the event type, e.g. `event: &OrderPlaced`",
+    )
 }
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
@@ -171,10 +208,16 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let function: ItemFn = match syn::parse2(input.clone()) {
         Ok(f) => f,
         Err(_) => {
+            let (span, kind) = match syn::parse2::<syn::Item>(input.clone()) {
+                Ok(item) => attr::item_kind(&item),
+                Err(_) => (input.span(), "this item"),
+            };
             errors.push(syn::Error::new(
-                input.span(),
-                "`#[handler]` goes on a function taking the event, e.g. \
-                 `fn on_order_placed(event: &OrderPlaced)`",
+                span,
+                format_args!(
+                    "`#[handler]` goes on a function taking the event, not on {kind}: write e.g. \
+                     `fn on_order_placed(event: &OrderPlaced)`"
+                ),
             ));
             let compile_errors = errors.to_compile_errors();
             return quote!(#input #compile_errors);
@@ -182,16 +225,17 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     };
     let checked = check_signature(&function, &mut errors);
     let compile_errors = errors.to_compile_errors();
-    let Some((event_ty, taking)) = checked else {
+    let Some(Signature {
+        event: event_ty,
+        taking,
+        output,
+    }) = checked
+    else {
+        // Generated code for a wrong signature would only add errors: report the mistakes alone.
         return quote!(#function #compile_errors);
     };
-    let generics = &function.sig.generics;
-    if !generics.params.is_empty() || generics.where_clause.is_some() {
-        // Generated code could not name the generic parameters: report the error alone.
-        return quote!(#function #compile_errors);
-    }
 
-    let krate = attr::crate_path(args.krate);
+    let krate = attr::crate_path(args.krate.as_ref());
     let private = quote!(#krate::__private);
     let fn_ident = &function.sig.ident;
     let name = match &args.name {
@@ -203,36 +247,50 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         )),
     };
     let ty_span = event_ty.span();
+    // One identifier for the parameter and its uses, whatever spans surround them.
+    let event = Ident::new("__events_event", Span::call_site());
+    // Checked (and converted) at the parameter's type: `downcast` and `by_value` need no
+    // `DomainEvent` bound, so a type that is not an event gets exactly one error, from
+    // `HandlerDescriptor::new` below.
     let argument = match taking {
-        Taking::Reference => quote_spanned!(ty_span=> #private::downcast::<#event_ty>(event)),
-        Taking::Value => quote_spanned!(ty_span=> #private::by_value::<#event_ty>(event)),
+        Taking::Reference => quote_spanned!(ty_span=> #private::downcast::<#event_ty>(#event)),
+        Taking::Value => quote_spanned!(ty_span=> #private::by_value::<#event_ty>(#event)),
     };
-    let result_span = match &function.sig.output {
-        ReturnType::Default => fn_ident.span(),
-        ReturnType::Type(_, ty) => ty.span(),
+    // The return type is checked where the user wrote it.
+    let convert = match &output {
+        Some(ty) => quote_spanned!(ty.span()=>
+            <#ty as #private::IntoHandlerResult>::into_handler_result
+        ),
+        None => quote!(<() as #private::IntoHandlerResult>::into_handler_result),
     };
-    let (call, kind) = if function.sig.asyncness.is_some() {
-        (
-            quote_spanned! {result_span=>
-                fn __events_call<'a>(
-                    event: &'a (dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync),
-                ) -> #private::BoxFuture<'a, #private::HandlerResult> {
-                    #private::boxed(#fn_ident(#argument))
-                }
-            },
-            quote!(#private::HandlerFn::Async(__events_call)),
-        )
-    } else {
-        (
-            quote_spanned! {result_span=>
+    let (call, kind) = match &function.sig.asyncness {
+        Some(asyncness) => {
+            // A future that is not `Send` is reported at the `async` keyword.
+            let krate = attr::crate_path_at(args.krate.as_ref(), asyncness.span);
+            let boxed = quote_spanned! {asyncness.span=>
+                #krate::__private::boxed(async move { #convert(#fn_ident(#argument).await) })
+            };
+            (
+                quote! {
+                    fn __events_call<'a>(
+                        #event: &'a (dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync),
+                    ) -> #private::BoxFuture<'a, #private::HandlerResult> {
+                        #boxed
+                    }
+                },
+                quote!(#private::HandlerFn::Async(__events_call)),
+            )
+        }
+        None => (
+            quote! {
                 fn __events_call(
-                    event: &(dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync),
+                    #event: &(dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync),
                 ) -> #private::HandlerResult {
-                    #private::IntoHandlerResult::into_handler_result(#fn_ident(#argument))
+                    #convert(#fn_ident(#argument))
                 }
             },
             quote!(#private::HandlerFn::Sync(__events_call)),
-        )
+        ),
     };
     let max_retries = match args.max_retries {
         Some(n) => quote!(::core::option::Option::Some(#n)),
@@ -242,16 +300,20 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         Some(n) => quote!(::core::option::Option::Some(#n)),
         None => quote!(::core::option::Option::None),
     };
+    // The one place that needs `DomainEvent`, at the parameter's type.
     let descriptor = quote_spanned! {ty_span=>
         #private::HandlerDescriptor::new::<#event_ty>
     };
+    let guard = format_ident!("__events_handler_{}", fn_ident);
     let location = quote_spanned! {fn_ident.span()=>
         #private::SourceLocation { file: ::core::file!(), line: ::core::line!() }
     };
     quote! {
         #function
 
-        const _: () = {
+        // Named, not `_`, so that a handler inside an `impl` gets one error, at its name.
+        #[allow(non_upper_case_globals)]
+        const #guard: () = {
             #call
 
             #[#private::distributed_slice(#private::HANDLERS)]

@@ -1,0 +1,366 @@
+//! [`CeleryBackend`]: publishes each event as a Celery task message on RabbitMQ or Redis.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use events_core::{
+    Backend, BackendKind, BoxFuture, DomainEvent, Error, EventRef, Handler, Receipt,
+};
+use tokio::runtime::{Handle, Runtime};
+
+use crate::broker::{
+    AmqpPublisher, BrokerKind, QueueArguments, RedisOutgoing, RedisPublisher, amqp_outgoing,
+};
+use crate::codec::{EncodeOptions, TaskMessage, redis_queue_key};
+use crate::config::CeleryConfig;
+use crate::error::CeleryError;
+
+/// Publishes domain events as Celery task messages (protocol 2, JSON), wire-identical to what
+/// Python's `app.send_task("domain_events.<event>", kwargs={"payload": …})` sends, so a Python
+/// Celery worker runs them; the Rust [`Worker`](crate::Worker) runs the `#[handler]`s.
+///
+/// `publish` resolves once the broker has accepted the message: on RabbitMQ after the publisher
+/// confirm (unroutable or nacked messages are errors), on Redis after `LPUSH` returned. It
+/// fails — never hangs — after [`CeleryConfig::publish_timeout`], and the next publish
+/// reconnects. Connections live on the backend's own I/O thread, so any executor (or none, with
+/// `publish_blocking`) can publish. Cloning is cheap and shares the connections.
+///
+/// ```no_run
+/// use events_celery::{CeleryBackend, CeleryConfig};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let backend = CeleryBackend::new(CeleryConfig::new("amqp://guest:guest@127.0.0.1:5672//")?)?;
+/// events_core::init(backend)?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct CeleryBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: CeleryConfig,
+    publisher: Publisher,
+    io: IoRuntime,
+    subscribed: Mutex<Vec<Handler>>,
+}
+
+enum Publisher {
+    Amqp(AmqpPublisher),
+    Redis(RedisPublisher),
+}
+
+/// The backend's own tokio runtime, where every broker connection lives.
+struct IoRuntime {
+    handle: Handle,
+    runtime: Mutex<Option<Runtime>>,
+}
+
+impl IoRuntime {
+    fn new() -> Result<Self, CeleryError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("events-celery-io")
+            .enable_all()
+            .build()
+            .map_err(|e| CeleryError::Config(format!("cannot start the I/O runtime: {e}")))?;
+        Ok(Self {
+            handle: runtime.handle().clone(),
+            runtime: Mutex::new(Some(runtime)),
+        })
+    }
+
+    /// Runs `future` on the I/O runtime and waits for it from any executor.
+    async fn run<T: Send + 'static>(
+        &self,
+        future: impl Future<Output = Result<T, CeleryError>> + Send + 'static,
+    ) -> Result<T, CeleryError> {
+        match self.handle.spawn(future).await {
+            Ok(result) => result,
+            Err(join) => Err(CeleryError::Config(format!(
+                "the publish task failed: {join}"
+            ))),
+        }
+    }
+
+    /// Runs `future` on the I/O runtime and blocks the calling thread until it is done.
+    fn run_blocking<T: Send + 'static>(
+        &self,
+        future: impl Future<Output = Result<T, CeleryError>> + Send + 'static,
+    ) -> Result<T, CeleryError> {
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let _ = done.send(future.await);
+        });
+        wait.recv().unwrap_or_else(|_| {
+            Err(CeleryError::Config(
+                "the publish task was dropped (the backend is shutting down)".to_owned(),
+            ))
+        })
+    }
+}
+
+impl Drop for IoRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.lock().ok().and_then(|mut r| r.take()) {
+            // Dropping a runtime inside another runtime panics; this never blocks.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl CeleryBackend {
+    /// A backend for `config`. Connects on first use; see [`connect`](Self::connect) to
+    /// fail fast at start-up instead.
+    pub fn new(config: CeleryConfig) -> Result<Self, CeleryError> {
+        let publisher = match config.broker().kind() {
+            BrokerKind::Amqp => Publisher::Amqp(AmqpPublisher::new(
+                config.broker().clone(),
+                QueueArguments {
+                    max_priority: config.max_priority(),
+                },
+            )),
+            BrokerKind::Redis => Publisher::Redis(RedisPublisher::new(config.broker().clone())),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                publisher,
+                io: IoRuntime::new()?,
+                subscribed: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// A backend for `config`, connected now: a broker that cannot be reached is an error
+    /// here rather than at the first publish.
+    pub async fn connect(config: CeleryConfig) -> Result<Self, CeleryError> {
+        let backend = Self::new(config)?;
+        let inner = Arc::clone(&backend.inner);
+        let timeout = inner.config.timeout();
+        backend
+            .inner
+            .io
+            .run(async move {
+                let broker = inner.config.broker().clone();
+                let connecting = async {
+                    match &inner.publisher {
+                        Publisher::Amqp(p) => p.ensure_connected().await,
+                        Publisher::Redis(p) => p.ensure_connected().await,
+                    }
+                };
+                tokio::time::timeout(timeout, connecting)
+                    .await
+                    .unwrap_or(Err(CeleryError::Timeout {
+                        broker,
+                        operation: "connecting",
+                        after: timeout,
+                    }))
+            })
+            .await?;
+        Ok(backend)
+    }
+
+    /// A backend configured from the environment (see [`CeleryConfig::from_env`]).
+    pub fn from_env() -> Result<Self, CeleryError> {
+        Self::new(CeleryConfig::from_env(None)?)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CeleryConfig {
+        &self.inner.config
+    }
+
+    /// Every handler subscribed through the bus: the collected `#[handler]`s (in registry
+    /// order) and closures subscribed at run time. A [`Worker`](crate::Worker) built from this
+    /// backend runs them all.
+    pub fn subscribed_handlers(&self) -> Vec<Handler> {
+        self.inner.subscribed.lock().expect("not poisoned").clone()
+    }
+
+    /// Publishes a typed event with per-message options — countdown/eta, expires, priority,
+    /// custom headers — on top of the configured ones.
+    ///
+    /// ```no_run
+    /// # use events_celery::{CeleryBackend, CeleryConfig};
+    /// # use events_core::domain_event;
+    /// # #[domain_event(name = "doc.reminder")] struct Reminder;
+    /// # async fn run(backend: CeleryBackend) -> Result<(), events_celery::CeleryError> {
+    /// use std::time::Duration;
+    /// backend
+    ///     .publish_with(&Reminder, |o| o.countdown(Duration::from_secs(60)).priority(7))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_with<E: DomainEvent>(
+        &self,
+        event: &E,
+        options: impl FnOnce(EncodeOptions) -> EncodeOptions,
+    ) -> Result<Receipt, CeleryError> {
+        let event = EventRef::new(event);
+        let options = options(self.inner.config.encode_options(event.name()));
+        let message = TaskMessage::from_event_ref(event, &options)?;
+        self.send(event.name(), message).await
+    }
+
+    /// Sends a task message as it is (the worker uses this for retries).
+    pub async fn send(
+        &self,
+        event: &'static str,
+        message: TaskMessage,
+    ) -> Result<Receipt, CeleryError> {
+        let (outgoing, receipt) = self.prepare(event, message)?;
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .io
+            .run(async move { inner.deliver(outgoing).await })
+            .await?;
+        Ok(receipt)
+    }
+
+    fn send_blocking(
+        &self,
+        event: &'static str,
+        message: TaskMessage,
+    ) -> Result<Receipt, CeleryError> {
+        let (outgoing, receipt) = self.prepare(event, message)?;
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .io
+            .run_blocking(async move { inner.deliver(outgoing).await })?;
+        Ok(receipt)
+    }
+
+    fn encode(&self, event: EventRef<'_>) -> Result<TaskMessage, CeleryError> {
+        let options = self.inner.config.encode_options(event.name());
+        Ok(TaskMessage::from_event_ref(event, &options)?)
+    }
+
+    /// Encodes for the broker; returns what to deliver and the receipt to give back.
+    fn prepare(
+        &self,
+        event: &'static str,
+        message: TaskMessage,
+    ) -> Result<(Outgoing, Receipt), CeleryError> {
+        let route = self.inner.config.route_for(event);
+        let receipt = Receipt::Enqueued {
+            event,
+            task_id: message.id.clone(),
+            queue: route.queue_name().to_owned(),
+        };
+        let outgoing = match &self.inner.publisher {
+            Publisher::Amqp(_) => Outgoing::Amqp(Box::new(amqp_outgoing(message.to_amqp()?))),
+            Publisher::Redis(_) => {
+                let redis = message.to_redis()?;
+                let priority = message.properties.priority.unwrap_or(0);
+                Outgoing::Redis(RedisOutgoing {
+                    queue: route.queue_name().to_owned(),
+                    exchange: route.queue_name().to_owned(),
+                    routing_key: route.queue_name().to_owned(),
+                    key: redis_queue_key(route.queue_name(), priority),
+                    envelope: redis.envelope,
+                })
+            }
+        };
+        Ok((outgoing, receipt))
+    }
+}
+
+enum Outgoing {
+    Amqp(Box<crate::broker::AmqpOutgoing>),
+    Redis(RedisOutgoing),
+}
+
+impl Inner {
+    async fn deliver(&self, outgoing: Outgoing) -> Result<(), CeleryError> {
+        let timeout = self.config.timeout();
+        let delivering = async {
+            match (&self.publisher, &outgoing) {
+                (Publisher::Amqp(p), Outgoing::Amqp(m)) => p.publish(m).await,
+                (Publisher::Redis(p), Outgoing::Redis(m)) => p.publish(m).await,
+                _ => unreachable!("messages are prepared for this backend's broker"),
+            }
+        };
+        match tokio::time::timeout(timeout, delivering).await {
+            Ok(result) => result,
+            Err(_) => {
+                if let Publisher::Amqp(p) = &self.publisher {
+                    // A publish that timed out may leave the link half-broken: start afresh.
+                    p.reset().await;
+                }
+                Err(CeleryError::Timeout {
+                    broker: self.config.broker().clone(),
+                    operation: "publishing",
+                    after: timeout,
+                })
+            }
+        }
+    }
+}
+
+impl Backend for CeleryBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Celery
+    }
+
+    fn describe(&self) -> String {
+        format!("celery ({})", self.inner.config.broker())
+    }
+
+    fn subscribe(&self, handler: Handler) -> Result<(), Error> {
+        self.inner
+            .subscribed
+            .lock()
+            .expect("not poisoned")
+            .push(handler);
+        Ok(())
+    }
+
+    fn subscribe_many(&self, handlers: Vec<Handler>) -> Result<(), Error> {
+        self.inner
+            .subscribed
+            .lock()
+            .expect("not poisoned")
+            .extend(handlers);
+        Ok(())
+    }
+
+    fn publish<'a>(&'a self, event: EventRef<'a>) -> BoxFuture<'a, Result<Receipt, Error>> {
+        let encoded = self.encode(event);
+        Box::pin(async move {
+            let message = encoded?;
+            Ok(self.send(event.name(), message).await?)
+        })
+    }
+
+    fn publish_blocking(&self, event: EventRef<'_>) -> Result<Receipt, Error> {
+        let message = self.encode(event)?;
+        Ok(self.send_blocking(event.name(), message)?)
+    }
+}
+
+impl std::fmt::Debug for CeleryBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CeleryBackend")
+            .field("broker", self.inner.config.broker())
+            .finish_non_exhaustive()
+    }
+}
+
+fn build_from_config(text: &str) -> Result<Box<dyn Backend>, Error> {
+    let url = if text.eq_ignore_ascii_case("celery") {
+        None
+    } else {
+        Some(text)
+    };
+    let config = CeleryConfig::from_env(url)?;
+    Ok(Box::new(CeleryBackend::new(config)?))
+}
+
+#[events_core::__private::distributed_slice(events_core::__private::BACKEND_FACTORIES)]
+#[linkme(crate = events_core::__private::linkme)]
+static CELERY_FACTORY: events_core::__private::BackendFactory =
+    events_core::__private::BackendFactory {
+        kind: BackendKind::Celery,
+        build: build_from_config,
+    };

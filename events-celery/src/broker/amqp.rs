@@ -1,0 +1,358 @@
+//! RabbitMQ: one connection, a few confirm-mode channels shared by every publish, reconnected
+//! after the broker goes away.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use tokio::sync::Mutex;
+
+use super::BrokerUrl;
+use crate::error::CeleryError;
+
+/// How many confirm-mode channels concurrent publishes are spread over.
+const PUBLISH_CHANNELS: usize = 2;
+
+/// A message ready for `basic.publish`.
+#[derive(Debug, Clone)]
+pub(crate) struct AmqpOutgoing {
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    /// The queue to declare before the first publish to it (the routing key when publishing
+    /// through the default exchange).
+    pub(crate) declare_queue: Option<String>,
+    pub(crate) properties: BasicProperties,
+    pub(crate) body: Vec<u8>,
+}
+
+/// How queues are declared: as Celery declares them, so both can declare the same queue
+/// without `PRECONDITION_FAILED`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct QueueArguments {
+    /// `x-max-priority` (Celery's `task_queue_max_priority`).
+    pub(crate) max_priority: Option<u8>,
+}
+
+impl QueueArguments {
+    pub(crate) fn to_field_table(&self) -> FieldTable {
+        let mut table = FieldTable::default();
+        if let Some(max) = self.max_priority {
+            table.insert(
+                ShortString::from("x-max-priority"),
+                AMQPValue::LongInt(i32::from(max)),
+            );
+        }
+        table
+    }
+}
+
+struct Link {
+    connection: Connection,
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+    declared: std::sync::Mutex<HashSet<String>>,
+}
+
+impl Link {
+    fn is_usable(&self) -> bool {
+        self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
+    }
+}
+
+/// Publishes to RabbitMQ with publisher confirms.
+pub(crate) struct AmqpPublisher {
+    url: BrokerUrl,
+    queue_arguments: QueueArguments,
+    link: Mutex<Option<Arc<Link>>>,
+}
+
+impl AmqpPublisher {
+    pub(crate) fn new(url: BrokerUrl, queue_arguments: QueueArguments) -> Self {
+        Self {
+            url,
+            queue_arguments,
+            link: Mutex::new(None),
+        }
+    }
+
+    fn broker_error(&self, operation: &'static str, source: lapin::Error) -> CeleryError {
+        CeleryError::Broker {
+            broker: self.url.clone(),
+            operation,
+            source: Box::new(source),
+        }
+    }
+
+    /// The current link, connecting (again) if there is none or it broke.
+    async fn link(&self) -> Result<Arc<Link>, CeleryError> {
+        let mut guard = self.link.lock().await;
+        if let Some(link) = guard.as_ref() {
+            if link.is_usable() {
+                return Ok(Arc::clone(link));
+            }
+            tracing::warn!(broker = %self.url, "AMQP connection lost; reconnecting");
+        }
+        *guard = None;
+        let link = Arc::new(self.connect().await?);
+        *guard = Some(Arc::clone(&link));
+        Ok(link)
+    }
+
+    async fn connect(&self) -> Result<Link, CeleryError> {
+        let connect_error = |source: lapin::Error| CeleryError::Connect {
+            broker: self.url.clone(),
+            source: Box::new(source),
+        };
+        let connection = Connection::connect(&self.url.amqp_uri(), ConnectionProperties::default())
+            .await
+            .map_err(connect_error)?;
+        let mut channels = Vec::with_capacity(PUBLISH_CHANNELS);
+        for _ in 0..PUBLISH_CHANNELS {
+            let channel = connection.create_channel().await.map_err(connect_error)?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(connect_error)?;
+            channels.push(channel);
+        }
+        tracing::info!(broker = %self.url, "connected to RabbitMQ");
+        Ok(Link {
+            connection,
+            channels,
+            next: AtomicUsize::new(0),
+            declared: std::sync::Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Declares `queue` durable with Celery's arguments, once per connection.
+    async fn declare(
+        &self,
+        link: &Link,
+        channel: &Channel,
+        queue: &str,
+    ) -> Result<(), CeleryError> {
+        if link.declared.lock().expect("not poisoned").contains(queue) {
+            return Ok(());
+        }
+        channel
+            .queue_declare(
+                ShortString::from(queue),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                self.queue_arguments.to_field_table(),
+            )
+            .await
+            .map_err(|e| self.broker_error("queue.declare", e))?;
+        link.declared
+            .lock()
+            .expect("not poisoned")
+            .insert(queue.to_owned());
+        Ok(())
+    }
+
+    /// Publishes one message and waits for the broker's confirm. Unroutable (returned) and
+    /// nacked messages are errors.
+    pub(crate) async fn publish(&self, message: &AmqpOutgoing) -> Result<(), CeleryError> {
+        let link = self.link().await?;
+        let index = link.next.fetch_add(1, Ordering::Relaxed) % link.channels.len();
+        let channel = &link.channels[index];
+        if let Some(queue) = &message.declare_queue {
+            self.declare(&link, channel, queue).await?;
+        }
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(message.exchange.as_str()),
+                ShortString::from(message.routing_key.as_str()),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &message.body,
+                message.properties.clone(),
+            )
+            .await
+            .map_err(|e| self.broker_error("basic.publish", e))?
+            .await
+            .map_err(|e| self.broker_error("publisher confirm", e))?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(CeleryError::Unroutable {
+                broker: self.url.clone(),
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+            }),
+            Confirmation::Nack(_) | Confirmation::NotRequested => Err(CeleryError::Nacked {
+                broker: self.url.clone(),
+                routing_key: message.routing_key.clone(),
+            }),
+        }
+    }
+
+    /// Connects now if not connected.
+    pub(crate) async fn ensure_connected(&self) -> Result<(), CeleryError> {
+        self.link().await.map(drop)
+    }
+
+    /// Drops the current connection; the next publish reconnects.
+    pub(crate) async fn reset(&self) {
+        if let Some(link) = self.link.lock().await.take() {
+            let _ = link
+                .connection
+                .close(200, ShortString::from("reconnecting"))
+                .await;
+        }
+    }
+}
+
+/// The codec's AMQP message as `lapin` publishes it.
+pub(crate) fn amqp_outgoing(message: crate::codec::AmqpMessage) -> AmqpOutgoing {
+    let p = message.properties;
+    let mut properties = BasicProperties::default().with_headers(to_field_table(message.headers));
+    if let Some(v) = p.content_type {
+        properties = properties.with_content_type(ShortString::from(v));
+    }
+    if let Some(v) = p.content_encoding {
+        properties = properties.with_content_encoding(ShortString::from(v));
+    }
+    if let Some(v) = p.delivery_mode {
+        properties = properties.with_delivery_mode(v);
+    }
+    if let Some(v) = p.priority {
+        properties = properties.with_priority(v);
+    }
+    if let Some(v) = p.correlation_id {
+        properties = properties.with_correlation_id(ShortString::from(v));
+    }
+    if let Some(v) = p.reply_to {
+        properties = properties.with_reply_to(ShortString::from(v));
+    }
+    if let Some(v) = p.expiration {
+        properties = properties.with_expiration(ShortString::from(v));
+    }
+    let declare_queue = message
+        .exchange
+        .is_empty()
+        .then(|| message.routing_key.clone());
+    AmqpOutgoing {
+        exchange: message.exchange,
+        routing_key: message.routing_key,
+        declare_queue,
+        properties,
+        body: message.body,
+    }
+}
+
+fn to_field_table(table: crate::codec::AmqpTable) -> FieldTable {
+    let mut out = FieldTable::default();
+    for (name, value) in table.0 {
+        out.insert(ShortString::from(name), to_amqp_value(value));
+    }
+    out
+}
+
+fn to_amqp_value(value: crate::codec::AmqpValue) -> AMQPValue {
+    use crate::codec::AmqpValue as V;
+    match value {
+        V::Bool(b) => AMQPValue::Boolean(b),
+        V::ShortShortInt(n) => AMQPValue::ShortShortInt(n),
+        V::ShortShortUInt(n) => AMQPValue::ShortShortUInt(n),
+        V::ShortInt(n) => AMQPValue::ShortInt(n),
+        V::ShortUInt(n) => AMQPValue::ShortUInt(n),
+        V::LongInt(n) => AMQPValue::LongInt(n),
+        V::LongUInt(n) => AMQPValue::LongUInt(n),
+        V::LongLongInt(n) => AMQPValue::LongLongInt(n),
+        V::Float(n) => AMQPValue::Float(n),
+        V::Double(n) => AMQPValue::Double(n),
+        V::Decimal { scale, value } => {
+            AMQPValue::DecimalValue(lapin::types::DecimalValue { scale, value })
+        }
+        V::LongString(bytes) => AMQPValue::LongString(bytes.into()),
+        V::Array(items) => AMQPValue::FieldArray(
+            items
+                .into_iter()
+                .map(to_amqp_value)
+                .collect::<Vec<_>>()
+                .into(),
+        ),
+        V::Timestamp(t) => AMQPValue::Timestamp(t),
+        V::Table(table) => AMQPValue::FieldTable(to_field_table(table)),
+        V::ByteArray(bytes) => AMQPValue::ByteArray(bytes.into()),
+        V::Void => AMQPValue::Void,
+    }
+}
+
+impl crate::codec::AmqpMessage {
+    /// A delivery as `lapin` hands it over, in the codec's form (to decode with
+    /// [`TaskMessage::decode_amqp`](crate::TaskMessage::decode_amqp)).
+    pub fn from_lapin(
+        exchange: &str,
+        routing_key: &str,
+        properties: &BasicProperties,
+        body: Vec<u8>,
+    ) -> Self {
+        let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
+        Self {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            properties: crate::codec::AmqpProperties {
+                content_type: text(properties.content_type()),
+                content_encoding: text(properties.content_encoding()),
+                delivery_mode: *properties.delivery_mode(),
+                priority: *properties.priority(),
+                correlation_id: text(properties.correlation_id()),
+                reply_to: text(properties.reply_to()),
+                expiration: text(properties.expiration()),
+            },
+            headers: properties
+                .headers()
+                .as_ref()
+                .map(from_field_table)
+                .unwrap_or_default(),
+            body,
+        }
+    }
+}
+
+fn from_field_table(table: &FieldTable) -> crate::codec::AmqpTable {
+    crate::codec::AmqpTable(
+        table
+            .inner()
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), from_amqp_value(value)))
+            .collect(),
+    )
+}
+
+fn from_amqp_value(value: &AMQPValue) -> crate::codec::AmqpValue {
+    use crate::codec::AmqpValue as V;
+    match value {
+        AMQPValue::Boolean(b) => V::Bool(*b),
+        AMQPValue::ShortShortInt(n) => V::ShortShortInt(*n),
+        AMQPValue::ShortShortUInt(n) => V::ShortShortUInt(*n),
+        AMQPValue::ShortInt(n) => V::ShortInt(*n),
+        AMQPValue::ShortUInt(n) => V::ShortUInt(*n),
+        AMQPValue::LongInt(n) => V::LongInt(*n),
+        AMQPValue::LongUInt(n) => V::LongUInt(*n),
+        AMQPValue::LongLongInt(n) => V::LongLongInt(*n),
+        AMQPValue::Float(n) => V::Float(*n),
+        AMQPValue::Double(n) => V::Double(*n),
+        AMQPValue::DecimalValue(d) => V::Decimal {
+            scale: d.scale,
+            value: d.value,
+        },
+        AMQPValue::ShortString(s) => V::LongString(s.as_str().as_bytes().to_vec()),
+        AMQPValue::LongString(s) => V::LongString(s.as_bytes().to_vec()),
+        AMQPValue::FieldArray(items) => {
+            V::Array(items.as_slice().iter().map(from_amqp_value).collect())
+        }
+        AMQPValue::Timestamp(t) => V::Timestamp(*t),
+        AMQPValue::FieldTable(table) => V::Table(from_field_table(table)),
+        AMQPValue::ByteArray(bytes) => V::ByteArray(bytes.as_slice().to_vec()),
+        AMQPValue::Void => V::Void,
+    }
+}

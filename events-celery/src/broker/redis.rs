@@ -1,0 +1,163 @@
+//! Redis, as kombu's transport uses it: `LPUSH` of the JSON envelope onto the queue's list (or
+//! its priority list), with the `_kombu.binding.*` entries kombu writes for the queue.
+
+use std::collections::HashSet;
+
+use redis::aio::MultiplexedConnection;
+use tokio::sync::Mutex;
+
+use super::BrokerUrl;
+use crate::error::CeleryError;
+
+/// Kombu's separator inside binding members and priority list keys.
+pub(crate) const KOMBU_SEP: &str = "\x06\x16";
+
+/// A message ready for `LPUSH`.
+#[derive(Debug, Clone)]
+pub(crate) struct RedisOutgoing {
+    /// The queue (for the binding entries).
+    pub(crate) queue: String,
+    /// The exchange Celery declares for the queue (its name, for a direct queue).
+    pub(crate) exchange: String,
+    /// The routing key.
+    pub(crate) routing_key: String,
+    /// The list key: the queue, or `<queue>\x06\x16<step>` for a priority.
+    pub(crate) key: String,
+    /// Kombu's JSON envelope.
+    pub(crate) envelope: String,
+}
+
+/// Publishes to Redis over one multiplexed connection: concurrent publishes are pipelined.
+pub(crate) struct RedisPublisher {
+    url: BrokerUrl,
+    connection: Mutex<Option<MultiplexedConnection>>,
+    bound: std::sync::Mutex<HashSet<String>>,
+}
+
+impl RedisPublisher {
+    pub(crate) fn new(url: BrokerUrl) -> Self {
+        Self {
+            url,
+            connection: Mutex::new(None),
+            bound: std::sync::Mutex::new(HashSet::new()),
+        }
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, CeleryError> {
+        let mut guard = self.connection.lock().await;
+        if let Some(connection) = guard.as_ref() {
+            return Ok(connection.clone());
+        }
+        let connection = connect(&self.url).await?;
+        tracing::info!(broker = %self.url, "connected to Redis");
+        *guard = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Connects now if not connected.
+    pub(crate) async fn ensure_connected(&self) -> Result<(), CeleryError> {
+        let mut connection = self.connection().await?;
+        let pong: redis::RedisResult<()> = redis::cmd("PING").exec_async(&mut connection).await;
+        if let Err(error) = pong {
+            self.reset().await;
+            return Err(CeleryError::Connect {
+                broker: self.url.clone(),
+                source: Box::new(error),
+            });
+        }
+        Ok(())
+    }
+
+    /// Forgets a connection that failed, so the next call reconnects.
+    async fn reset(&self) {
+        if self.connection.lock().await.take().is_some() {
+            tracing::warn!(broker = %self.url, "Redis connection lost; reconnecting on next use");
+        }
+    }
+
+    /// `LPUSH`es one message; writes the queue's binding entries first, once.
+    pub(crate) async fn publish(&self, message: &RedisOutgoing) -> Result<(), CeleryError> {
+        let mut connection = self.connection().await?;
+        let result = self.push(&mut connection, message).await;
+        if let Err(error) = &result
+            && is_connection_error(error)
+        {
+            self.reset().await;
+        }
+        result.map_err(|source| CeleryError::Broker {
+            broker: self.url.clone(),
+            operation: "LPUSH",
+            source: Box::new(source),
+        })
+    }
+
+    async fn push(
+        &self,
+        connection: &mut MultiplexedConnection,
+        message: &RedisOutgoing,
+    ) -> redis::RedisResult<()> {
+        let bind = !self
+            .bound
+            .lock()
+            .expect("not poisoned")
+            .contains(&message.queue);
+        if bind {
+            let member = [message.routing_key.as_str(), "", message.queue.as_str()].join(KOMBU_SEP);
+            redis::pipe()
+                .sadd(format!("_kombu.binding.{}", message.exchange), &member)
+                .ignore()
+                .sadd(
+                    format!("_kombu.binding_permanent.{}", message.exchange),
+                    &member,
+                )
+                .ignore()
+                .exec_async(connection)
+                .await?;
+            self.bound
+                .lock()
+                .expect("not poisoned")
+                .insert(message.queue.clone());
+        }
+        redis::cmd("LPUSH")
+            .arg(&message.key)
+            .arg(&message.envelope)
+            .exec_async(connection)
+            .await
+    }
+}
+
+/// Opens a multiplexed connection to the broker.
+pub(crate) async fn connect(url: &BrokerUrl) -> Result<MultiplexedConnection, CeleryError> {
+    let connect_error = |source: redis::RedisError| CeleryError::Connect {
+        broker: url.clone(),
+        source: Box::new(Redacted(
+            source.to_string().replace(url.expose(), &url.to_string()),
+        )),
+    };
+    let client = redis::Client::open(url.expose()).map_err(connect_error)?;
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(connect_error)
+}
+
+/// Whether an error means the connection itself is gone.
+pub(crate) fn is_connection_error(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+        || error.is_unrecoverable_error()
+}
+
+/// A client error whose text had the URL's password removed.
+#[derive(Debug)]
+struct Redacted(String);
+
+impl std::fmt::Display for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Redacted {}

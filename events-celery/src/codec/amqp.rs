@@ -1,0 +1,462 @@
+//! The AMQP 0-9-1 form of a task message: basic properties, a headers field table whose field
+//! types are the ones RabbitMQ delivers for what Python (py-amqp) sends, and the body bytes.
+//!
+//! | Python | AMQP field type |
+//! |---|---|
+//! | `str` | `S` long string (raw UTF-8) |
+//! | `int` in ±2147483647 | `I` signed 32-bit |
+//! | other `int` within 64 bits | `L` signed 64-bit (RabbitMQ spells it `l`) |
+//! | `bool` | `t` |
+//! | `None` | `V` void |
+//! | `float` | `d` double |
+//! | `list` / `tuple` | `A` array |
+//! | `dict` | `F` table |
+//!
+//! So `timelimit` is `A[V, V]`, `retries` and `replaced_task_nesting` are `I`, `stamps` an
+//! empty `F`.
+
+use std::fmt::Write as _;
+
+use serde_json::{Map, Number, Value};
+
+use super::decode::{DecodeOptions, check_content_encoding, check_content_type, decode_body};
+use super::error::{DecodeError, EncodeError};
+use super::message::{MessageProperties, ParsedHeaders, Routing, TaskMessage};
+use super::timestamp::isoformat;
+
+/// An AMQP 0-9-1 field value (RabbitMQ's field types), as header tables hold them.
+///
+/// This mirrors the protocol, not a client library; the broker code converts it to and from
+/// its client's types.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AmqpValue {
+    /// `t`: boolean.
+    Bool(bool),
+    /// `b`: signed 8-bit.
+    ShortShortInt(i8),
+    /// `B`: unsigned 8-bit.
+    ShortShortUInt(u8),
+    /// `s`: signed 16-bit.
+    ShortInt(i16),
+    /// `u`: unsigned 16-bit.
+    ShortUInt(u16),
+    /// `I`: signed 32-bit (what py-amqp writes for `int`s in ±2147483647).
+    LongInt(i32),
+    /// `i`: unsigned 32-bit.
+    LongUInt(u32),
+    /// `l` (RabbitMQ) / `L` (py-amqp): signed 64-bit.
+    LongLongInt(i64),
+    /// `f`: 32-bit float.
+    Float(f32),
+    /// `d`: 64-bit float.
+    Double(f64),
+    /// `D`: decimal, `value / 10^scale`.
+    Decimal {
+        /// Digits after the point.
+        scale: u8,
+        /// The unscaled value.
+        value: u32,
+    },
+    /// `S`: long string (bytes; UTF-8 for everything Celery sends).
+    LongString(Vec<u8>),
+    /// `A`: array.
+    Array(Vec<AmqpValue>),
+    /// `T`: timestamp, seconds since the Unix epoch.
+    Timestamp(u64),
+    /// `F`: nested table.
+    Table(AmqpTable),
+    /// `x`: byte array.
+    ByteArray(Vec<u8>),
+    /// `V`: void (Python's `None`).
+    Void,
+}
+
+impl AmqpValue {
+    /// A long string.
+    pub fn string(text: impl Into<String>) -> Self {
+        Self::LongString(text.into().into_bytes())
+    }
+
+    /// The field type's tag as RabbitMQ writes it (`S`, `I`, `l`, `t`, `V`, `A`, `F`…).
+    pub fn type_tag(&self) -> char {
+        match self {
+            Self::Bool(_) => 't',
+            Self::ShortShortInt(_) => 'b',
+            Self::ShortShortUInt(_) => 'B',
+            Self::ShortInt(_) => 's',
+            Self::ShortUInt(_) => 'u',
+            Self::LongInt(_) => 'I',
+            Self::LongUInt(_) => 'i',
+            Self::LongLongInt(_) => 'l',
+            Self::Float(_) => 'f',
+            Self::Double(_) => 'd',
+            Self::Decimal { .. } => 'D',
+            Self::LongString(_) => 'S',
+            Self::Array(_) => 'A',
+            Self::Timestamp(_) => 'T',
+            Self::Table(_) => 'F',
+            Self::ByteArray(_) => 'x',
+            Self::Void => 'V',
+        }
+    }
+
+    /// The text of a long string, if it is one and is UTF-8.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::LongString(bytes) => std::str::from_utf8(bytes).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// An AMQP field table: named values, in order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AmqpTable(pub Vec<(String, AmqpValue)>);
+
+impl AmqpTable {
+    /// The value named `name`.
+    pub fn get(&self, name: &str) -> Option<&AmqpValue> {
+        self.0.iter().find(|(key, _)| key == name).map(|(_, value)| value)
+    }
+
+    /// Appends a value.
+    pub fn push(&mut self, name: impl Into<String>, value: AmqpValue) {
+        self.0.push((name.into(), value));
+    }
+
+    /// The entries, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &AmqpValue)> {
+        self.0.iter().map(|(name, value)| (name.as_str(), value))
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The basic properties Celery sets (the headers table is [`AmqpMessage::headers`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AmqpProperties {
+    /// `application/json`.
+    pub content_type: Option<String>,
+    /// `utf-8`.
+    pub content_encoding: Option<String>,
+    /// 2 = persistent.
+    pub delivery_mode: Option<u8>,
+    /// 0–9; Celery always sends it (0 when none was asked for).
+    pub priority: Option<u8>,
+    /// The task id.
+    pub correlation_id: Option<String>,
+    /// The sender's reply queue.
+    pub reply_to: Option<String>,
+    /// Per-message TTL in milliseconds (set by `expires`).
+    pub expiration: Option<String>,
+}
+
+/// A task message in AMQP form: where to publish, the properties, the headers and the body.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AmqpMessage {
+    /// The exchange (`""`: the default exchange).
+    pub exchange: String,
+    /// The routing key (the queue name on the default exchange).
+    pub routing_key: String,
+    /// Basic properties.
+    pub properties: AmqpProperties,
+    /// The `headers` property.
+    pub headers: AmqpTable,
+    /// The body: UTF-8 JSON.
+    pub body: Vec<u8>,
+}
+
+impl TaskMessage {
+    /// The message in AMQP form, with the header types py-amqp sends.
+    pub fn to_amqp(&self) -> Result<AmqpMessage, EncodeError> {
+        let h = &self.headers;
+        let string = |text: &str| AmqpValue::LongString(text.as_bytes().to_vec());
+        let optional = |text: &Option<String>| text.as_deref().map_or(AmqpValue::Void, string);
+        let mut headers = Vec::with_capacity(19 + h.custom.len());
+        let mut push = |name: &str, value: AmqpValue| headers.push((name.to_owned(), value));
+        push("lang", optional(&h.lang));
+        push("task", string(&self.task));
+        push("id", string(&self.id));
+        push("shadow", optional(&h.shadow));
+        push("eta", h.eta.as_ref().map_or(AmqpValue::Void, |at| string(&isoformat(at))));
+        push(
+            "expires",
+            h.expires.as_ref().map_or(AmqpValue::Void, |at| string(&isoformat(at))),
+        );
+        push("group", optional(&h.group));
+        let group_index = match h.group_index {
+            None => AmqpValue::Void,
+            Some(index) => integer(i128::from(index), "group_index")?,
+        };
+        push("group_index", group_index);
+        push("retries", integer(i128::from(h.retries), "retries")?);
+        let limit = |number: &Option<Number>| match number {
+            None => Ok(AmqpValue::Void),
+            Some(number) => from_number(number, "timelimit"),
+        };
+        push(
+            "timelimit",
+            AmqpValue::Array(vec![limit(&h.timelimit.hard)?, limit(&h.timelimit.soft)?]),
+        );
+        push("root_id", optional(&h.root_id));
+        push("parent_id", optional(&h.parent_id));
+        push("argsrepr", optional(&h.argsrepr));
+        push("kwargsrepr", optional(&h.kwargsrepr));
+        push("origin", optional(&h.origin));
+        push("ignore_result", h.ignore_result.map_or(AmqpValue::Void, AmqpValue::Bool));
+        push(
+            "replaced_task_nesting",
+            integer(i128::from(h.replaced_task_nesting), "replaced_task_nesting")?,
+        );
+        push(
+            "stamped_headers",
+            h.stamped_headers.as_ref().map_or(AmqpValue::Void, |names| {
+                AmqpValue::Array(names.iter().map(|name| string(name)).collect())
+            }),
+        );
+        push("stamps", from_map(&h.stamps, "stamps")?);
+        for (name, value) in &h.custom {
+            if name.len() > 255 {
+                return Err(EncodeError::AmqpKeyTooLong(name.clone()));
+            }
+            push(name, from_json(value, name)?);
+        }
+
+        let p = &self.properties;
+        Ok(AmqpMessage {
+            exchange: self.routing.exchange.clone(),
+            routing_key: self.routing.routing_key.clone(),
+            properties: AmqpProperties {
+                content_type: Some(p.content_type.clone()),
+                content_encoding: Some(p.content_encoding.clone()),
+                delivery_mode: Some(p.delivery_mode.unwrap_or(2)),
+                priority: Some(p.priority.unwrap_or(0)),
+                correlation_id: p.correlation_id.clone(),
+                reply_to: p.reply_to.clone(),
+                expiration: p.expiration.clone(),
+            },
+            headers: AmqpTable(headers),
+            body: self.body_json()?,
+        })
+    }
+
+    /// Reads an AMQP delivery. Checks the size limit (on the body), the content type (JSON
+    /// only) and encoding before parsing anything.
+    pub fn decode_amqp(message: &AmqpMessage, options: &DecodeOptions) -> Result<Self, DecodeError> {
+        options.check_size(message.body.len())?;
+        let p = &message.properties;
+        check_content_type(p.content_type.as_deref())?;
+        check_content_encoding(p.content_encoding.as_deref())?;
+        let pairs = message
+            .headers
+            .0
+            .iter()
+            .map(|(name, value)| Ok((name.clone(), to_json(value, name)?)))
+            .collect::<Result<Vec<_>, DecodeError>>()?;
+        let headers = ParsedHeaders::read(pairs, true)?;
+        let properties = MessageProperties {
+            correlation_id: p.correlation_id.clone(),
+            reply_to: p.reply_to.clone(),
+            content_type: p.content_type.clone().unwrap_or_default(),
+            content_encoding: p
+                .content_encoding
+                .clone()
+                .unwrap_or_else(|| "utf-8".to_owned()),
+            delivery_mode: p.delivery_mode,
+            priority: p.priority,
+            expiration: p.expiration.clone(),
+            origin: None,
+            delivery_tag: None,
+        };
+        let routing = Routing {
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
+        };
+        decode_body(headers, &message.body, properties, routing)
+    }
+}
+
+/// py-amqp's rule: `I` within ±2147483647, else `L` (64-bit); beyond 64 bits it refuses.
+fn integer(value: i128, header: &str) -> Result<AmqpValue, EncodeError> {
+    if let Some(value) = i32::try_from(value).ok().filter(|&v| v != i32::MIN) {
+        Ok(AmqpValue::LongInt(value))
+    } else if let Ok(value) = i64::try_from(value) {
+        Ok(AmqpValue::LongLongInt(value))
+    } else {
+        Err(EncodeError::AmqpValueOutOfRange {
+            header: header.to_owned(),
+            value: value.to_string(),
+        })
+    }
+}
+
+fn from_number(number: &Number, header: &str) -> Result<AmqpValue, EncodeError> {
+    if let Some(value) = number.as_i64() {
+        integer(i128::from(value), header)
+    } else if let Some(value) = number.as_u64() {
+        integer(i128::from(value), header)
+    } else if number.to_string().contains(['.', 'e', 'E']) {
+        Ok(number.as_f64().map_or(AmqpValue::Void, AmqpValue::Double))
+    } else {
+        Err(EncodeError::AmqpValueOutOfRange {
+            header: header.to_owned(),
+            value: number.to_string(),
+        })
+    }
+}
+
+fn from_map(map: &Map<String, Value>, header: &str) -> Result<AmqpValue, EncodeError> {
+    let mut table = Vec::with_capacity(map.len());
+    for (key, value) in map {
+        if key.len() > 255 {
+            return Err(EncodeError::AmqpKeyTooLong(key.clone()));
+        }
+        table.push((key.clone(), from_json(value, &format!("{header}.{key}"))?));
+    }
+    Ok(AmqpValue::Table(AmqpTable(table)))
+}
+
+fn from_json(value: &Value, header: &str) -> Result<AmqpValue, EncodeError> {
+    Ok(match value {
+        Value::Null => AmqpValue::Void,
+        Value::Bool(b) => AmqpValue::Bool(*b),
+        Value::Number(number) => from_number(number, header)?,
+        Value::String(text) => AmqpValue::LongString(text.as_bytes().to_vec()),
+        Value::Array(items) => AmqpValue::Array(
+            items
+                .iter()
+                .map(|item| from_json(item, header))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(map) => from_map(map, header)?,
+    })
+}
+
+/// AMQP field values as JSON: integers and floats as numbers, strings as strings (they must be
+/// UTF-8), decimals as their exact decimal text (a string, like kombu's `decimal`), byte
+/// arrays as arrays of byte values (like kombu's `bytes`), timestamps as ISO-8601 UTC strings.
+fn to_json(value: &AmqpValue, header: &str) -> Result<Value, DecodeError> {
+    Ok(match value {
+        AmqpValue::Bool(b) => Value::Bool(*b),
+        AmqpValue::ShortShortInt(n) => Value::from(*n),
+        AmqpValue::ShortShortUInt(n) => Value::from(*n),
+        AmqpValue::ShortInt(n) => Value::from(*n),
+        AmqpValue::ShortUInt(n) => Value::from(*n),
+        AmqpValue::LongInt(n) => Value::from(*n),
+        AmqpValue::LongUInt(n) => Value::from(*n),
+        AmqpValue::LongLongInt(n) => Value::from(*n),
+        AmqpValue::Float(n) => Number::from_f64(f64::from(*n)).map_or(Value::Null, Value::Number),
+        AmqpValue::Double(n) => Number::from_f64(*n).map_or(Value::Null, Value::Number),
+        AmqpValue::Decimal { scale, value } => Value::String(decimal_text(*scale, *value)),
+        AmqpValue::LongString(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => Value::String(text.to_owned()),
+            Err(e) => {
+                return Err(DecodeError::NotUtf8 {
+                    part: format!("header `{header}`"),
+                    offset: e.valid_up_to(),
+                });
+            }
+        },
+        AmqpValue::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| to_json(item, header))
+                .collect::<Result<_, _>>()?,
+        ),
+        AmqpValue::Timestamp(seconds) => {
+            let at = i64::try_from(*seconds)
+                .ok()
+                .and_then(|s| chrono::DateTime::from_timestamp(s, 0));
+            match at {
+                Some(at) => Value::String(isoformat(&at.fixed_offset())),
+                None => Value::from(*seconds),
+            }
+        }
+        AmqpValue::Table(table) => {
+            let mut map = Map::with_capacity(table.len());
+            for (key, item) in table.iter() {
+                map.insert(key.to_owned(), to_json(item, header)?);
+            }
+            Value::Object(map)
+        }
+        AmqpValue::ByteArray(bytes) => Value::Array(bytes.iter().map(|&b| Value::from(b)).collect()),
+        AmqpValue::Void => Value::Null,
+    })
+}
+
+fn decimal_text(scale: u8, value: u32) -> String {
+    let digits = value.to_string();
+    let scale = usize::from(scale);
+    if scale == 0 {
+        return digits;
+    }
+    let mut text = String::with_capacity(digits.len() + scale + 2);
+    if digits.len() <= scale {
+        text.push_str("0.");
+        for _ in digits.len()..scale {
+            text.push('0');
+        }
+        text.push_str(&digits);
+    } else {
+        let (int_part, frac_part) = digits.split_at(digits.len() - scale);
+        let _ = write!(text, "{int_part}.{frac_part}");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_to_field_types_as_py_amqp() {
+        let value: Value = serde_json::from_str(
+            r#"{"s": "x", "i": 2147483647, "n": -2147483647, "edge": -2147483648,
+                "l": 9223372036854775807, "t": true, "v": null, "d": 1.5, "a": [null, null],
+                "f": {}}"#,
+        )
+        .unwrap();
+        let AmqpValue::Table(table) = from_json(&value, "h").unwrap() else {
+            unreachable!("objects become tables")
+        };
+        let tags: String = table.iter().map(|(_, value)| value.type_tag()).collect();
+        assert_eq!(tags, "SIIlltVdAF");
+        assert_eq!(table.get("edge"), Some(&AmqpValue::LongLongInt(-2_147_483_648)));
+        let big: Value = serde_json::from_str("1180591620717411303424").unwrap();
+        assert!(matches!(
+            from_json(&big, "x-big"),
+            Err(EncodeError::AmqpValueOutOfRange { header, .. }) if header == "x-big"
+        ));
+    }
+
+    #[test]
+    fn field_types_to_json() {
+        let table = AmqpValue::Table(AmqpTable(vec![
+            ("b".into(), AmqpValue::ShortShortInt(-1)),
+            ("D".into(), AmqpValue::Decimal { scale: 2, value: 999 }),
+            ("D0".into(), AmqpValue::Decimal { scale: 3, value: 5 }),
+            ("T".into(), AmqpValue::Timestamp(1_700_000_000)),
+            ("x".into(), AmqpValue::ByteArray(vec![0, 255])),
+            ("f".into(), AmqpValue::Float(0.5)),
+            ("A".into(), AmqpValue::Array(vec![AmqpValue::Void, AmqpValue::Bool(false)])),
+        ]));
+        assert_eq!(
+            to_json(&table, "h").unwrap(),
+            json!({"b": -1, "D": "9.99", "D0": "0.005", "T": "2023-11-14T22:13:20+00:00",
+                   "x": [0, 255], "f": 0.5, "A": [null, false]})
+        );
+        assert!(matches!(
+            to_json(&AmqpValue::LongString(vec![b'a', 0xff]), "x-bad"),
+            Err(DecodeError::NotUtf8 { part, offset: 1 }) if part == "header `x-bad`"
+        ));
+    }
+}

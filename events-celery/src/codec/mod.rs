@@ -1,0 +1,79 @@
+//! A pure codec between typed domain events and Celery task messages, exactly as Python
+//! Celery 5 writes and reads them. No I/O: the broker code moves the bytes.
+//!
+//! - **Encode**: [`TaskMessage::from_event`] (or [`from_event_ref`](TaskMessage::from_event_ref)
+//!   for a type-erased event) builds the message `send_task` would: task
+//!   `domain_events.<event name>`, body `[[], {"payload": <event>}, {"callbacks": null, …}]`,
+//!   every Celery 5 header, the properties; [`EncodeOptions`] sets the rest. Then
+//!   [`TaskMessage::to_redis`] gives kombu's Redis envelope and list key, and
+//!   [`TaskMessage::to_amqp`] the AMQP properties, header table and body.
+//! - **Decode**: [`TaskMessage::decode_redis`] and [`TaskMessage::decode_amqp`] read either
+//!   envelope, protocol 2 or 1, into the same [`TaskMessage`]; [`TaskMessage::payload`] gives
+//!   the typed event, [`TaskMessage::decode_payload`] the event for a run-time
+//!   [`EventDescriptor`](events_core::EventDescriptor).
+//!
+//! # JSON as Python writes it
+//!
+//! Bodies and Redis envelopes are written with [`PythonJsonFormatter`]: separators `", "` and
+//! `": "`, `ensure_ascii` escapes (`\u0141`, surrogate pairs), floats as Python's repr
+//! (`1e-07`), keys in the order the value gives them (a struct's field order). A message is
+//! therefore byte-identical to Python's apart from ids, `origin`, `reply_to` and the delivery
+//! tag.
+//!
+//! # Integers beyond 64 bits
+//!
+//! Kept exact: serde_json's `arbitrary_precision` is on, so `2**70` in a payload stays
+//! `1180591620717411303424` through decoding and re-encoding, and deserialises into an `u128`
+//! / `i128` field (or a `serde_json::Number`). A field of a smaller type gets serde's
+//! "invalid value" error, naming the field. The only refusal is in the AMQP header table,
+//! which has no type for them (py-amqp refuses them too).
+//!
+//! # Kombu tagged values
+//!
+//! `{"__type__": …, "__value__": …}` values are converted to plain JSON while decoding:
+//!
+//! | `__type__` | becomes | reads into |
+//! |---|---|---|
+//! | `datetime` | the ISO-8601 string, unchanged | `chrono::DateTime<Utc>` (with offset), `NaiveDateTime` (naive) |
+//! | `date` | the string (`2024-05-17`) | `chrono::NaiveDate` |
+//! | `time` | the string (`12:30:45.000500`) | `chrono::NaiveTime` |
+//! | `decimal` | the string (`9.99`), exact | `rust_decimal::Decimal`, `String` |
+//! | `uuid` (`{"hex": …}`) | the hyphenated string | `uuid::Uuid` |
+//! | `bytes` (UTF-8 text) | an array of byte values | `Vec<u8>` |
+//! | `base64` (other bytes) | an array of byte values | `Vec<u8>` |
+//!
+//! A dict with exactly the keys `__type__` and `__value__` and an unknown type is an error, as
+//! in kombu.
+//!
+//! # Untrusted input
+//!
+//! Decoding never panics and never deserialises anything but JSON: messages over the size
+//! limit ([`DecodeOptions::max_message_bytes`], checked first), non-UTF-8, invalid JSON,
+//! wrong shapes, a missing or non-string `task`, a body that is not `[args, kwargs, embed]`,
+//! and any content type but `application/json` (pickle, yaml, msgpack) are refused with a
+//! [`DecodeError`] that names the problem.
+
+mod amqp;
+mod decode;
+mod encode;
+mod error;
+mod kombu_json;
+mod message;
+mod python_json;
+mod python_repr;
+mod redis;
+mod timestamp;
+
+pub use amqp::{AmqpMessage, AmqpProperties, AmqpTable, AmqpValue};
+pub use decode::{DEFAULT_MAX_MESSAGE_BYTES, DecodeOptions};
+pub use encode::{
+    DEFAULT_TASK_PREFIX, EncodeOptions, JSON_CONTENT_TYPE, KwargsRepr, REDACTED_KWARGS_REPR,
+    UTF8_CONTENT_ENCODING,
+};
+pub use error::{DecodeError, EncodeError, PayloadError};
+pub use message::{
+    Embed, MessageProperties, PAYLOAD_KWARG, ProtocolVersion, Routing, TaskHeaders, TaskMessage,
+    TimeLimit,
+};
+pub use python_json::{PythonJsonFormatter, to_python_json, write_python_json};
+pub use redis::{REDIS_PRIORITY_SEPARATOR, REDIS_PRIORITY_STEPS, RedisMessage, redis_queue_key};

@@ -1,0 +1,336 @@
+//! JSON exactly as Python's `json.dumps` writes it with its defaults, which is what Celery and
+//! kombu put on the wire: separators `", "` and `": "`, `ensure_ascii=True` (`\u0141`, and
+//! characters beyond the BMP as surrogate pairs `\ud83d\ude97`), floats as Python's `repr`
+//! (`1e-07`, `1e+300`, `2.0`), integers of any size as bare literals.
+//!
+//! Key order is whatever the serialised value gives (struct field order, or the order of the
+//! map), as Python keeps dict insertion order.
+
+use std::io;
+
+use serde::Serialize;
+use serde_json::ser::Formatter;
+
+/// A [`serde_json::ser::Formatter`] that writes JSON byte for byte as Python's `json.dumps`
+/// does by default.
+///
+/// ```
+/// use events_celery::codec::to_python_json;
+///
+/// let json = to_python_json(&serde_json::json!({"name": "Łódź 🚗", "ratio": 1e-7}))?;
+/// assert_eq!(json, r#"{"name": "\u0141\u00f3d\u017a \ud83d\ude97", "ratio": 1e-07}"#);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PythonJsonFormatter;
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+impl Formatter for PythonJsonFormatter {
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        writer.write_all(b": ")
+    }
+
+    fn write_f32<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f32) -> io::Result<()> {
+        // Python has only doubles; the shortest text that reads back as this f32 is what a
+        // Python float parsed from it would print too.
+        let mut text = String::with_capacity(24);
+        push_python_float_text(&format!("{value:e}"), &mut text);
+        writer.write_all(text.as_bytes())
+    }
+
+    fn write_f64<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f64) -> io::Result<()> {
+        let mut text = String::with_capacity(24);
+        push_python_float(value, &mut text);
+        writer.write_all(text.as_bytes())
+    }
+
+    fn write_number_str<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        value: &str,
+    ) -> io::Result<()> {
+        // Numbers kept as text (serde_json's `arbitrary_precision`): integers as they are,
+        // floats re-spelled the way Python's repr spells them.
+        if is_integer_literal(value) {
+            writer.write_all(value.as_bytes())
+        } else {
+            let mut text = String::with_capacity(value.len() + 8);
+            push_python_float_text(value, &mut text);
+            writer.write_all(text.as_bytes())
+        }
+    }
+
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        // serde_json has already escaped `"`, `\` and the controls below 0x20 (as Python
+        // does); `ensure_ascii` also escapes DEL and everything beyond ASCII.
+        let bytes = fragment.as_bytes();
+        if bytes.iter().all(|&b| (0x20..0x7f).contains(&b)) {
+            return writer.write_all(bytes);
+        }
+        let mut start = 0;
+        for (index, ch) in fragment.char_indices() {
+            if (' '..'\x7f').contains(&ch) {
+                continue;
+            }
+            writer.write_all(&bytes[start..index])?;
+            start = index + ch.len_utf8();
+            let mut units = [0u16; 2];
+            for unit in ch.encode_utf16(&mut units) {
+                let u = *unit;
+                writer.write_all(&[
+                    b'\\',
+                    b'u',
+                    HEX[usize::from(u >> 12)],
+                    HEX[usize::from((u >> 8) & 0xf)],
+                    HEX[usize::from((u >> 4) & 0xf)],
+                    HEX[usize::from(u & 0xf)],
+                ])?;
+            }
+        }
+        writer.write_all(&bytes[start..])
+    }
+}
+
+/// Serialises `value` as Python's `json.dumps` would write the same data.
+pub fn to_python_json<T: Serialize + ?Sized>(value: &T) -> Result<String, serde_json::Error> {
+    let mut out = Vec::with_capacity(256);
+    write_python_json(&mut out, value)?;
+    // The formatter writes only ASCII (`ensure_ascii`), so this never fails.
+    String::from_utf8(out).map_err(|e| {
+        serde_json::Error::io(io::Error::new(io::ErrorKind::InvalidData, e.utf8_error()))
+    })
+}
+
+/// Appends `value`, as Python's `json.dumps` writes it, to `out`.
+pub fn write_python_json<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), serde_json::Error> {
+    let mut serializer = serde_json::Serializer::with_formatter(out, PythonJsonFormatter);
+    value.serialize(&mut serializer)
+}
+
+fn is_integer_literal(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Appends Python's `repr` of a finite float (`1e-07`, `1e+300`, `2.0`, `0.1`).
+///
+/// Non-finite values are written as `NaN`, `Infinity`, `-Infinity`, as Python does; serde_json
+/// never passes them here (it writes `null` instead).
+pub(crate) fn push_python_float(value: f64, out: &mut String) {
+    if value.is_nan() {
+        out.push_str("NaN");
+    } else if value.is_infinite() {
+        out.push_str(if value > 0.0 { "Infinity" } else { "-Infinity" });
+    } else {
+        // `{:e}` gives the shortest digits that read back as `value` (as Python's repr picks).
+        push_python_float_text(&format!("{value:e}"), out);
+    }
+}
+
+/// Re-spells the decimal number `text` (any JSON number, or Rust's `{:e}`) as Python's float
+/// repr would, keeping every digit: `1e-7` → `1e-07`, `1E300` → `1e+300`, `2` → `2.0`.
+pub(crate) fn push_python_float_text(text: &str, out: &mut String) {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(at) => (&unsigned[..at], &unsigned[at + 1..]),
+        None => (unsigned, "0"),
+    };
+    let exponent: i64 = match exponent.strip_prefix('+').unwrap_or(exponent).parse() {
+        Ok(e) => e,
+        Err(_) => {
+            // Not a number we understand (cannot come from serde_json): keep it as it is.
+            out.push_str(text);
+            return;
+        }
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    // digits d1 d2 … with the value = 0.d1d2… × 10^point.
+    let mut digits: String = String::with_capacity(int_part.len() + frac_part.len());
+    digits.push_str(int_part);
+    digits.push_str(frac_part);
+    let leading_zeros = digits.bytes().take_while(|&b| b == b'0').count();
+    let int_len = i64::try_from(int_part.len()).unwrap_or(i64::MAX);
+    let skipped = i64::try_from(leading_zeros).unwrap_or(i64::MAX);
+    let digits = digits[leading_zeros..].trim_end_matches('0');
+    if negative {
+        out.push('-');
+    }
+    if digits.is_empty() {
+        out.push_str("0.0");
+        return;
+    }
+    let point = int_len
+        .saturating_sub(skipped)
+        .saturating_add(exponent);
+    let count = i64::try_from(digits.len()).unwrap_or(i64::MAX);
+    // Python's repr: positional when -4 <= exponent < 16, i.e. -3 <= point <= 16.
+    if (-3..=16).contains(&point) {
+        if point <= 0 {
+            out.push_str("0.");
+            for _ in 0..-point {
+                out.push('0');
+            }
+            out.push_str(digits);
+        } else if point >= count {
+            out.push_str(digits);
+            for _ in 0..point - count {
+                out.push('0');
+            }
+            out.push_str(".0");
+        } else {
+            let split = usize::try_from(point).unwrap_or(0);
+            out.push_str(&digits[..split]);
+            out.push('.');
+            out.push_str(&digits[split..]);
+        }
+    } else {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        let exp = point - 1;
+        out.push('e');
+        out.push(if exp < 0 { '-' } else { '+' });
+        let magnitude = exp.unsigned_abs();
+        if magnitude < 10 {
+            out.push('0');
+        }
+        out.push_str(&magnitude.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn float(value: f64) -> String {
+        let mut out = String::new();
+        push_python_float(value, &mut out);
+        out
+    }
+
+    #[test]
+    fn floats_are_spelled_as_python_repr() {
+        let cases: &[(f64, &str)] = &[
+            (3.14159, "3.14159"),
+            (1e-07, "1e-07"),
+            (1e300, "1e+300"),
+            (2.0, "2.0"),
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (0.1, "0.1"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (1e15, "1000000000000000.0"),
+            (1e16, "1e+16"),
+            (123456789.125, "123456789.125"),
+            (-1.5e-300, "-1.5e-300"),
+            (1.7976931348623157e308, "1.7976931348623157e+308"),
+            (5e-324, "5e-324"),
+            (1.2345678901234567e16, "1.2345678901234568e+16"),
+        ];
+        for &(value, expected) in cases {
+            assert_eq!(float(value), expected, "{value:e}");
+        }
+        assert_eq!(float(f64::NAN), "NaN");
+        assert_eq!(float(f64::NEG_INFINITY), "-Infinity");
+    }
+
+    #[test]
+    fn number_text_is_respelled_exactly() {
+        let respell = |text: &str| {
+            let mut out = String::new();
+            push_python_float_text(text, &mut out);
+            out
+        };
+        assert_eq!(respell("1e-7"), "1e-07");
+        assert_eq!(respell("1E300"), "1e+300");
+        assert_eq!(respell("1e+300"), "1e+300");
+        assert_eq!(respell("0.000"), "0.0");
+        assert_eq!(respell("-0.0"), "-0.0");
+        assert_eq!(respell("00012.50"), "12.5");
+        assert_eq!(respell("3.141592653589793238462643"), "3.141592653589793238462643");
+        assert_eq!(respell("0.001e-2"), "1e-05");
+    }
+
+    #[test]
+    fn writes_python_separators_and_ascii_escapes() {
+        let value = json!({
+            "text": "Łódź — 東京 — emoji 🚗",
+            "control": "tab\tnewline\nquote\"backslash\\ del\u{7f} nul\u{0} bell\u{7}",
+            "nested": [1, [2, {"k": [null, true, false]}], {}],
+            "big": serde_json::from_str::<serde_json::Value>("1180591620717411303424").unwrap(),
+            "float": 1e-7,
+        });
+        let json = to_python_json(&value).unwrap();
+        assert!(json.contains(
+            r#""text": "\u0141\u00f3d\u017a \u2014 \u6771\u4eac \u2014 emoji \ud83d\ude97""#
+        ));
+        assert!(json.contains(
+            r#""control": "tab\tnewline\nquote\"backslash\\ del\u007f nul\u0000 bell\u0007""#
+        ));
+        assert!(json.contains(r#""nested": [1, [2, {"k": [null, true, false]}], {}]"#));
+        assert!(json.contains(r#""big": 1180591620717411303424"#));
+        assert!(json.contains(r#""float": 1e-07"#));
+        assert!(json.is_ascii());
+    }
+
+    #[test]
+    fn typed_floats_and_wide_integers() {
+        #[derive(Serialize)]
+        struct Sample {
+            small: f32,
+            wide: u128,
+            negative: i128,
+            whole: f64,
+        }
+        let json = to_python_json(&Sample {
+            small: 0.1,
+            wide: 1 << 70,
+            negative: -(1i128 << 64) - 1,
+            whole: 2.0,
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"small": 0.1, "wide": 1180591620717411303424, "negative": -18446744073709551617, "whole": 2.0}"#
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! The `argsrepr` / `kwargsrepr` headers: Celery's `saferepr` of the arguments, which Celery
+//! shows in logs, Flower and `celery inspect`.
+//!
+//! Mirrors `celery.utils.saferepr.saferepr(value, maxlen=1024)`: Python literal syntax,
+//! strings in single quotes with only `'` escaped (other characters are kept raw), containers
+//! nested deeper than 3 levels shown as `[...]` / `{...}`, and the text cut after 1024
+//! characters with `, ...` and the closing brackets.
+
+use serde_json::{Map, Value};
+
+use super::python_json::push_python_float_text;
+
+/// Celery's `argsrepr_maxsize` and `kwargsrepr_maxsize`.
+const MAX_SIZE: i64 = 1024;
+/// `saferepr`'s `maxlevels`.
+const MAX_LEVELS: usize = 3;
+
+/// `saferepr(kwargs, 1024)`.
+pub(crate) fn kwargs_repr(kwargs: &Map<String, Value>) -> String {
+    let mut repr = SafeRepr::new();
+    repr.dict(kwargs);
+    repr.finish()
+}
+
+/// `saferepr(tuple(args), 1024)`.
+pub(crate) fn args_repr(args: &[Value]) -> String {
+    let mut repr = SafeRepr::new();
+    let end = if args.len() == 1 { ",)" } else { ")" };
+    repr.sequence("(", end, args);
+    repr.finish()
+}
+
+struct SafeRepr {
+    out: String,
+    budget: i64,
+    level: usize,
+    closers: Vec<&'static str>,
+    exhausted: bool,
+}
+
+impl SafeRepr {
+    fn new() -> Self {
+        Self {
+            out: String::with_capacity(128),
+            budget: MAX_SIZE,
+            level: 0,
+            closers: Vec::new(),
+            exhausted: false,
+        }
+    }
+
+    fn finish(mut self) -> String {
+        if self.exhausted {
+            while let Some(closer) = self.closers.pop() {
+                self.out.push_str(closer);
+            }
+        }
+        self.out
+    }
+
+    /// Emits one token, unless the budget is spent: then `, ...` (and the token is dropped, as
+    /// in Python).
+    fn token(&mut self, text: &str) -> bool {
+        if self.exhausted {
+            return false;
+        }
+        if self.budget <= 0 {
+            self.out.push_str(", ...");
+            self.exhausted = true;
+            return false;
+        }
+        self.out.push_str(text);
+        self.budget -= char_count(text);
+        true
+    }
+
+    /// A scalar's text, cut by `truncate` when it is as long as what is left of the budget.
+    fn text(&mut self, text: &str) {
+        if self.exhausted || self.budget <= 0 || char_count(text) < self.budget {
+            self.token(text);
+        } else {
+            let cut = truncate(text, self.budget);
+            self.token(&cut);
+        }
+    }
+
+    fn quoted(&mut self, text: &str) {
+        if self.exhausted || self.budget <= 0 {
+            self.token("");
+            return;
+        }
+        let body = if char_count(text) < self.budget {
+            text.replace('\'', "\\'")
+        } else {
+            truncate(text, self.budget).replace('\'', "\\'")
+        };
+        let mut quoted = String::with_capacity(body.len() + 2);
+        quoted.push('\'');
+        quoted.push_str(&body);
+        quoted.push('\'');
+        self.token(&quoted);
+    }
+
+    fn value(&mut self, value: &Value) {
+        match value {
+            Value::Null => self.text("None"),
+            Value::Bool(true) => self.text("True"),
+            Value::Bool(false) => self.text("False"),
+            Value::Number(number) => {
+                let text = number.to_string();
+                if text.contains(['.', 'e', 'E']) {
+                    let mut float = String::with_capacity(text.len() + 4);
+                    push_python_float_text(&text, &mut float);
+                    self.text(&float);
+                } else {
+                    self.text(&text);
+                }
+            }
+            Value::String(text) => self.quoted(text),
+            Value::Array(items) => self.sequence("[", "]", items),
+            Value::Object(map) => self.dict(map),
+        }
+    }
+
+    fn open(&mut self, start: &str, end: &'static str) -> bool {
+        if self.level >= MAX_LEVELS {
+            let mut elided = String::with_capacity(6);
+            elided.push_str(start);
+            elided.push_str("...");
+            elided.push_str(end);
+            self.text(&elided);
+            return false;
+        }
+        self.closers.push(end);
+        if !self.token(start) {
+            return false;
+        }
+        self.level += 1;
+        true
+    }
+
+    fn close(&mut self) {
+        if self.exhausted {
+            return;
+        }
+        self.level -= 1;
+        if let Some(end) = self.closers.pop() {
+            self.token(end);
+        }
+    }
+
+    fn sequence(&mut self, start: &str, end: &'static str, items: &[Value]) {
+        if !self.open(start, end) {
+            return;
+        }
+        for (index, item) in items.iter().enumerate() {
+            if index > 0 && !self.token(", ") {
+                return;
+            }
+            self.value(item);
+            if self.exhausted {
+                return;
+            }
+        }
+        self.close();
+    }
+
+    fn dict(&mut self, map: &Map<String, Value>) {
+        if !self.open("{", "}") {
+            return;
+        }
+        for (index, (key, item)) in map.iter().enumerate() {
+            if index > 0 && !self.token(", ") {
+                return;
+            }
+            self.quoted(key);
+            if !self.token(": ") {
+                return;
+            }
+            self.value(item);
+            if self.exhausted {
+                return;
+            }
+        }
+        self.close();
+    }
+}
+
+fn char_count(text: &str) -> i64 {
+    i64::try_from(text.chars().count()).unwrap_or(i64::MAX)
+}
+
+/// `celery.utils.text.truncate(s, maxlen)`: `s[:maxlen].rsplit(' ', 1)[0] + '...'`.
+fn truncate(text: &str, max: i64) -> String {
+    let max = usize::try_from(max).unwrap_or(0);
+    let end = text.char_indices().nth(max).map_or(text.len(), |(at, _)| at);
+    let head = &text[..end];
+    let head = head.rsplit_once(' ').map_or(head, |(before, _)| before);
+    let mut cut = String::with_capacity(head.len() + 3);
+    cut.push_str(head);
+    cut.push_str("...");
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => unreachable!("test input is an object"),
+        }
+    }
+
+    #[test]
+    fn seed_payload_as_celery_writes_it() {
+        // serde_json's Map is ordered by key; the fixture's order comes from a typed event.
+        let kwargs = map(json!({"payload": {"name": "Brake pad", "product_id": "abc-123", "stock": 4}}));
+        assert_eq!(
+            kwargs_repr(&kwargs),
+            "{'payload': {'name': 'Brake pad', 'product_id': 'abc-123', 'stock': 4}}"
+        );
+    }
+
+    #[test]
+    fn scalars_quotes_and_nesting() {
+        let kwargs = map(json!({"payload": {
+            "control": "tab\tnewline\nquote\"backslash\\ it's",
+            "float_small": 1e-7,
+            "nested": [1, [2, [3]], {"empty": {}}],
+            "null": null,
+            "yes": true,
+        }}));
+        assert_eq!(
+            kwargs_repr(&kwargs),
+            "{'payload': {'control': 'tab\tnewline\nquote\"backslash\\ it\\'s', \
+             'float_small': 1e-07, 'nested': [1, [...], {...}], 'null': None, 'yes': True}}"
+        );
+    }
+
+    #[test]
+    fn args_are_a_tuple() {
+        assert_eq!(args_repr(&[]), "()");
+        assert_eq!(args_repr(&[json!(7)]), "(7,)");
+        assert_eq!(args_repr(&[json!("e"), json!(null)]), "('e', None)");
+    }
+
+    #[test]
+    fn long_values_are_cut_at_1024_characters() {
+        let long = "word ".repeat(300);
+        let kwargs = map(json!({"payload": {"a": long, "b": 1}}));
+        let repr = kwargs_repr(&kwargs);
+        // `{'payload': {'a': '` is 19 characters; the string is cut to the 1005 left, back to
+        // the last space, then the budget is spent and the rest becomes `, ...` + closers.
+        let cut = format!("{}...", &long[..1005].rsplit_once(' ').unwrap().0);
+        assert_eq!(repr, format!("{{'payload': {{'a': '{cut}', ...}}}}"));
+    }
+}

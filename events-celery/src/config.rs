@@ -1,0 +1,261 @@
+//! Configuration of the Celery backend: broker, task names, routing, time limits.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::broker::BrokerUrl;
+use crate::codec::{DEFAULT_TASK_PREFIX, EncodeOptions, KwargsRepr};
+use crate::error::CeleryError;
+
+/// Where one event's messages go.
+///
+/// ```
+/// use events_celery::Route;
+///
+/// // Celery's way: straight to a queue through the default exchange.
+/// let route = Route::queue("default");
+/// // Through an exchange, with a routing key (RabbitMQ; on Redis the queue is used).
+/// let routed = Route::queue("billing").via_exchange("events", "billing.invoice");
+/// # let _ = (route, routed);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    queue: String,
+    exchange: String,
+    routing_key: String,
+    priority: Option<u8>,
+}
+
+impl Route {
+    /// Straight to `queue` through the default exchange (`""`, routing key = queue).
+    pub fn queue(queue: impl Into<String>) -> Self {
+        let queue = queue.into();
+        Self {
+            routing_key: queue.clone(),
+            exchange: String::new(),
+            queue,
+            priority: None,
+        }
+    }
+
+    /// Through `exchange` with `routing_key` (on RabbitMQ; Redis pushes to the queue).
+    pub fn via_exchange(
+        mut self,
+        exchange: impl Into<String>,
+        routing_key: impl Into<String>,
+    ) -> Self {
+        self.exchange = exchange.into();
+        self.routing_key = routing_key.into();
+        self
+    }
+
+    /// A default priority (0–9) for this event's messages.
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// The queue.
+    pub fn queue_name(&self) -> &str {
+        &self.queue
+    }
+}
+
+/// How the Celery backend publishes: the broker, task names, routing and limits.
+///
+/// ```
+/// use std::time::Duration;
+/// use events_celery::{CeleryConfig, Route};
+///
+/// let config = CeleryConfig::new("amqp://guest:guest@127.0.0.1:5672//")?
+///     .default_queue("default")
+///     .route("orders.order_placed", Route::queue("orders"))
+///     .publish_timeout(Duration::from_secs(5));
+/// assert_eq!(config.route_for("orders.order_placed").queue_name(), "orders");
+/// assert_eq!(config.route_for("anything.else").queue_name(), "default");
+/// # Ok::<(), events_celery::CeleryError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct CeleryConfig {
+    broker: BrokerUrl,
+    task_prefix: String,
+    default_route: Route,
+    routes: HashMap<String, Route>,
+    publish_timeout: Duration,
+    queue_max_priority: Option<u8>,
+    kwargs_repr: KwargsRepr,
+}
+
+/// The environment variables [`CeleryConfig::from_env`] reads.
+pub mod env {
+    /// The broker URL (Celery's own name for it). Required.
+    pub const BROKER_URL: &str = "CELERY_BROKER_URL";
+    /// The default queue (default `celery`).
+    pub const DEFAULT_QUEUE: &str = "EVENTS_CELERY_DEFAULT_QUEUE";
+    /// The task-name prefix (default `domain_events.`).
+    pub const TASK_PREFIX: &str = "EVENTS_CELERY_TASK_PREFIX";
+    /// Per-event queues: `event=queue,event=queue`.
+    pub const ROUTES: &str = "EVENTS_CELERY_ROUTES";
+    /// The publish time limit in milliseconds (default 10000).
+    pub const PUBLISH_TIMEOUT_MS: &str = "EVENTS_CELERY_PUBLISH_TIMEOUT_MS";
+    /// `x-max-priority` for declared queues (Celery's `task_queue_max_priority`).
+    pub const QUEUE_MAX_PRIORITY: &str = "EVENTS_CELERY_QUEUE_MAX_PRIORITY";
+    /// `redacted` to keep payloads out of the `kwargsrepr` header.
+    pub const KWARGSREPR: &str = "EVENTS_CELERY_KWARGSREPR";
+}
+
+impl CeleryConfig {
+    /// Celery's defaults on the given broker: queue `celery`, task names
+    /// `domain_events.<event>`, a 10 s publish time limit.
+    pub fn new(broker_url: &str) -> Result<Self, CeleryError> {
+        Ok(Self {
+            broker: BrokerUrl::parse(broker_url)?,
+            task_prefix: DEFAULT_TASK_PREFIX.to_owned(),
+            default_route: Route::queue("celery"),
+            routes: HashMap::new(),
+            publish_timeout: Duration::from_secs(10),
+            queue_max_priority: None,
+            kwargs_repr: KwargsRepr::Python,
+        })
+    }
+
+    /// From the environment variables in [`env`]; `broker_url` overrides
+    /// `CELERY_BROKER_URL` when given.
+    pub fn from_env(broker_url: Option<&str>) -> Result<Self, CeleryError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let url = match broker_url {
+            Some(url) => url.to_owned(),
+            None => var(env::BROKER_URL).ok_or_else(|| {
+                CeleryError::Config(format!(
+                    "no broker URL: set {} (e.g. amqp://guest:guest@127.0.0.1:5672//) or pass \
+                     the URL itself",
+                    env::BROKER_URL
+                ))
+            })?,
+        };
+        let mut config = Self::new(&url)?;
+        if let Some(queue) = var(env::DEFAULT_QUEUE) {
+            config = config.default_queue(queue.trim());
+        }
+        if let Ok(prefix) = std::env::var(env::TASK_PREFIX) {
+            config = config.task_prefix(prefix);
+        }
+        if let Some(routes) = var(env::ROUTES) {
+            for pair in routes.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let Some((event, queue)) = pair.split_once('=') else {
+                    return Err(CeleryError::Config(format!(
+                        "{}: `{pair}` is not `event=queue`",
+                        env::ROUTES
+                    )));
+                };
+                config = config.route(event.trim(), Route::queue(queue.trim()));
+            }
+        }
+        if let Some(ms) = var(env::PUBLISH_TIMEOUT_MS) {
+            let ms: u64 = ms.trim().parse().map_err(|_| {
+                CeleryError::Config(format!(
+                    "{}: `{ms}` is not a number of milliseconds",
+                    env::PUBLISH_TIMEOUT_MS
+                ))
+            })?;
+            config = config.publish_timeout(Duration::from_millis(ms));
+        }
+        if let Some(max) = var(env::QUEUE_MAX_PRIORITY) {
+            let max: u8 = max.trim().parse().map_err(|_| {
+                CeleryError::Config(format!(
+                    "{}: `{max}` is not a number from 1 to 255",
+                    env::QUEUE_MAX_PRIORITY
+                ))
+            })?;
+            config = config.queue_max_priority(max);
+        }
+        if let Some(mode) = var(env::KWARGSREPR) {
+            config = config.kwargs_repr(match mode.trim().to_ascii_lowercase().as_str() {
+                "redacted" => KwargsRepr::Redacted,
+                "python" => KwargsRepr::Python,
+                other => {
+                    return Err(CeleryError::Config(format!(
+                        "{}: `{other}` is not `python` or `redacted`",
+                        env::KWARGSREPR
+                    )));
+                }
+            });
+        }
+        Ok(config)
+    }
+
+    /// The task-name prefix (`domain_events.` by default).
+    pub fn task_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.task_prefix = prefix.into();
+        self
+    }
+
+    /// The queue for events without a route (`celery` by default, as in Celery).
+    pub fn default_queue(mut self, queue: impl Into<String>) -> Self {
+        self.default_route = Route::queue(queue);
+        self
+    }
+
+    /// Routes one event's messages.
+    pub fn route(mut self, event: impl Into<String>, route: Route) -> Self {
+        self.routes.insert(event.into(), route);
+        self
+    }
+
+    /// How long a publish may take, connecting included, before it fails (10 s by default).
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
+    /// Declares queues with `x-max-priority` (Celery's `task_queue_max_priority`); must match
+    /// what the Python side declares.
+    pub fn queue_max_priority(mut self, max: u8) -> Self {
+        self.queue_max_priority = Some(max);
+        self
+    }
+
+    /// What goes into the `kwargsrepr` header ([`KwargsRepr::Redacted`] keeps payloads out of
+    /// broker contents and worker logs).
+    pub fn kwargs_repr(mut self, repr: KwargsRepr) -> Self {
+        self.kwargs_repr = repr;
+        self
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> &BrokerUrl {
+        &self.broker
+    }
+
+    /// The task-name prefix.
+    pub fn prefix(&self) -> &str {
+        &self.task_prefix
+    }
+
+    /// The route of an event.
+    pub fn route_for(&self, event: &str) -> &Route {
+        self.routes.get(event).unwrap_or(&self.default_route)
+    }
+
+    /// The publish time limit.
+    pub fn timeout(&self) -> Duration {
+        self.publish_timeout
+    }
+
+    pub(crate) fn max_priority(&self) -> Option<u8> {
+        self.queue_max_priority
+    }
+
+    /// The encoding options for an event's messages under this configuration.
+    pub fn encode_options(&self, event: &str) -> EncodeOptions {
+        let route = self.route_for(event);
+        let mut options = EncodeOptions::new()
+            .task_prefix(self.task_prefix.clone())
+            .routing(route.exchange.clone(), route.routing_key.clone())
+            .kwargs_repr(self.kwargs_repr.clone());
+        if let Some(priority) = route.priority {
+            options = options.priority(priority);
+        }
+        options
+    }
+}

@@ -1,0 +1,92 @@
+//! The errors of the Celery backend and worker.
+
+use std::time::Duration;
+
+use crate::broker::BrokerUrl;
+use crate::codec::{DecodeError, EncodeError};
+
+/// What can go wrong talking to a broker. Messages never contain a password.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CeleryError {
+    /// The configuration is unusable.
+    #[error("invalid Celery configuration: {0}")]
+    Config(String),
+
+    /// The broker could not be reached or refused the connection.
+    #[error("cannot connect to the broker at {broker}: {source}")]
+    Connect {
+        /// The broker, without password.
+        broker: BrokerUrl,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The broker failed or went away during an operation.
+    #[error("the broker at {broker} failed during {operation}: {source}")]
+    Broker {
+        /// The broker, without password.
+        broker: BrokerUrl,
+        /// What was being done.
+        operation: &'static str,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The operation did not finish in time; for a publish, the message may or may not have
+    /// reached the broker, so treat it as not sent and publish again if needed.
+    #[error(
+        "{operation} on the broker at {broker} did not finish within {after:?}; the broker may be \
+         down or overloaded (the time limit is `CeleryConfig::publish_timeout`)"
+    )]
+    Timeout {
+        /// The broker, without password.
+        broker: BrokerUrl,
+        /// What was being done.
+        operation: &'static str,
+        /// The limit.
+        after: Duration,
+    },
+
+    /// RabbitMQ refused to take responsibility for the message (a negative confirm).
+    #[error("the broker at {broker} refused the message for `{routing_key}` (nack)")]
+    Nacked {
+        /// The broker, without password.
+        broker: BrokerUrl,
+        /// Where it was sent.
+        routing_key: String,
+    },
+
+    /// RabbitMQ could not route the message to any queue, so it returned it.
+    #[error(
+        "no queue is bound to exchange `{exchange}` with routing key `{routing_key}` on {broker}: \
+         the message was returned, not stored; declare the queue or fix the route"
+    )]
+    Unroutable {
+        /// The broker, without password.
+        broker: BrokerUrl,
+        /// The exchange.
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+    },
+
+    /// The event could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+
+    /// A message could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+impl From<CeleryError> for events_core::Error {
+    fn from(error: CeleryError) -> Self {
+        events_core::Error::Backend {
+            backend: "celery",
+            source: Box::new(error),
+        }
+    }
+}

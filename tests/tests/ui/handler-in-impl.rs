@@ -1,0 +1,17 @@
+use events_core::{domain_event, handler};
+
+#[domain_event]
+struct OrderPlaced {
+    id: u32,
+}
+
+struct Service;
+
+impl Service {
+    #[handler]
+    fn on_order(event: &OrderPlaced) {
+        println!("{}", event.id);
+    }
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use events_core::handler;
+
+#[handler]
+fn on_nothing() {}
+
+fn main() {}
