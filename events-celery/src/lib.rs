@@ -25,16 +25,21 @@
 pub mod codec;
 
 pub use codec::{
-    AmqpMessage, DecodeError, DecodeOptions, EncodeError, EncodeOptions, KwargsRepr,
-    PayloadError, RedisMessage, TaskMessage,
+    AmqpMessage, DecodeError, DecodeOptions, EncodeError, EncodeOptions, KwargsRepr, PayloadError,
+    RedisMessage, TaskMessage,
 };
 
 mod backend;
 mod broker;
 mod config;
 mod error;
+mod worker;
 
 pub use backend::CeleryBackend;
 pub use broker::{BrokerKind, BrokerUrl};
 pub use config::{CeleryConfig, Route, env};
 pub use error::CeleryError;
+pub use worker::{
+    DEAD_LETTER_SUFFIX, PENDING_HANDLERS_HEADER, RetryPolicy, Worker, WorkerConfig, WorkerStats,
+    replay_dead_letters, shutdown_signal,
+};

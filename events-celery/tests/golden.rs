@@ -6,9 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use events_celery::codec::{
-    DecodeOptions, EncodeOptions, ProtocolVersion, Routing, TaskMessage,
-};
+use events_celery::codec::{DecodeOptions, EncodeOptions, ProtocolVersion, Routing, TaskMessage};
 use serde_json::{Value, json};
 use support::{
     CASES, amqp_header_types, amqp_json, amqp_message, redis_envelope, redis_json, redis_key,
@@ -96,17 +94,33 @@ fn every_redis_fixture_decodes() {
         let fixture = redis_json(case);
         let message = decode_redis(case);
         assert_eq!(message.task, task_name(case), "{case}");
-        assert_eq!(Value::Object(message.kwargs.clone()), expected_kwargs(case), "{case}");
+        assert_eq!(
+            Value::Object(message.kwargs.clone()),
+            expected_kwargs(case),
+            "{case}"
+        );
         assert!(message.args.is_empty(), "{case}");
         let properties = &fixture["properties"];
-        assert_eq!(message.properties.correlation_id.as_deref(), properties["correlation_id"].as_str());
-        assert_eq!(message.properties.reply_to.as_deref(), properties["reply_to"].as_str());
-        assert_eq!(message.properties.delivery_tag.as_deref(), properties["delivery_tag"].as_str());
+        assert_eq!(
+            message.properties.correlation_id.as_deref(),
+            properties["correlation_id"].as_str()
+        );
+        assert_eq!(
+            message.properties.reply_to.as_deref(),
+            properties["reply_to"].as_str()
+        );
+        assert_eq!(
+            message.properties.delivery_tag.as_deref(),
+            properties["delivery_tag"].as_str()
+        );
         assert_eq!(
             message.properties.priority,
             Some(u8::try_from(properties["priority"].as_u64().unwrap()).unwrap())
         );
-        assert_eq!(message.routing, Routing::queue(properties["delivery_info"]["routing_key"].as_str().unwrap()));
+        assert_eq!(
+            message.routing,
+            Routing::queue(properties["delivery_info"]["routing_key"].as_str().unwrap())
+        );
         assert_eq!(
             message.raw_envelope.as_deref().map(str::as_bytes),
             Some(redis_envelope(case).as_slice())
@@ -121,7 +135,11 @@ fn every_redis_fixture_decodes() {
             assert_eq!(message.id, fixture["headers"]["id"].as_str().unwrap());
             // Every header, its value and its JSON type, in Celery's order.
             assert_eq!(headers_json(&message), fixture["headers"], "{case}");
-            assert_eq!(keys(&headers_json(&message)), keys(&fixture["headers"]), "{case}");
+            assert_eq!(
+                keys(&headers_json(&message)),
+                keys(&fixture["headers"]),
+                "{case}"
+            );
         }
     }
 }
@@ -135,21 +153,43 @@ fn fixture_details_survive_decoding() {
     assert_eq!(countdown.properties.expiration.as_deref(), Some("3600000"));
 
     let custom = decode_redis("custom_headers");
-    assert_eq!(custom.headers.custom, vec![("x-trace-id".to_owned(), json!("abc"))]);
+    assert_eq!(
+        custom.headers.custom,
+        vec![("x-trace-id".to_owned(), json!("abc"))]
+    );
 
     let linked = decode_redis("linked");
-    assert_eq!(linked.embed.callbacks[0]["task"], "domain_events.fixtures.on_success");
+    assert_eq!(
+        linked.embed.callbacks[0]["task"],
+        "domain_events.fixtures.on_success"
+    );
     assert_eq!(linked.embed.errbacks[0]["args"], json!(["e"]));
 
     let chain = decode_redis("chain");
-    let steps: Vec<&str> = chain.embed.chain.as_array().unwrap().iter().map(|s| s["task"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["domain_events.fixtures.step_three", "domain_events.fixtures.step_two"]);
+    let steps: Vec<&str> = chain
+        .embed
+        .chain
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["task"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "domain_events.fixtures.step_three",
+            "domain_events.fixtures.step_two"
+        ]
+    );
 
     let original = decode_redis("retried_original");
     let retried = decode_redis("retried");
     assert_eq!(retried.id, original.id);
     assert_eq!(retried.headers.root_id, original.headers.root_id);
-    assert_eq!(retried.headers.parent_id.as_deref(), Some(original.id.as_str()));
+    assert_eq!(
+        retried.headers.parent_id.as_deref(),
+        Some(original.id.as_str())
+    );
     assert_eq!(retried.headers.retries, 1);
     assert_eq!(retried.headers.ignore_result, Some(false));
     assert_eq!(retried.properties.origin, original.headers.origin);
@@ -169,7 +209,11 @@ fn redis_fixtures_reencode_byte_for_byte() {
         }
         let message = decode_redis(case);
         let redis = message.to_redis().unwrap();
-        assert_eq!(redis.envelope.as_bytes(), redis_envelope(case).as_slice(), "{case}");
+        assert_eq!(
+            redis.envelope.as_bytes(),
+            redis_envelope(case).as_slice(),
+            "{case}"
+        );
         assert_eq!(redis.key, redis_key(case), "{case}");
     }
 }
@@ -181,13 +225,26 @@ fn every_amqp_fixture_decodes_with_wire_types() {
         let wire = amqp_message(case);
         let message = decode_amqp(case);
         assert_eq!(message.task, task_name(case), "{case}");
-        assert_eq!(Value::Object(message.kwargs.clone()), expected_kwargs(case), "{case}");
-        assert_eq!(message.routing.routing_key, capture["routing_key"].as_str().unwrap());
-        assert_eq!(message.properties.correlation_id, wire.properties.correlation_id);
+        assert_eq!(
+            Value::Object(message.kwargs.clone()),
+            expected_kwargs(case),
+            "{case}"
+        );
+        assert_eq!(
+            message.routing.routing_key,
+            capture["routing_key"].as_str().unwrap()
+        );
+        assert_eq!(
+            message.properties.correlation_id,
+            wire.properties.correlation_id
+        );
         if case == "protocol_v1" {
             assert_eq!(message.protocol, ProtocolVersion::V1);
             assert!(wire.headers.is_empty());
-            assert_eq!(message.id, capture["properties"]["correlation_id"].as_str().unwrap());
+            assert_eq!(
+                message.id,
+                capture["properties"]["correlation_id"].as_str().unwrap()
+            );
             continue;
         }
         assert_eq!(message.id, capture["headers"]["id"].as_str().unwrap());
@@ -198,7 +255,10 @@ fn every_amqp_fixture_decodes_with_wire_types() {
         let encoded = message.to_amqp().unwrap();
         assert_eq!(encoded.headers, wire.headers, "{case}");
         assert_eq!(encoded.properties, wire.properties, "{case}");
-        assert_eq!((encoded.exchange.as_str(), encoded.routing_key.as_str()), ("", capture["routing_key"].as_str().unwrap()));
+        assert_eq!(
+            (encoded.exchange.as_str(), encoded.routing_key.as_str()),
+            ("", capture["routing_key"].as_str().unwrap())
+        );
         if case != "kombu_types" {
             assert_eq!(encoded.body, wire.body, "{case}");
         }
@@ -222,8 +282,14 @@ fn both_brokers_decode_to_the_same_model() {
         redis.headers.parent_id.clone_from(&amqp.headers.parent_id);
         redis.headers.eta = amqp.headers.eta;
         redis.headers.expires = amqp.headers.expires;
-        redis.properties.correlation_id.clone_from(&amqp.properties.correlation_id);
-        redis.properties.reply_to.clone_from(&amqp.properties.reply_to);
+        redis
+            .properties
+            .correlation_id
+            .clone_from(&amqp.properties.correlation_id);
+        redis
+            .properties
+            .reply_to
+            .clone_from(&amqp.properties.reply_to);
         redis.properties.delivery_tag = None;
         redis.properties.origin = None;
         redis.raw_envelope = None;
@@ -252,21 +318,30 @@ fn encode_like_python(case: &str, fixture: &TaskMessage, options: EncodeOptions)
     .unwrap();
     // Workflow options are not `EncodeOptions`: the model carries them.
     message.embed = fixture.embed.clone();
-    message.properties.delivery_tag.clone_from(&fixture.properties.delivery_tag);
+    message
+        .properties
+        .delivery_tag
+        .clone_from(&fixture.properties.delivery_tag);
     if case == "countdown" || case == "retried" {
         // Scheduled from "now": the clock differs.
         let eta = message.headers.eta.unwrap();
         let now = chrono::Utc::now();
         let ahead = (eta.with_timezone(&chrono::Utc) - now).num_seconds();
         let countdown = if case == "countdown" { 30 } else { 1 };
-        assert!((countdown - 2..=countdown).contains(&ahead), "{case}: eta {ahead}s ahead");
+        assert!(
+            (countdown - 2..=countdown).contains(&ahead),
+            "{case}: eta {ahead}s ahead"
+        );
         message.headers.eta = fixture.headers.eta;
         message.headers.expires = fixture.headers.expires;
     }
     if case == "retried" {
         // What a worker's retry changes beyond `EncodeOptions`.
         message.headers.ignore_result = Some(false);
-        message.properties.origin.clone_from(&fixture.properties.origin);
+        message
+            .properties
+            .origin
+            .clone_from(&fixture.properties.origin);
     }
     message
 }
@@ -334,7 +409,8 @@ fn typed_encoding_has_pythons_header_set_and_value_types() {
     // Without aligning anything: fresh ids, this process's origin and reply_to.
     for case in SEED_CASES {
         let fixture = redis_json(case);
-        let message = TaskMessage::from_event(&seed(), &options_for(case, &decode_redis(case))).unwrap();
+        let message =
+            TaskMessage::from_event(&seed(), &options_for(case, &decode_redis(case))).unwrap();
         let ours = headers_json(&message);
         let theirs = &fixture["headers"];
         let kind = |value: &Value| match value {
@@ -352,7 +428,9 @@ fn typed_encoding_has_pythons_header_set_and_value_types() {
                 .unwrap()
                 .iter()
                 // A worker's retry sets these; `send_task` does not.
-                .filter(|(name, _)| !(case == "retried" && matches!(name.as_str(), "parent_id" | "ignore_result")))
+                .filter(|(name, _)| {
+                    !(case == "retried" && matches!(name.as_str(), "parent_id" | "ignore_result"))
+                })
                 .map(|(name, value)| (name.clone(), kind(value)))
                 .collect()
         };
@@ -365,8 +443,16 @@ fn typed_encoding_has_pythons_header_set_and_value_types() {
 #[test]
 fn typed_payload_decodes_from_every_seed_fixture() {
     for case in SEED_CASES.into_iter().chain(["protocol_v1"]) {
-        assert_eq!(decode_redis(case).payload::<ProductCreated>().unwrap(), seed(), "{case}");
-        assert_eq!(decode_amqp(case).payload::<ProductCreated>().unwrap(), seed(), "{case}");
+        assert_eq!(
+            decode_redis(case).payload::<ProductCreated>().unwrap(),
+            seed(),
+            "{case}"
+        );
+        assert_eq!(
+            decode_amqp(case).payload::<ProductCreated>().unwrap(),
+            seed(),
+            "{case}"
+        );
         let dynamic = decode_redis(case)
             .decode_payload(<ProductCreated as events_core::DomainEvent>::descriptor())
             .unwrap();
@@ -381,7 +467,12 @@ fn payload_errors_name_event_field_and_reason() {
     let error = message.payload::<ProductCreated>().unwrap_err();
     assert_eq!(error.event(), "products.product_created");
     assert_eq!(error.field(), Some("stock"));
-    assert!(error.reason().contains("invalid type: string \"four\", expected u32"), "{error}");
+    assert!(
+        error
+            .reason()
+            .contains("invalid type: string \"four\", expected u32"),
+        "{error}"
+    );
     assert!(error.to_string().starts_with("cannot decode event `products.product_created` as `golden::ProductCreated`: field `stock`: invalid type"), "{error}");
 
     message.kwargs["payload"]["stock"] = json!(1u64 << 40);
@@ -389,7 +480,10 @@ fn payload_errors_name_event_field_and_reason() {
     assert_eq!(error.field(), Some("stock"));
 
     message.kwargs["payload"]["stock"] = json!(4);
-    message.kwargs["payload"].as_object_mut().unwrap().shift_remove("name");
+    message.kwargs["payload"]
+        .as_object_mut()
+        .unwrap()
+        .shift_remove("name");
     let descriptor = <ProductCreated as events_core::DomainEvent>::descriptor();
     let error = message.decode_payload(descriptor).unwrap_err();
     assert_eq!(error.field(), Some("name"));
@@ -398,5 +492,8 @@ fn payload_errors_name_event_field_and_reason() {
     message.kwargs.clear();
     let error = message.payload::<ProductCreated>().unwrap_err();
     assert_eq!(error.field(), None);
-    assert!(error.reason().contains("no `payload` keyword argument"), "{error}");
+    assert!(
+        error.reason().contains("no `payload` keyword argument"),
+        "{error}"
+    );
 }

@@ -24,8 +24,7 @@ struct ProductCreated {
 fn expected() -> ProductCreated {
     let date = NaiveDate::from_ymd_opt(2024, 5, 17).unwrap();
     ProductCreated {
-        datetime_utc: Utc
-            .from_utc_datetime(&date.and_hms_micro_opt(12, 30, 45, 123_456).unwrap()),
+        datetime_utc: Utc.from_utc_datetime(&date.and_hms_micro_opt(12, 30, 45, 123_456).unwrap()),
         datetime_naive: date.and_hms_opt(12, 30, 45).unwrap(),
         datetime_plus2: FixedOffset::east_opt(7200)
             .unwrap()
@@ -63,10 +62,15 @@ fn the_tagged_body_encodes_byte_for_byte() {
         .task_id(fixture.id.clone())
         .reply_to(fixture.properties.reply_to.clone().unwrap())
         .origin(fixture.headers.origin.clone().unwrap())
-        .kwargs_repr(KwargsRepr::Custom(fixture.headers.kwargsrepr.clone().unwrap()));
+        .kwargs_repr(KwargsRepr::Custom(
+            fixture.headers.kwargsrepr.clone().unwrap(),
+        ));
     let mut message =
         TaskMessage::from_payload("products.product_created", payload, &options).unwrap();
-    message.properties.delivery_tag.clone_from(&fixture.properties.delivery_tag);
+    message
+        .properties
+        .delivery_tag
+        .clone_from(&fixture.properties.delivery_tag);
     assert_eq!(
         message.to_redis().unwrap().envelope,
         String::from_utf8(redis_envelope("kombu_types")).unwrap()

@@ -46,7 +46,10 @@ fn aligned(fixture: &TaskMessage) -> TaskMessage {
         .reply_to(fixture.properties.reply_to.clone().unwrap())
         .origin(fixture.headers.origin.clone().unwrap());
     let mut message = TaskMessage::from_event(&event(), &options).unwrap();
-    message.properties.delivery_tag.clone_from(&fixture.properties.delivery_tag);
+    message
+        .properties
+        .delivery_tag
+        .clone_from(&fixture.properties.delivery_tag);
     message
 }
 
@@ -56,7 +59,10 @@ fn decodes_exactly_into_wide_integer_fields() {
         TaskMessage::decode_redis(&redis_envelope("unicode_bigint"), &DecodeOptions::new())
             .unwrap();
     assert_eq!(message.payload::<ProductCreated>().unwrap(), event());
-    assert_eq!(message.kwargs["payload"]["big"].to_string(), "1180591620717411303424");
+    assert_eq!(
+        message.kwargs["payload"]["big"].to_string(),
+        "1180591620717411303424"
+    );
     let amqp =
         TaskMessage::decode_amqp(&amqp_message("unicode_bigint"), &DecodeOptions::new()).unwrap();
     assert_eq!(amqp.payload::<ProductCreated>().unwrap(), event());

@@ -67,3 +67,255 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The workspace root (where `.venv`, `examples/` and `scripts/` are).
+pub fn workspace_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// The Python that has Celery: `EVENTS_TEST_PYTHON`, default `<workspace>/.venv/bin/python`.
+///
+/// Panics — the interop tests fail, they never skip — when it is missing or has no Celery,
+/// with a message that says to run `scripts/services.sh`.
+pub fn python() -> std::path::PathBuf {
+    let path = std::env::var_os("EVENTS_TEST_PYTHON")
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_dir().join(".venv/bin/python"));
+    let fix = "run scripts/services.sh (it installs celery[redis]==5.7.0 into ./.venv), or set \
+               EVENTS_TEST_PYTHON to a Python that has Celery 5";
+    assert!(
+        path.exists(),
+        "no Python for the Celery interop tests at {}: {fix}",
+        path.display()
+    );
+    let check = std::process::Command::new(&path)
+        .args(["-c", "import celery, redis"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; {fix}", path.display()));
+    assert!(
+        check.status.success(),
+        "{} cannot import celery and redis ({}): {fix}",
+        path.display(),
+        String::from_utf8_lossy(&check.stderr).trim()
+    );
+    path
+}
+
+/// A real Python Celery worker running `examples/python/domain_events_app.py` on one queue,
+/// stopped (SIGTERM, then SIGKILL) when dropped, so a failing test never leaves one behind.
+#[derive(Debug)]
+pub struct PythonWorker {
+    child: Option<std::process::Child>,
+    log: std::path::PathBuf,
+}
+
+/// How to start a [`PythonWorker`].
+#[derive(Debug, Clone)]
+pub struct PythonWorkerSpec {
+    /// The broker URL (`CELERY_BROKER_URL`).
+    pub broker_url: String,
+    /// The only queue it consumes (`-Q`).
+    pub queue: String,
+    /// The Redis list each task run is recorded on (`EVENTS_RESULT_KEY`).
+    pub result_key: String,
+    /// The event names to register tasks for (`EVENTS_TASK_NAMES`).
+    pub events: Vec<String>,
+    /// `task_queue_max_priority` (`EVENTS_CELERY_QUEUE_MAX_PRIORITY`).
+    pub queue_max_priority: Option<u8>,
+    /// `--prefetch-multiplier` (Celery's default is 4).
+    pub prefetch_multiplier: Option<u32>,
+}
+
+impl PythonWorkerSpec {
+    /// A worker for `queue` on `broker_url` recording runs to `result_key`.
+    pub fn new(broker_url: &str, queue: &str, result_key: &str) -> Self {
+        Self {
+            broker_url: broker_url.to_owned(),
+            queue: queue.to_owned(),
+            result_key: result_key.to_owned(),
+            events: Vec::new(),
+            queue_max_priority: None,
+            prefetch_multiplier: None,
+        }
+    }
+
+    /// Registers tasks for these events.
+    pub fn events<I: IntoIterator<Item = S>, S: Into<String>>(mut self, events: I) -> Self {
+        self.events = events.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets `task_queue_max_priority`.
+    pub fn queue_max_priority(mut self, max: u8) -> Self {
+        self.queue_max_priority = Some(max);
+        self
+    }
+
+    /// Sets `--prefetch-multiplier`.
+    pub fn prefetch_multiplier(mut self, n: u32) -> Self {
+        self.prefetch_multiplier = Some(n);
+        self
+    }
+
+    /// Starts the worker.
+    pub fn start(self) -> PythonWorker {
+        PythonWorker::start(self)
+    }
+}
+
+impl PythonWorker {
+    /// Starts `python -m celery -A domain_events_app worker --pool solo` on the spec's queue,
+    /// its output going to a log file ([`log`](Self::log)).
+    pub fn start(spec: PythonWorkerSpec) -> Self {
+        let python = python();
+        let log = std::env::temp_dir().join(format!("{}.celery-worker.log", spec.queue));
+        let out = std::fs::File::create(&log).expect("create the worker log");
+        let err = out.try_clone().expect("clone the log file");
+        let mut command = std::process::Command::new(python);
+        command
+            .args(["-m", "celery", "-A", "domain_events_app", "worker"])
+            .args(["--pool", "solo", "--concurrency", "1"])
+            .args(["-Q", &spec.queue])
+            .args(["-n", &format!("{}@%h", spec.queue)])
+            .args([
+                "--without-heartbeat",
+                "--without-gossip",
+                "--without-mingle",
+            ])
+            .args(["--loglevel", "INFO"])
+            .current_dir(workspace_dir().join("examples/python"))
+            .env("CELERY_BROKER_URL", &spec.broker_url)
+            .env("EVENTS_RESULT_KEY", &spec.result_key)
+            .env("EVENTS_RESULT_URL", redis_url())
+            .env("EVENTS_TASK_NAMES", spec.events.join(","))
+            .env("EVENTS_REMOTE_CONTROL", "0")
+            .env("PYTHONUNBUFFERED", "1")
+            .env_remove("EVENTS_CELERY_QUEUE_MAX_PRIORITY")
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        if let Some(max) = spec.queue_max_priority {
+            command.env("EVENTS_CELERY_QUEUE_MAX_PRIORITY", max.to_string());
+        }
+        if let Some(n) = spec.prefetch_multiplier {
+            command.args(["--prefetch-multiplier", &n.to_string()]);
+        }
+        let child = command.spawn().expect("start the Python Celery worker");
+        Self {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// The worker's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics with the worker's output if it has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!(
+                "the Python Celery worker exited ({status}); its output:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// Waits until Celery logs `ready.` (it consumes from then on); panics with the worker's
+    /// output if it exits or is not ready within 60 s.
+    pub fn wait_ready(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !self.log().contains(" ready.") {
+            self.assert_running();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the Python Celery worker was not ready within 60 s; its output:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the worker: SIGTERM (Celery's warm shutdown), SIGKILL after 5 s.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(None) = child.try_wait() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for PythonWorker {
+    fn drop(&mut self) {
+        self.stop();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// The records the Python tasks pushed onto `key` (each a JSON object), parsed with
+/// `serde_json` (so big integers stay exact).
+pub async fn task_records(key: &str) -> Vec<serde_json::Value> {
+    let mut connection = redis().await;
+    let raw: Vec<String> = redis::cmd("LRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut connection)
+        .await
+        .expect("LRANGE");
+    raw.iter()
+        .map(|r| serde_json::from_str(r).expect("a task record is JSON"))
+        .collect()
+}
+
+/// Deletes what a Celery queue leaves on Redis (its lists, priority lists and bindings) and
+/// the given extra keys.
+pub async fn cleanup_redis_queue(queue: &str, extra_keys: &[&str]) {
+    let mut connection = redis().await;
+    let mut keys: Vec<String> = vec![
+        queue.to_owned(),
+        format!("_kombu.binding.{queue}"),
+        format!("_kombu.binding_permanent.{queue}"),
+    ];
+    keys.extend(["3", "6", "9"].map(|step| format!("{queue}\x06\x16{step}")));
+    keys.extend(extra_keys.iter().map(|k| (*k).to_owned()));
+    let _: redis::RedisResult<()> = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut connection)
+        .await;
+}
+
+/// Deletes a RabbitMQ queue and the direct exchange Celery declares under the same name.
+pub async fn cleanup_amqp_queue(queue: &str) {
+    let (connection, channel) = amqp_channel().await;
+    delete_amqp_queue(&channel, queue).await;
+    let _ = channel
+        .exchange_delete(
+            queue.into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+}

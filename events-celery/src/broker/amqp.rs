@@ -193,6 +193,75 @@ impl AmqpPublisher {
         }
     }
 
+    /// A plain (non-confirm) channel on the current connection, for `basic.get` and the like.
+    pub(crate) async fn consumer_channel(&self) -> Result<Channel, CeleryError> {
+        let link = self.link().await?;
+        link.connection
+            .create_channel()
+            .await
+            .map_err(|e| self.broker_error("channel.open", e))
+    }
+
+    /// Declares the delay bucket of `seconds` once per connection: a fanout exchange and a
+    /// durable queue `events.delay.<seconds>s` whose messages expire after `seconds` into the
+    /// default exchange, keeping their routing key — so they land back on their queue. Returns
+    /// the exchange to publish to.
+    pub(crate) async fn delay_bucket(&self, seconds: u64) -> Result<String, CeleryError> {
+        let name = format!("events.delay.{seconds}s");
+        let link = self.link().await?;
+        if link.declared.lock().expect("not poisoned").contains(&name) {
+            return Ok(name);
+        }
+        let channel = &link.channels[0];
+        channel
+            .exchange_declare(
+                ShortString::from(name.as_str()),
+                lapin::ExchangeKind::Fanout,
+                lapin::options::ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| self.broker_error("exchange.declare", e))?;
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            ShortString::from("x-message-ttl"),
+            AMQPValue::LongLongInt(i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)),
+        );
+        arguments.insert(
+            ShortString::from("x-dead-letter-exchange"),
+            AMQPValue::LongString("".into()),
+        );
+        channel
+            .queue_declare(
+                ShortString::from(name.as_str()),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await
+            .map_err(|e| self.broker_error("queue.declare", e))?;
+        channel
+            .queue_bind(
+                ShortString::from(name.as_str()),
+                ShortString::from(name.as_str()),
+                ShortString::from(""),
+                lapin::options::QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| self.broker_error("queue.bind", e))?;
+        link.declared
+            .lock()
+            .expect("not poisoned")
+            .insert(name.clone());
+        Ok(name)
+    }
+
     /// Connects now if not connected.
     pub(crate) async fn ensure_connected(&self) -> Result<(), CeleryError> {
         self.link().await.map(drop)

@@ -5,5 +5,8 @@ mod redis;
 mod url;
 
 pub(crate) use amqp::{AmqpOutgoing, AmqpPublisher, QueueArguments, amqp_outgoing};
-pub(crate) use redis::{RedisOutgoing, RedisPublisher};
+pub(crate) use redis::{
+    KOMBU_SEP, RedisOutgoing, RedisPublisher, connect as redis_connect,
+    connect_with_timeout as redis_connect_with_timeout, is_connection_error,
+};
 pub use url::{BrokerKind, BrokerUrl};

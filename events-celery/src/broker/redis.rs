@@ -128,6 +128,15 @@ impl RedisPublisher {
 
 /// Opens a multiplexed connection to the broker.
 pub(crate) async fn connect(url: &BrokerUrl) -> Result<MultiplexedConnection, CeleryError> {
+    connect_with_timeout(url, std::time::Duration::from_secs(5)).await
+}
+
+/// Opens a multiplexed connection whose replies may take up to `response_timeout` (longer than
+/// any blocking command sent on it).
+pub(crate) async fn connect_with_timeout(
+    url: &BrokerUrl,
+    response_timeout: std::time::Duration,
+) -> Result<MultiplexedConnection, CeleryError> {
     let connect_error = |source: redis::RedisError| CeleryError::Connect {
         broker: url.clone(),
         source: Box::new(Redacted(
@@ -135,8 +144,11 @@ pub(crate) async fn connect(url: &BrokerUrl) -> Result<MultiplexedConnection, Ce
         )),
     };
     let client = redis::Client::open(url.expose()).map_err(connect_error)?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+        .set_response_timeout(Some(response_timeout));
     client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .map_err(connect_error)
 }

@@ -22,6 +22,7 @@ use serde_json::{Map, Number, Value};
 use super::decode::{DecodeOptions, check_content_encoding, check_content_type, decode_body};
 use super::error::{DecodeError, EncodeError};
 use super::message::{MessageProperties, ParsedHeaders, Routing, TaskMessage};
+use super::python_json::pythonize_floats;
 use super::timestamp::isoformat;
 
 /// An AMQP 0-9-1 field value (RabbitMQ's field types), as header tables hold them.
@@ -116,7 +117,10 @@ pub struct AmqpTable(pub Vec<(String, AmqpValue)>);
 impl AmqpTable {
     /// The value named `name`.
     pub fn get(&self, name: &str) -> Option<&AmqpValue> {
-        self.0.iter().find(|(key, _)| key == name).map(|(_, value)| value)
+        self.0
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value)
     }
 
     /// Appends a value.
@@ -186,10 +190,17 @@ impl TaskMessage {
         push("task", string(&self.task));
         push("id", string(&self.id));
         push("shadow", optional(&h.shadow));
-        push("eta", h.eta.as_ref().map_or(AmqpValue::Void, |at| string(&isoformat(at))));
+        push(
+            "eta",
+            h.eta
+                .as_ref()
+                .map_or(AmqpValue::Void, |at| string(&isoformat(at))),
+        );
         push(
             "expires",
-            h.expires.as_ref().map_or(AmqpValue::Void, |at| string(&isoformat(at))),
+            h.expires
+                .as_ref()
+                .map_or(AmqpValue::Void, |at| string(&isoformat(at))),
         );
         push("group", optional(&h.group));
         let group_index = match h.group_index {
@@ -211,7 +222,10 @@ impl TaskMessage {
         push("argsrepr", optional(&h.argsrepr));
         push("kwargsrepr", optional(&h.kwargsrepr));
         push("origin", optional(&h.origin));
-        push("ignore_result", h.ignore_result.map_or(AmqpValue::Void, AmqpValue::Bool));
+        push(
+            "ignore_result",
+            h.ignore_result.map_or(AmqpValue::Void, AmqpValue::Bool),
+        );
         push(
             "replaced_task_nesting",
             integer(i128::from(h.replaced_task_nesting), "replaced_task_nesting")?,
@@ -250,7 +264,10 @@ impl TaskMessage {
 
     /// Reads an AMQP delivery. Checks the size limit (on the body), the content type (JSON
     /// only) and encoding before parsing anything.
-    pub fn decode_amqp(message: &AmqpMessage, options: &DecodeOptions) -> Result<Self, DecodeError> {
+    pub fn decode_amqp(
+        message: &AmqpMessage,
+        options: &DecodeOptions,
+    ) -> Result<Self, DecodeError> {
         options.check_size(message.body.len())?;
         let p = &message.properties;
         check_content_type(p.content_type.as_deref())?;
@@ -353,8 +370,8 @@ fn to_json(value: &AmqpValue, header: &str) -> Result<Value, DecodeError> {
         AmqpValue::LongInt(n) => Value::from(*n),
         AmqpValue::LongUInt(n) => Value::from(*n),
         AmqpValue::LongLongInt(n) => Value::from(*n),
-        AmqpValue::Float(n) => Number::from_f64(f64::from(*n)).map_or(Value::Null, Value::Number),
-        AmqpValue::Double(n) => Number::from_f64(*n).map_or(Value::Null, Value::Number),
+        AmqpValue::Float(n) => float(f64::from(*n)),
+        AmqpValue::Double(n) => float(*n),
         AmqpValue::Decimal { scale, value } => Value::String(decimal_text(*scale, *value)),
         AmqpValue::LongString(bytes) => match std::str::from_utf8(bytes) {
             Ok(text) => Value::String(text.to_owned()),
@@ -387,9 +404,19 @@ fn to_json(value: &AmqpValue, header: &str) -> Result<Value, DecodeError> {
             }
             Value::Object(map)
         }
-        AmqpValue::ByteArray(bytes) => Value::Array(bytes.iter().map(|&b| Value::from(b)).collect()),
+        AmqpValue::ByteArray(bytes) => {
+            Value::Array(bytes.iter().map(|&b| Value::from(b)).collect())
+        }
         AmqpValue::Void => Value::Null,
     })
+}
+
+/// A float as Python spells it (so a decoded header equals the one encoded); NaN and the
+/// infinities, which JSON lacks, become `null`.
+fn float(value: f64) -> Value {
+    let mut value = Number::from_f64(value).map_or(Value::Null, Value::Number);
+    pythonize_floats(&mut value);
+    value
 }
 
 fn decimal_text(scale: u8, value: u32) -> String {
@@ -430,7 +457,10 @@ mod tests {
         };
         let tags: String = table.iter().map(|(_, value)| value.type_tag()).collect();
         assert_eq!(tags, "SIIlltVdAF");
-        assert_eq!(table.get("edge"), Some(&AmqpValue::LongLongInt(-2_147_483_648)));
+        assert_eq!(
+            table.get("edge"),
+            Some(&AmqpValue::LongLongInt(-2_147_483_648))
+        );
         let big: Value = serde_json::from_str("1180591620717411303424").unwrap();
         assert!(matches!(
             from_json(&big, "x-big"),
@@ -442,12 +472,21 @@ mod tests {
     fn field_types_to_json() {
         let table = AmqpValue::Table(AmqpTable(vec![
             ("b".into(), AmqpValue::ShortShortInt(-1)),
-            ("D".into(), AmqpValue::Decimal { scale: 2, value: 999 }),
+            (
+                "D".into(),
+                AmqpValue::Decimal {
+                    scale: 2,
+                    value: 999,
+                },
+            ),
             ("D0".into(), AmqpValue::Decimal { scale: 3, value: 5 }),
             ("T".into(), AmqpValue::Timestamp(1_700_000_000)),
             ("x".into(), AmqpValue::ByteArray(vec![0, 255])),
             ("f".into(), AmqpValue::Float(0.5)),
-            ("A".into(), AmqpValue::Array(vec![AmqpValue::Void, AmqpValue::Bool(false)])),
+            (
+                "A".into(),
+                AmqpValue::Array(vec![AmqpValue::Void, AmqpValue::Bool(false)]),
+            ),
         ]));
         assert_eq!(
             to_json(&table, "h").unwrap(),

@@ -138,7 +138,11 @@ fn split_v2_body(body: Value) -> Result<BodyParts, DecodeError> {
             "expected [args, kwargs, embed], found an array of another length".to_owned(),
         ));
     };
-    Ok((parse_args(args)?, parse_kwargs(kwargs)?, parse_embed(embed)?))
+    Ok((
+        parse_args(args)?,
+        parse_kwargs(kwargs)?,
+        parse_embed(embed)?,
+    ))
 }
 
 fn parse_args(args: Value) -> Result<Vec<Value>, DecodeError> {
@@ -258,7 +262,10 @@ mod tests {
                 Err(DecodeError::UnsupportedContentType(t)) if t == refused
             ));
         }
-        assert!(matches!(check_content_type(None), Err(DecodeError::MissingContentType)));
+        assert!(matches!(
+            check_content_type(None),
+            Err(DecodeError::MissingContentType)
+        ));
         assert!(check_content_encoding(Some("UTF-8")).is_ok());
         assert!(matches!(
             check_content_encoding(Some("binary")),
@@ -273,14 +280,36 @@ mod tests {
         assert_eq!(message.args, vec![json!(1)]);
         assert_eq!(message.embed, Embed::default());
         for (body, expected) in [
-            ("{}", "malformed task body: expected [args, kwargs, embed], found an object"),
-            ("[[], {}]", "malformed task body: expected [args, kwargs, embed], found an array of another length"),
-            ("[[], {}, {}, 1]", "malformed task body: expected [args, kwargs, embed], found an array of another length"),
-            ("[1, {}, {}]", "malformed task body: args must be a list, found the number 1"),
-            ("[[], [], {}]", "malformed task body: kwargs must be a mapping, found an array"),
-            ("[[], {}, 2]", "malformed task body: embed must be a mapping, found the number 2"),
+            (
+                "{}",
+                "malformed task body: expected [args, kwargs, embed], found an object",
+            ),
+            (
+                "[[], {}]",
+                "malformed task body: expected [args, kwargs, embed], found an array of another length",
+            ),
+            (
+                "[[], {}, {}, 1]",
+                "malformed task body: expected [args, kwargs, embed], found an array of another length",
+            ),
+            (
+                "[1, {}, {}]",
+                "malformed task body: args must be a list, found the number 1",
+            ),
+            (
+                "[[], [], {}]",
+                "malformed task body: kwargs must be a mapping, found an array",
+            ),
+            (
+                "[[], {}, 2]",
+                "malformed task body: embed must be a mapping, found the number 2",
+            ),
         ] {
-            assert_eq!(decode(headers.clone(), body).unwrap_err().to_string(), expected, "{body}");
+            assert_eq!(
+                decode(headers.clone(), body).unwrap_err().to_string(),
+                expected,
+                "{body}"
+            );
         }
         assert!(matches!(
             decode(headers.clone(), "[[], {"),
@@ -290,7 +319,10 @@ mod tests {
             decode(json!({"task": "t"}), "[[], {}, {}]"),
             Err(DecodeError::MissingId)
         ));
-        assert!(matches!(decode(json!({}), "[[], {}, {}]"), Err(DecodeError::MissingTask)));
+        assert!(matches!(
+            decode(json!({}), "[[], {}, {}]"),
+            Err(DecodeError::MissingTask)
+        ));
     }
 
     #[test]

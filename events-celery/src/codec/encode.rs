@@ -3,7 +3,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset, TimeZone, Utc};
+use chrono::{DateTime, FixedOffset, SubsecRound, TimeZone, Utc};
 use events_core::{DomainEvent, EventRef};
 use serde_json::{Map, Number, Value};
 
@@ -12,6 +12,7 @@ use super::message::{
     Embed, MessageProperties, PAYLOAD_KWARG, ProtocolVersion, Routing, TaskHeaders, TaskMessage,
     TimeLimit,
 };
+use super::python_json::pythonize_floats;
 use super::python_repr::{args_repr, kwargs_repr};
 
 /// The task-name prefix events are published under: `domain_events.<event name>`.
@@ -193,10 +194,20 @@ impl EncodeOptions {
         self
     }
 
-    /// Adds a custom header (after Celery's own, as `send_task(headers=...)` puts it). A name
-    /// Celery uses for its own headers is ignored.
+    /// Adds a custom header (after Celery's own, as `send_task(headers=...)` puts it). Setting
+    /// a name again replaces its value, as in a Python dict; a name Celery uses for its own
+    /// headers is ignored.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.headers.push((name.into(), value.into()));
+        let name = name.into();
+        let value = value.into();
+        match self
+            .headers
+            .iter_mut()
+            .find(|(existing, _)| *existing == name)
+        {
+            Some((_, existing)) => *existing = value,
+            None => self.headers.push((name, value)),
+        }
         self
     }
 
@@ -255,26 +266,31 @@ impl TaskMessage {
         event: EventRef<'_>,
         options: &EncodeOptions,
     ) -> Result<Self, EncodeError> {
-        let payload = event.to_json_value().map_err(|source| EncodeError::Serialize {
-            event: event.name().to_owned(),
-            source,
-        })?;
+        let payload = event
+            .to_json_value()
+            .map_err(|source| EncodeError::Serialize {
+                event: event.name().to_owned(),
+                source,
+            })?;
         Self::from_payload(event.name(), payload, options)
     }
 
     /// The task message for an event given as its name and JSON payload.
     pub fn from_payload(
         event_name: &str,
-        payload: Value,
+        mut payload: Value,
         options: &EncodeOptions,
     ) -> Result<Self, EncodeError> {
         if let Some(priority) = options.priority.filter(|&p| p > 9) {
             return Err(EncodeError::InvalidPriority(priority));
         }
-        let now = Utc::now().fixed_offset();
+        // Floats as Python spells them: the model then holds what goes on the wire.
+        pythonize_floats(&mut payload);
+        // Python's datetimes have microseconds.
+        let now = Utc::now().fixed_offset().trunc_subsecs(6);
         let eta = match options.schedule {
             None => None,
-            Some(Schedule::At(at)) => Some(at),
+            Some(Schedule::At(at)) => Some(at.trunc_subsecs(6)),
             Some(Schedule::Countdown(delay)) => Some(later(now, delay, "countdown")?),
         };
         let (expires, expiration) = match options.expiry {
@@ -283,6 +299,7 @@ impl TaskMessage {
                 (Some(later(now, after, "expires")?), Some(after.as_millis()))
             }
             Some(Expiry::At(at)) => {
+                let at = at.trunc_subsecs(6);
                 // Python: `str(int(max(expires - now, 0) * 1000))`.
                 let left = (at - now).num_milliseconds().max(0).unsigned_abs();
                 (Some(at), Some(u128::from(left)))
@@ -304,7 +321,11 @@ impl TaskMessage {
             .headers
             .iter()
             .filter(|(name, _)| !super::message::HEADER_NAMES.contains(&name.as_str()))
-            .cloned()
+            .map(|(name, value)| {
+                let mut value = value.clone();
+                pythonize_floats(&mut value);
+                (name.clone(), value)
+            })
             .collect();
 
         Ok(TaskMessage {
@@ -389,7 +410,11 @@ fn hostname() -> String {
         .ok()
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok().filter(|name| !name.is_empty()))
+        .or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .filter(|name| !name.is_empty())
+        })
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
@@ -410,14 +435,27 @@ mod tests {
         assert_eq!(message.task, "domain_events.products.product_created");
         let id = uuid::Uuid::parse_str(&message.id).unwrap();
         assert_eq!(id.get_version_num(), 4);
-        assert_eq!(message.headers.root_id.as_deref(), Some(message.id.as_str()));
-        assert_eq!(message.properties.correlation_id.as_deref(), Some(message.id.as_str()));
+        assert_eq!(
+            message.headers.root_id.as_deref(),
+            Some(message.id.as_str())
+        );
+        assert_eq!(
+            message.properties.correlation_id.as_deref(),
+            Some(message.id.as_str())
+        );
         assert_eq!(message.headers.argsrepr.as_deref(), Some("()"));
         assert_eq!(
             message.headers.kwargsrepr.as_deref(),
             Some("{'payload': {'product_id': 'abc-123', 'name': 'Brake pad', 'stock': 4}}")
         );
-        assert!(message.headers.origin.as_deref().unwrap().starts_with("gen"));
+        assert!(
+            message
+                .headers
+                .origin
+                .as_deref()
+                .unwrap()
+                .starts_with("gen")
+        );
         assert_eq!(message.properties.priority, Some(0));
         assert_eq!(message.properties.delivery_mode, Some(2));
         assert_eq!(message.routing, Routing::queue("celery"));
@@ -437,8 +475,9 @@ mod tests {
             .retries(2)
             .parent_id("parent")
             .root_id("root")
-            .header("x-trace-id", "abc")
+            .header("x-trace-id", "first")
             .header("retries", 99)
+            .header("x-trace-id", "abc")
             .kwargs_repr(KwargsRepr::Redacted)
             .time_limit(Some(Duration::from_secs(10)), None)
             .reply_to("replies")
@@ -456,9 +495,18 @@ mod tests {
         assert_eq!(message.headers.retries, 2);
         assert_eq!(message.headers.parent_id.as_deref(), Some("parent"));
         assert_eq!(message.headers.root_id.as_deref(), Some("root"));
-        assert_eq!(message.headers.custom, vec![("x-trace-id".to_owned(), json!("abc"))]);
-        assert_eq!(message.headers.kwargsrepr.as_deref(), Some(REDACTED_KWARGS_REPR));
-        assert_eq!(message.headers.timelimit.hard_duration(), Some(Duration::from_secs(10)));
+        assert_eq!(
+            message.headers.custom,
+            vec![("x-trace-id".to_owned(), json!("abc"))]
+        );
+        assert_eq!(
+            message.headers.kwargsrepr.as_deref(),
+            Some(REDACTED_KWARGS_REPR)
+        );
+        assert_eq!(
+            message.headers.timelimit.hard_duration(),
+            Some(Duration::from_secs(10))
+        );
         assert_eq!(message.properties.reply_to.as_deref(), Some("replies"));
         assert_eq!(message.headers.origin.as_deref(), Some("gen1@host"));
         assert_eq!(
@@ -472,8 +520,8 @@ mod tests {
 
     #[test]
     fn priority_above_nine_is_refused() {
-        let error = TaskMessage::from_payload("e", seed(), &EncodeOptions::new().priority(10))
-            .unwrap_err();
+        let error =
+            TaskMessage::from_payload("e", seed(), &EncodeOptions::new().priority(10)).unwrap_err();
         assert!(matches!(error, EncodeError::InvalidPriority(10)));
     }
 
@@ -483,6 +531,9 @@ mod tests {
         let message =
             TaskMessage::from_payload("e", seed(), &EncodeOptions::new().expires_at(at)).unwrap();
         assert_eq!(message.properties.expiration.as_deref(), Some("0"));
-        assert_eq!(message.headers.expires, Some(at.fixed_offset()));
+        assert_eq!(
+            message.headers.expires,
+            Some(at.fixed_offset().trunc_subsecs(6))
+        );
     }
 }

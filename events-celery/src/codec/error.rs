@@ -97,7 +97,9 @@ pub enum DecodeError {
     #[error("redis body is not valid base64: {0}")]
     InvalidBase64(#[source] base64::DecodeError),
     /// No `task` header (protocol 2) nor `task` field in a dict body (protocol 1).
-    #[error("the message names no task: no `task` header (protocol 2) nor `task` in the body (protocol 1)")]
+    #[error(
+        "the message names no task: no `task` header (protocol 2) nor `task` in the body (protocol 1)"
+    )]
     MissingTask,
     /// No task id.
     #[error("the message has no task `id`")]

@@ -107,7 +107,10 @@ fn convert(type_name: Value, tagged: Value) -> Result<Value, Failure> {
         Value::String(text) => Ok(text),
         other => Err(invalid(
             &type_name,
-            format!("expected a string, found {}", super::error::json_type(&other)),
+            format!(
+                "expected a string, found {}",
+                super::error::json_type(&other)
+            ),
         )),
     };
     match type_name.as_str() {
@@ -118,7 +121,10 @@ fn convert(type_name: Value, tagged: Value) -> Result<Value, Failure> {
             if valid {
                 Ok(Value::String(text))
             } else {
-                Err(invalid(&type_name, format!("{text:?} is not an ISO-8601 datetime")))
+                Err(invalid(
+                    &type_name,
+                    format!("{text:?} is not an ISO-8601 datetime"),
+                ))
             }
         }
         "date" => {
@@ -140,7 +146,10 @@ fn convert(type_name: Value, tagged: Value) -> Result<Value, Failure> {
             if is_decimal(&text) {
                 Ok(Value::String(text))
             } else {
-                Err(invalid(&type_name, format!("{text:?} is not a decimal number")))
+                Err(invalid(
+                    &type_name,
+                    format!("{text:?} is not a decimal number"),
+                ))
             }
         }
         "uuid" => {
@@ -191,9 +200,7 @@ fn byte_array(bytes: &[u8]) -> Value {
 
 /// Python's `str(Decimal)`: a decimal literal, or `NaN` / `sNaN` / `Infinity` with a sign.
 fn is_decimal(text: &str) -> bool {
-    let unsigned = text
-        .strip_prefix(['-', '+'])
-        .unwrap_or(text);
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
     if matches!(unsigned, "NaN" | "sNaN" | "Infinity" | "Inf") {
         return true;
     }
@@ -203,8 +210,9 @@ fn is_decimal(text: &str) -> bool {
     };
     let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     let digits_ok = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    let mantissa_ok =
-        !(int_part.is_empty() && frac_part.is_empty()) && digits_ok(int_part) && digits_ok(frac_part);
+    let mantissa_ok = !(int_part.is_empty() && frac_part.is_empty())
+        && digits_ok(int_part)
+        && digits_ok(frac_part);
     let exponent_ok = exponent.is_none_or(|e| {
         let e = e.strip_prefix(['-', '+']).unwrap_or(e);
         !e.is_empty() && digits_ok(e)

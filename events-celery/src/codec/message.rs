@@ -485,7 +485,10 @@ fn counter(name: &str, value: Value) -> Result<u32, DecodeError> {
     }
 }
 
-fn optional_timestamp(name: &str, value: Value) -> Result<Option<DateTime<FixedOffset>>, DecodeError> {
+fn optional_timestamp(
+    name: &str,
+    value: Value,
+) -> Result<Option<DateTime<FixedOffset>>, DecodeError> {
     match &value {
         Value::Null => Ok(None),
         Value::String(text) => match parse_iso8601(text) {
@@ -546,10 +549,16 @@ mod tests {
         assert_eq!(h.retries, 3);
         assert_eq!(h.group_index, Some(2));
         assert_eq!(h.timelimit.hard_duration(), Some(Duration::from_secs(10)));
-        assert_eq!(h.timelimit.soft_duration(), Some(Duration::from_millis(5500)));
+        assert_eq!(
+            h.timelimit.soft_duration(),
+            Some(Duration::from_millis(5500))
+        );
         assert_eq!(h.ignore_result, Some(false));
         assert_eq!(h.stamped_headers, Some(vec!["a".to_owned()]));
-        assert_eq!(isoformat(&h.eta.unwrap()), "2026-11-26T09:08:59.059617+00:00");
+        assert_eq!(
+            isoformat(&h.eta.unwrap()),
+            "2026-11-26T09:08:59.059617+00:00"
+        );
         assert_eq!(
             h.custom,
             vec![("x-z".to_owned(), json!(1)), ("x-a".to_owned(), json!("2"))]
@@ -559,11 +568,31 @@ mod tests {
     #[test]
     fn wrong_header_types_are_named() {
         for (header, value, expected) in [
-            ("task", json!(1), "header `task` must be a string, found the number 1"),
-            ("retries", json!(-1), "header `retries` must be an integer from 0 to 4294967295, found the number -1"),
-            ("eta", json!("soon"), "header `eta` must be an ISO-8601 datetime or null, found the string \"soon\""),
-            ("timelimit", json!([1]), "header `timelimit` must be [hard, soft] (numbers or nulls), found an array"),
-            ("stamps", json!([]), "header `stamps` must be an object or null, found an array"),
+            (
+                "task",
+                json!(1),
+                "header `task` must be a string, found the number 1",
+            ),
+            (
+                "retries",
+                json!(-1),
+                "header `retries` must be an integer from 0 to 4294967295, found the number -1",
+            ),
+            (
+                "eta",
+                json!("soon"),
+                "header `eta` must be an ISO-8601 datetime or null, found the string \"soon\"",
+            ),
+            (
+                "timelimit",
+                json!([1]),
+                "header `timelimit` must be [hard, soft] (numbers or nulls), found an array",
+            ),
+            (
+                "stamps",
+                json!([]),
+                "header `stamps` must be an object or null, found an array",
+            ),
         ] {
             let error = ParsedHeaders::read([(header.to_owned(), value)], true).unwrap_err();
             assert_eq!(error.to_string(), expected);
@@ -577,9 +606,17 @@ mod tests {
             id: "i".into(),
             ..TaskMessage::default()
         };
-        message.headers.custom.push(("x-trace-id".into(), json!("abc")));
+        message
+            .headers
+            .custom
+            .push(("x-trace-id".into(), json!("abc")));
         let json = serde_json::to_value(HeadersJson(&message)).unwrap();
-        let names: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        let names: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         let mut expected = HEADER_NAMES.to_vec();
         expected.push("x-trace-id");
         assert_eq!(names, expected);

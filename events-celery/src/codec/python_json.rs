@@ -10,6 +10,7 @@ use std::io;
 
 use serde::Serialize;
 use serde_json::ser::Formatter;
+use serde_json::{Number, Value};
 
 /// A [`serde_json::ser::Formatter`] that writes JSON byte for byte as Python's `json.dumps`
 /// does by default.
@@ -139,6 +140,29 @@ pub fn write_python_json<T: Serialize + ?Sized>(
     value.serialize(&mut serializer)
 }
 
+/// Re-spells every float inside `value` as Python's repr (`1e-7` → `1e-07`), so the value
+/// holds the text that goes on the wire. With `arbitrary_precision`, numbers compare as text:
+/// this makes an encoded message equal to itself decoded.
+pub(crate) fn pythonize_floats(value: &mut Value) {
+    match value {
+        Value::Number(number) => {
+            let text = number.to_string();
+            if !is_integer_literal(&text) {
+                let mut python = String::with_capacity(text.len() + 4);
+                push_python_float_text(&text, &mut python);
+                if python != text {
+                    if let Ok(respelled) = python.parse::<Number>() {
+                        *number = respelled;
+                    }
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(pythonize_floats),
+        Value::Object(map) => map.values_mut().for_each(pythonize_floats),
+        _ => {}
+    }
+}
+
 fn is_integer_literal(text: &str) -> bool {
     let digits = text.strip_prefix('-').unwrap_or(text);
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
@@ -194,9 +218,7 @@ pub(crate) fn push_python_float_text(text: &str, out: &mut String) {
         out.push_str("0.0");
         return;
     }
-    let point = int_len
-        .saturating_sub(skipped)
-        .saturating_add(exponent);
+    let point = int_len.saturating_sub(skipped).saturating_add(exponent);
     let count = i64::try_from(digits.len()).unwrap_or(i64::MAX);
     // Python's repr: positional when -4 <= exponent < 16, i.e. -3 <= point <= 16.
     if (-3..=16).contains(&point) {
@@ -286,7 +308,10 @@ mod tests {
         assert_eq!(respell("0.000"), "0.0");
         assert_eq!(respell("-0.0"), "-0.0");
         assert_eq!(respell("00012.50"), "12.5");
-        assert_eq!(respell("3.141592653589793238462643"), "3.141592653589793238462643");
+        assert_eq!(
+            respell("3.141592653589793238462643"),
+            "3.141592653589793238462643"
+        );
         assert_eq!(respell("0.001e-2"), "1e-05");
     }
 
@@ -310,6 +335,17 @@ mod tests {
         assert!(json.contains(r#""big": 1180591620717411303424"#));
         assert!(json.contains(r#""float": 1e-07"#));
         assert!(json.is_ascii());
+    }
+
+    #[test]
+    fn floats_in_values_are_respelled_in_place() {
+        let mut value = json!({"a": [1e-7, 2.0, 10], "b": 1e300});
+        pythonize_floats(&mut value);
+        let text: Vec<String> = [&value["a"][0], &value["a"][1], &value["a"][2], &value["b"]]
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        assert_eq!(text, ["1e-07", "2.0", "10", "1e+300"]);
     }
 
     #[test]

@@ -193,7 +193,10 @@ fn char_count(text: &str) -> i64 {
 /// `celery.utils.text.truncate(s, maxlen)`: `s[:maxlen].rsplit(' ', 1)[0] + '...'`.
 fn truncate(text: &str, max: i64) -> String {
     let max = usize::try_from(max).unwrap_or(0);
-    let end = text.char_indices().nth(max).map_or(text.len(), |(at, _)| at);
+    let end = text
+        .char_indices()
+        .nth(max)
+        .map_or(text.len(), |(at, _)| at);
     let head = &text[..end];
     let head = head.rsplit_once(' ').map_or(head, |(before, _)| before);
     let mut cut = String::with_capacity(head.len() + 3);
@@ -217,7 +220,8 @@ mod tests {
     #[test]
     fn seed_payload_as_celery_writes_it() {
         // serde_json's Map is ordered by key; the fixture's order comes from a typed event.
-        let kwargs = map(json!({"payload": {"name": "Brake pad", "product_id": "abc-123", "stock": 4}}));
+        let kwargs =
+            map(json!({"payload": {"name": "Brake pad", "product_id": "abc-123", "stock": 4}}));
         assert_eq!(
             kwargs_repr(&kwargs),
             "{'payload': {'name': 'Brake pad', 'product_id': 'abc-123', 'stock': 4}}"

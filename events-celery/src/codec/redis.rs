@@ -18,7 +18,9 @@ use serde_json::{Map, Value};
 use super::decode::{DecodeOptions, check_content_encoding, check_content_type, decode_body, utf8};
 use super::error::{DecodeError, EncodeError};
 use super::kombu_json::untag;
-use super::message::{BodyJson, HeadersJson, MessageProperties, ParsedHeaders, Routing, TaskMessage};
+use super::message::{
+    BodyJson, HeadersJson, MessageProperties, ParsedHeaders, Routing, TaskMessage,
+};
 use super::python_json::write_python_json;
 
 /// What kombu puts between a queue name and its priority step in a list key.
@@ -226,12 +228,14 @@ impl TaskMessage {
             });
         }
         let mut deserializer = serde_json::Deserializer::from_str(text);
-        let parsed: EnvelopeIn<'_> = serde_path_to_error::deserialize(&mut deserializer)
-            .map_err(envelope_error)?;
-        deserializer.end().map_err(|source| DecodeError::InvalidJson {
-            part: "redis envelope",
-            source,
-        })?;
+        let parsed: EnvelopeIn<'_> =
+            serde_path_to_error::deserialize(&mut deserializer).map_err(envelope_error)?;
+        deserializer
+            .end()
+            .map_err(|source| DecodeError::InvalidJson {
+                part: "redis envelope",
+                source,
+            })?;
 
         check_content_type(parsed.content_type.as_deref())?;
         check_content_encoding(parsed.content_encoding.as_deref())?;
@@ -261,10 +265,7 @@ impl TaskMessage {
         let properties = MessageProperties {
             correlation_id: properties.correlation_id,
             reply_to: properties.reply_to,
-            content_type: parsed
-                .content_type
-                .map(Cow::into_owned)
-                .unwrap_or_default(),
+            content_type: parsed.content_type.map(Cow::into_owned).unwrap_or_default(),
             content_encoding: parsed
                 .content_encoding
                 .map_or_else(|| "utf-8".to_owned(), Cow::into_owned),
@@ -306,8 +307,17 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "q", "q", "q", "q\x06\x163", "q\x06\x163", "q\x06\x163", "q\x06\x166",
-                "q\x06\x166", "q\x06\x166", "q\x06\x169", "q\x06\x169"
+                "q",
+                "q",
+                "q",
+                "q\x06\x163",
+                "q\x06\x163",
+                "q\x06\x163",
+                "q\x06\x166",
+                "q\x06\x166",
+                "q\x06\x166",
+                "q\x06\x169",
+                "q\x06\x169"
             ]
         );
     }
@@ -316,7 +326,10 @@ mod tests {
     fn envelope_shape_errors_name_the_field() {
         let options = DecodeOptions::new();
         let cases: [(&str, &str); 5] = [
-            ("[]", "malformed redis envelope: .: expected an object, found an array"),
+            (
+                "[]",
+                "malformed redis envelope: .: expected an object, found an array",
+            ),
             ("{}", "malformed redis envelope: .: missing field `body`"),
             (
                 r#"{"body": 1}"#,
@@ -333,7 +346,10 @@ mod tests {
         ];
         for (envelope, expected) in cases {
             let error = TaskMessage::decode_redis(envelope.as_bytes(), &options).unwrap_err();
-            assert!(error.to_string().starts_with(expected), "{envelope}: {error}");
+            assert!(
+                error.to_string().starts_with(expected),
+                "{envelope}: {error}"
+            );
         }
     }
 
@@ -346,7 +362,9 @@ mod tests {
             "properties": {"body_encoding": "base64"}
         });
         let error = TaskMessage::decode_redis(pickle.to_string().as_bytes(), &options).unwrap_err();
-        assert!(matches!(error, DecodeError::UnsupportedContentType(t) if t == "application/x-python-serialize"));
+        assert!(
+            matches!(error, DecodeError::UnsupportedContentType(t) if t == "application/x-python-serialize")
+        );
 
         let other_encoding = json!({
             "body": "W10=", "content-type": "application/json",
@@ -365,7 +383,13 @@ mod tests {
 
         let small = DecodeOptions::new().max_message_bytes(10);
         let error = TaskMessage::decode_redis(b"{not even json but long", &small).unwrap_err();
-        assert!(matches!(error, DecodeError::TooLarge { size: 23, limit: 10 }));
+        assert!(matches!(
+            error,
+            DecodeError::TooLarge {
+                size: 23,
+                limit: 10
+            }
+        ));
 
         let error = TaskMessage::decode_redis(b"{\"body\": \"\xff\"}", &options).unwrap_err();
         assert!(matches!(error, DecodeError::NotUtf8 { offset: 10, .. }));

@@ -52,9 +52,7 @@ pub(crate) fn redis_key(case: &str) -> String {
 /// The Redis envelope as JSON, with its body decoded (`body_json`).
 pub(crate) fn redis_json(case: &str) -> Value {
     let mut envelope: Value = serde_json::from_slice(&redis_envelope(case)).unwrap();
-    let body = STANDARD
-        .decode(envelope["body"].as_str().unwrap())
-        .unwrap();
+    let body = STANDARD.decode(envelope["body"].as_str().unwrap()).unwrap();
     envelope["body_json"] = serde_json::from_slice(&body).unwrap();
     envelope
 }
@@ -86,9 +84,8 @@ pub(crate) fn amqp_message(case: &str) -> AmqpMessage {
 
 /// `name: TYPE` lines of `amqp/<case>.headers.repr.txt` (`timelimit: A[V, V]`).
 pub(crate) fn amqp_header_types(case: &str) -> Vec<(String, String)> {
-    let text =
-        std::fs::read_to_string(fixture_dir().join(format!("amqp/{case}.headers.repr.txt")))
-            .unwrap();
+    let text = std::fs::read_to_string(fixture_dir().join(format!("amqp/{case}.headers.repr.txt")))
+        .unwrap();
     let types = text
         .split("# AMQP field type of each header")
         .nth(1)
@@ -109,7 +106,11 @@ pub(crate) fn type_signature(value: &AmqpValue) -> String {
     match value {
         AmqpValue::Array(items) => format!(
             "A[{}]",
-            items.iter().map(type_signature).collect::<Vec<_>>().join(", ")
+            items
+                .iter()
+                .map(type_signature)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         AmqpValue::Table(table) => format!(
             "F{{{}}}",

@@ -1,0 +1,432 @@
+//! What the worker does with one message, whichever broker it came from: decode, route to the
+//! event's handlers, run them, and decide how to settle it.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use events_core::{EventDescriptor, FailureCause, Handler, HandlerFailure, Registry};
+use serde_json::Value;
+use tracing::Instrument;
+
+use super::WorkerConfig;
+use crate::codec::{DecodeError, TaskMessage};
+
+/// The custom header a retry carries: the names of the handlers still to run.
+pub const PENDING_HANDLERS_HEADER: &str = "x-events-handlers";
+
+/// Why a message went to the dead-letter destination.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadLetter {
+    /// What went wrong, in a sentence.
+    pub(crate) reason: String,
+    /// The handler that exhausted its retries, if that is the reason.
+    pub(crate) handler: Option<String>,
+    /// What to keep instead of the original message: for an exhausted handler, a message for
+    /// that handler alone, ready to replay.
+    pub(crate) replay: Option<Box<TaskMessage>>,
+}
+
+impl DeadLetter {
+    fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            handler: None,
+            replay: None,
+        }
+    }
+}
+
+/// How to settle a message.
+pub(crate) enum Verdict {
+    /// Done (every handler succeeded, or it expired): acknowledge.
+    Ack,
+    /// Not due yet: postpone until `eta` without holding a slot, then acknowledge.
+    Postpone(DateTime<Utc>),
+    /// Publish these (retry and/or dead letter) first, then acknowledge.
+    Forward {
+        retry: Option<Box<TaskMessage>>,
+        dead: Vec<DeadLetter>,
+    },
+}
+
+/// A decoded message ready to run.
+struct Job {
+    message: TaskMessage,
+    event: Arc<dyn Any + Send + Sync>,
+    handlers: Vec<Handler>,
+}
+
+/// The worker's shared state: configuration, handlers by event, counters.
+pub(crate) struct Core {
+    pub(crate) config: WorkerConfig,
+    registry: &'static Registry,
+    handlers: HashMap<&'static str, Vec<Handler>>,
+    pub(crate) stats: Arc<WorkerStats>,
+}
+
+impl Core {
+    pub(crate) fn new(
+        config: WorkerConfig,
+        registry: &'static Registry,
+        handlers: Vec<Handler>,
+        stats: Arc<WorkerStats>,
+    ) -> Self {
+        let mut by_event: HashMap<&'static str, Vec<Handler>> = HashMap::new();
+        for handler in handlers {
+            by_event.entry(handler.event()).or_default().push(handler);
+        }
+        Self {
+            config,
+            registry,
+            handlers: by_event,
+            stats,
+        }
+    }
+
+    /// Every handler this worker runs, by event.
+    pub(crate) fn handler_count(&self) -> usize {
+        self.handlers.values().map(Vec::len).sum()
+    }
+
+    /// Decides what to do with a message and, when it is due, runs its handlers.
+    pub(crate) async fn process(&self, decoded: Result<TaskMessage, DecodeError>) -> Verdict {
+        let verdict = match self.examine(decoded) {
+            Examined::Dead(dead) => Verdict::Forward {
+                retry: None,
+                dead: vec![dead],
+            },
+            Examined::Expired(message) => {
+                tracing::warn!(
+                    task_id = %message.id,
+                    task = %message.task,
+                    expires = ?message.headers.expires,
+                    "task expired before it could run; discarding it as Celery does"
+                );
+                self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                Verdict::Ack
+            }
+            Examined::NotDue(eta) => Verdict::Postpone(eta),
+            Examined::Ready(job) => {
+                let span = tracing::info_span!(
+                    "task",
+                    task_id = %job.message.id,
+                    event = job.message.task.as_str(),
+                    retries = job.message.headers.retries,
+                );
+                self.execute(job).instrument(span).await
+            }
+        };
+        if let Verdict::Forward { dead, .. } = &verdict {
+            self.stats
+                .dead_lettered
+                .fetch_add(dead.len() as u64, Ordering::Relaxed);
+        }
+        verdict
+    }
+
+    fn examine(&self, decoded: Result<TaskMessage, DecodeError>) -> Examined {
+        let message = match decoded {
+            Ok(message) => message,
+            Err(error) => {
+                return Examined::Dead(DeadLetter::new(format!("undecodable message: {error}")));
+            }
+        };
+        let prefix = self.config.task_prefix.as_str();
+        let Some(name) = message.event_name(prefix) else {
+            return Examined::Dead(DeadLetter::new(format!(
+                "unknown task `{}`: this worker runs only domain-event tasks named `{prefix}<event>`",
+                message.task
+            )));
+        };
+        let Some(descriptor) = self.registry.event(name) else {
+            let closest = self.registry.closest_names(name);
+            let hint = if closest.is_empty() {
+                String::new()
+            } else {
+                format!(" (closest: {})", closest.join(", "))
+            };
+            return Examined::Dead(DeadLetter::new(format!(
+                "unknown task `{}`: no `#[domain_event]` named `{name}` in this worker{hint}",
+                message.task
+            )));
+        };
+        let now = Utc::now();
+        if let Some(expires) = message.headers.expires
+            && expires < now
+        {
+            return Examined::Expired(Box::new(message));
+        }
+        if let Some(eta) = message.headers.eta
+            && eta > now
+        {
+            return Examined::NotDue(eta.with_timezone(&Utc));
+        }
+        let event = match message.decode_payload(descriptor) {
+            Ok(event) => Arc::from(event),
+            Err(error) => return Examined::Dead(DeadLetter::new(format!("{error}"))),
+        };
+        match self.handlers_for(descriptor, &message) {
+            Ok(handlers) => Examined::Ready(Box::new(Job {
+                message,
+                event,
+                handlers,
+            })),
+            Err(dead) => Examined::Dead(dead),
+        }
+    }
+
+    /// The handlers to run: all of the event's, or on a retry those the message names.
+    fn handlers_for(
+        &self,
+        descriptor: &EventDescriptor,
+        message: &TaskMessage,
+    ) -> Result<Vec<Handler>, DeadLetter> {
+        let all = self
+            .handlers
+            .get(descriptor.name())
+            .cloned()
+            .unwrap_or_default();
+        let Some((_, pending)) = message
+            .headers
+            .custom
+            .iter()
+            .find(|(name, _)| name == PENDING_HANDLERS_HEADER)
+        else {
+            return Ok(all);
+        };
+        let Some(names) = pending.as_array() else {
+            return Err(DeadLetter::new(format!(
+                "header `{PENDING_HANDLERS_HEADER}` must be a list of handler names, got {pending}"
+            )));
+        };
+        let names: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
+        let chosen: Vec<Handler> = all
+            .into_iter()
+            .filter(|h| names.contains(&h.name()))
+            .collect();
+        if chosen.is_empty() && !names.is_empty() {
+            return Err(DeadLetter::new(format!(
+                "none of the handlers this retry is for ({}) exist in this worker",
+                names.join(", ")
+            )));
+        }
+        Ok(chosen)
+    }
+
+    async fn execute(&self, job: Box<Job>) -> Verdict {
+        let Job {
+            message,
+            event,
+            handlers,
+        } = *job;
+        if handlers.is_empty() {
+            tracing::debug!("no handlers subscribed to event");
+        }
+        let mut failures = Vec::new();
+        for handler in &handlers {
+            let span = tracing::info_span!("handler", handler = handler.name());
+            let outcome = self.run_handler(handler, &event).instrument(span).await;
+            if let Err(failure) = outcome {
+                failures.push((handler, failure));
+            }
+        }
+        self.stats.processed.fetch_add(1, Ordering::Relaxed);
+        if failures.is_empty() {
+            self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+            return Verdict::Ack;
+        }
+        let mut again = Vec::new();
+        let mut dead = Vec::new();
+        for (handler, failure) in failures {
+            let limit = handler
+                .options()
+                .max_retries
+                .unwrap_or(self.config.retry.max_retries);
+            if message.headers.retries < limit {
+                again.push(handler.name().to_owned());
+            } else {
+                tracing::error!(
+                    handler = handler.name(),
+                    retries = message.headers.retries,
+                    error = %failure.chain(),
+                    "handler exhausted its retries; dead-lettering"
+                );
+                dead.push(DeadLetter {
+                    reason: format!(
+                        "handler `{}` failed after {} retries: {}",
+                        handler.name(),
+                        message.headers.retries,
+                        failure.chain()
+                    ),
+                    handler: Some(handler.name().to_owned()),
+                    replay: Some(Box::new(super::dead_letter::replayable(
+                        &message,
+                        handler.name(),
+                    ))),
+                });
+            }
+        }
+        let retry = (!again.is_empty()).then(|| {
+            self.stats.retried.fetch_add(1, Ordering::Relaxed);
+            Box::new(self.retry_message(&message, again))
+        });
+        Verdict::Forward { retry, dead }
+    }
+
+    async fn run_handler(
+        &self,
+        handler: &Handler,
+        event: &Arc<dyn Any + Send + Sync>,
+    ) -> Result<(), HandlerFailure> {
+        let limit = handler.options().time_limit.or(self.config.time_limit);
+        if handler.is_async() {
+            let run = handler.run(&**event);
+            return match limit {
+                Some(limit) => tokio::time::timeout(limit, run)
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out(handler, limit))),
+                None => run.await,
+            };
+        }
+        // Sync handlers may be CPU-heavy or block: run them off the async threads.
+        let (h, e) = (handler.clone(), Arc::clone(event));
+        let task = tokio::task::spawn_blocking(move || {
+            h.run_sync(&*e)
+                .unwrap_or_else(|| unreachable!("a sync handler runs synchronously"))
+        });
+        let joined = match limit {
+            Some(limit) => match tokio::time::timeout(limit, task).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    tracing::error!(
+                        handler = handler.name(),
+                        "sync handler overran its time limit; its thread is left to finish, the \
+                         run counts as failed"
+                    );
+                    return Err(timed_out(handler, limit));
+                }
+            },
+            None => task.await,
+        };
+        joined.unwrap_or_else(|join| {
+            Err(HandlerFailure::new(
+                handler,
+                FailureCause::Panic(format!("the handler's thread failed: {join}")),
+            ))
+        })
+    }
+
+    /// The retry of `message` for the handlers named, as Celery's `Task.retry` writes it.
+    fn retry_message(&self, message: &TaskMessage, handlers: Vec<String>) -> TaskMessage {
+        let mut retry = message.clone();
+        let delay = self.config.retry.delay(message.headers.retries);
+        retry.headers.retries = message.headers.retries + 1;
+        retry.headers.parent_id = Some(message.id.clone());
+        retry.headers.root_id = message
+            .headers
+            .root_id
+            .clone()
+            .or_else(|| Some(message.id.clone()));
+        retry.headers.eta = Some((Utc::now() + delay).fixed_offset());
+        retry.headers.ignore_result = Some(false);
+        retry
+            .headers
+            .custom
+            .retain(|(name, _)| name != PENDING_HANDLERS_HEADER);
+        retry.headers.custom.push((
+            PENDING_HANDLERS_HEADER.to_owned(),
+            Value::Array(handlers.into_iter().map(Value::String).collect()),
+        ));
+        retry.properties.delivery_tag = None;
+        retry.raw_envelope = None;
+        tracing::warn!(
+            retries = retry.headers.retries,
+            delay = ?delay,
+            handlers = ?retry.headers.custom.last().map(|(_, v)| v),
+            "retrying failed handlers"
+        );
+        retry
+    }
+}
+
+enum Examined {
+    Dead(DeadLetter),
+    Expired(Box<TaskMessage>),
+    NotDue(DateTime<Utc>),
+    Ready(Box<Job>),
+}
+
+fn timed_out(handler: &Handler, limit: Duration) -> HandlerFailure {
+    HandlerFailure::new(handler, FailureCause::TimedOut(limit))
+}
+
+/// How failed handlers are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries per handler when `#[handler(max_retries = …)]` does not say (default 3).
+    pub max_retries: u32,
+    /// The delay before the first retry (default 1 s); it doubles each time.
+    pub base_delay: Duration,
+    /// The longest delay (default 5 minutes).
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 3,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(300),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `retries + 1`: exponential backoff, capped, with jitter
+    /// (a random amount between half of it and all of it).
+    pub fn delay(&self, retries: u32) -> Duration {
+        let factor = 2u32.saturating_pow(retries.min(31));
+        let full = self.base_delay.saturating_mul(factor).min(self.max_delay);
+        let half = full / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// Counters for each outcome, updated as the worker runs.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Messages whose handlers ran (successfully or not).
+    pub processed: AtomicU64,
+    /// Messages whose handlers all succeeded.
+    pub succeeded: AtomicU64,
+    /// Retry messages published.
+    pub retried: AtomicU64,
+    /// Dead letters published.
+    pub dead_lettered: AtomicU64,
+    /// Messages discarded because they expired.
+    pub expired: AtomicU64,
+    /// Messages postponed until their eta.
+    pub postponed: AtomicU64,
+    /// Messages returned to the queue (shutdown, or a failure to settle them).
+    pub requeued: AtomicU64,
+}
+
+impl WorkerStats {
+    /// A snapshot of the counters as `(name, value)` pairs.
+    pub fn snapshot(&self) -> [(&'static str, u64); 7] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("processed", get(&self.processed)),
+            ("succeeded", get(&self.succeeded)),
+            ("retried", get(&self.retried)),
+            ("dead_lettered", get(&self.dead_lettered)),
+            ("expired", get(&self.expired)),
+            ("postponed", get(&self.postponed)),
+            ("requeued", get(&self.requeued)),
+        ]
+    }
+}

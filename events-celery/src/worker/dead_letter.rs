@@ -1,0 +1,244 @@
+//! The dead-letter destinations, what a dead letter records, and replaying them.
+//!
+//! Each consumed queue `q` has one: on RabbitMQ the durable queue `q.dead_letter`, holding the
+//! message with its original properties plus `x-dead-letter-*` headers; on Redis the list
+//! `q.dead_letter`, holding JSON records
+//! `{"reason", "handler", "queue", "failed_at", "worker", "task", "id", "envelope"}` where
+//! `envelope` is the kombu envelope to push back. A dead letter for a handler that exhausted
+//! its retries holds a message for that handler alone, with its retry count reset, so replaying
+//! it runs just that handler again.
+
+use chrono::Utc;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::core::{DeadLetter, PENDING_HANDLERS_HEADER};
+use super::worker_identity;
+use crate::broker::{AmqpOutgoing, AmqpPublisher, BrokerKind, BrokerUrl, QueueArguments};
+use crate::codec::TaskMessage;
+use crate::error::CeleryError;
+
+/// The suffix of dead-letter queues and lists: `<queue>.dead_letter`.
+pub const DEAD_LETTER_SUFFIX: &str = ".dead_letter";
+
+/// The dead-letter destination of `queue`.
+pub(crate) fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}{DEAD_LETTER_SUFFIX}")
+}
+
+/// The message to keep for a handler that exhausted its retries: that handler alone, retry
+/// count reset, no eta — ready to replay.
+pub(crate) fn replayable(message: &TaskMessage, handler: &str) -> TaskMessage {
+    let mut replay = message.clone();
+    replay.headers.retries = 0;
+    replay.headers.eta = None;
+    replay
+        .headers
+        .custom
+        .retain(|(name, _)| name != PENDING_HANDLERS_HEADER);
+    replay.headers.custom.push((
+        PENDING_HANDLERS_HEADER.to_owned(),
+        Value::Array(vec![Value::String(handler.to_owned())]),
+    ));
+    replay.properties.delivery_tag = None;
+    replay.raw_envelope = None;
+    replay
+}
+
+/// A Redis dead-letter record.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct RedisRecord {
+    pub(crate) reason: String,
+    pub(crate) handler: Option<String>,
+    pub(crate) queue: String,
+    pub(crate) failed_at: String,
+    pub(crate) worker: String,
+    pub(crate) task: Option<String>,
+    pub(crate) id: Option<String>,
+    /// The envelope to push back (the original bytes when they were UTF-8).
+    pub(crate) envelope: Option<String>,
+    /// The original bytes, base64, when they were not UTF-8.
+    pub(crate) envelope_base64: Option<String>,
+}
+
+impl RedisRecord {
+    pub(crate) fn new(
+        dead: &DeadLetter,
+        queue: &str,
+        message: Option<&TaskMessage>,
+        envelope: &[u8],
+    ) -> Self {
+        let (text, base64) = match std::str::from_utf8(envelope) {
+            Ok(text) => (Some(text.to_owned()), None),
+            Err(_) => {
+                use base64::Engine;
+                (
+                    None,
+                    Some(base64::engine::general_purpose::STANDARD.encode(envelope)),
+                )
+            }
+        };
+        Self {
+            reason: dead.reason.clone(),
+            handler: dead.handler.clone(),
+            queue: queue.to_owned(),
+            failed_at: Utc::now().to_rfc3339(),
+            worker: worker_identity(),
+            task: message.map(|m| m.task.clone()),
+            id: message.map(|m| m.id.clone()),
+            envelope: text,
+            envelope_base64: base64,
+        }
+    }
+
+    pub(crate) fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!("{{\"reason\": \"dead letter could not be written: {e}\"}}")
+        })
+    }
+}
+
+/// Adds the `x-dead-letter-*` headers and routes the message to `queue`'s dead-letter queue.
+pub(crate) fn amqp_dead_letter(
+    mut outgoing: AmqpOutgoing,
+    dead: &DeadLetter,
+    queue: &str,
+) -> AmqpOutgoing {
+    let mut headers = outgoing.properties.headers().clone().unwrap_or_default();
+    let text = |s: String| AMQPValue::LongString(s.into());
+    headers.insert(
+        ShortString::from("x-dead-letter-reason"),
+        text(dead.reason.clone()),
+    );
+    headers.insert(
+        ShortString::from("x-dead-letter-handler"),
+        dead.handler.clone().map_or(AMQPValue::Void, text),
+    );
+    headers.insert(
+        ShortString::from("x-dead-letter-queue"),
+        text(queue.to_owned()),
+    );
+    headers.insert(
+        ShortString::from("x-dead-letter-at"),
+        text(Utc::now().to_rfc3339()),
+    );
+    headers.insert(
+        ShortString::from("x-dead-letter-worker"),
+        text(worker_identity()),
+    );
+    let dlq = dead_letter_queue(queue);
+    outgoing.properties = outgoing.properties.with_headers(headers);
+    outgoing.exchange = String::new();
+    outgoing.routing_key = dlq.clone();
+    outgoing.declare_queue = Some(dlq);
+    outgoing
+}
+
+/// Moves up to `limit` dead letters of `queue` back onto `queue`, oldest first; returns how
+/// many were moved. Each move is atomic (Redis) or confirmed before the dead letter is
+/// acknowledged (RabbitMQ), so none is lost on the way.
+pub async fn replay_dead_letters(
+    broker: &str,
+    queue: &str,
+    limit: usize,
+) -> Result<usize, CeleryError> {
+    let url = BrokerUrl::parse(broker)?;
+    match url.kind() {
+        BrokerKind::Redis => replay_redis(&url, queue, limit).await,
+        BrokerKind::Amqp => replay_amqp(&url, queue, limit).await,
+    }
+}
+
+/// Pops the oldest record and pushes its envelope onto the queue, atomically.
+const REPLAY_ONE: &str = r"
+local raw = redis.call('RPOP', KEYS[1])
+if not raw then return 0 end
+local ok, record = pcall(cjson.decode, raw)
+if not ok or type(record['envelope']) ~= 'string' then
+  redis.call('RPUSH', KEYS[1], raw)
+  return -1
+end
+redis.call('LPUSH', KEYS[2], record['envelope'])
+return 1
+";
+
+async fn replay_redis(url: &BrokerUrl, queue: &str, limit: usize) -> Result<usize, CeleryError> {
+    let mut connection = crate::broker::redis_connect(url).await?;
+    let script = redis::Script::new(REPLAY_ONE);
+    let mut moved = 0;
+    while moved < limit {
+        let result: i64 = script
+            .key(dead_letter_queue(queue))
+            .key(queue)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| CeleryError::Broker {
+                broker: url.clone(),
+                operation: "replaying dead letters",
+                source: Box::new(e),
+            })?;
+        match result {
+            1 => moved += 1,
+            0 => break,
+            _ => {
+                return Err(CeleryError::Config(format!(
+                    "the oldest dead letter of `{queue}` has no text envelope to replay (it was \
+                     not UTF-8); inspect it with `LRANGE {}` and remove it by hand",
+                    dead_letter_queue(queue)
+                )));
+            }
+        }
+    }
+    Ok(moved)
+}
+
+async fn replay_amqp(url: &BrokerUrl, queue: &str, limit: usize) -> Result<usize, CeleryError> {
+    let publisher = AmqpPublisher::new(url.clone(), QueueArguments::default());
+    let channel = publisher.consumer_channel().await?;
+    let broker_error = |operation, e: lapin::Error| CeleryError::Broker {
+        broker: url.clone(),
+        operation,
+        source: Box::new(e),
+    };
+    let mut moved = 0;
+    while moved < limit {
+        let Some(message) = channel
+            .basic_get(
+                dead_letter_queue(queue).into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .map_err(|e| broker_error("basic.get", e))?
+        else {
+            break;
+        };
+        let delivery = message.delivery;
+        let mut headers: FieldTable = delivery.properties.headers().clone().unwrap_or_default();
+        let kept: Vec<(ShortString, AMQPValue)> = headers
+            .inner()
+            .iter()
+            .filter(|(k, _)| !k.as_str().starts_with("x-dead-letter-"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        headers = FieldTable::default();
+        for (k, v) in kept {
+            headers.insert(k, v);
+        }
+        let outgoing = AmqpOutgoing {
+            exchange: String::new(),
+            routing_key: queue.to_owned(),
+            declare_queue: Some(queue.to_owned()),
+            properties: delivery.properties.clone().with_headers(headers),
+            body: delivery.data.clone(),
+        };
+        publisher.publish(&outgoing).await?;
+        channel
+            .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+            .await
+            .map_err(|e| broker_error("basic.ack", e))?;
+        moved += 1;
+    }
+    Ok(moved)
+}

@@ -1,0 +1,322 @@
+//! The Celery worker: consumes task messages from RabbitMQ or Redis — sent by Rust or by
+//! Python Celery — and runs every `#[handler]` of the event, at least once.
+
+mod amqp;
+mod core;
+mod dead_letter;
+mod redis;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use events_core::{Handler, Registry};
+
+pub use self::core::{PENDING_HANDLERS_HEADER, RetryPolicy, WorkerStats};
+pub use self::dead_letter::{DEAD_LETTER_SUFFIX, replay_dead_letters};
+use crate::broker::{BrokerKind, BrokerUrl};
+use crate::codec::{DEFAULT_TASK_PREFIX, DecodeOptions};
+use crate::error::CeleryError;
+
+/// How a [`Worker`] consumes and runs messages.
+///
+/// ```
+/// use std::time::Duration;
+/// use events_celery::{RetryPolicy, WorkerConfig};
+///
+/// let config = WorkerConfig::new("redis://127.0.0.1:6379/0")?
+///     .queues(["celery", "default"])
+///     .concurrency(8)
+///     .retry(RetryPolicy { max_retries: 5, ..RetryPolicy::default() })
+///     .time_limit(Duration::from_secs(30))
+///     .grace_period(Duration::from_secs(10));
+/// # let _ = config;
+/// # Ok::<(), events_celery::CeleryError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub(crate) broker: BrokerUrl,
+    pub(crate) queues: Vec<String>,
+    pub(crate) task_prefix: String,
+    pub(crate) concurrency: usize,
+    pub(crate) prefetch: u16,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) time_limit: Option<Duration>,
+    pub(crate) grace_period: Duration,
+    pub(crate) visibility_timeout: Duration,
+    pub(crate) restore_interval: Duration,
+    pub(crate) decode: DecodeOptions,
+    pub(crate) queue_max_priority: Option<u8>,
+    pub(crate) redis_fetchers: usize,
+    pub(crate) publish_timeout: Duration,
+    pub(crate) reconnect_max_delay: Duration,
+}
+
+impl WorkerConfig {
+    /// Defaults: queue `celery`, task names `domain_events.<event>`, as many concurrent
+    /// messages as cores, 3 retries per handler, a 30 s shutdown grace period, kombu's one-hour
+    /// visibility timeout on Redis.
+    pub fn new(broker_url: &str) -> Result<Self, CeleryError> {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        Ok(Self {
+            broker: BrokerUrl::parse(broker_url)?,
+            queues: vec!["celery".to_owned()],
+            task_prefix: DEFAULT_TASK_PREFIX.to_owned(),
+            concurrency: cores,
+            prefetch: 256,
+            retry: RetryPolicy::default(),
+            time_limit: None,
+            grace_period: Duration::from_secs(30),
+            visibility_timeout: Duration::from_secs(3600),
+            restore_interval: Duration::from_secs(10),
+            decode: DecodeOptions::new(),
+            queue_max_priority: None,
+            redis_fetchers: 16,
+            publish_timeout: Duration::from_secs(10),
+            reconnect_max_delay: Duration::from_secs(30),
+        })
+    }
+
+    /// The queues to consume (default `celery`).
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The task-name prefix (default `domain_events.`).
+    pub fn task_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.task_prefix = prefix.into();
+        self
+    }
+
+    /// How many messages run at once (default: the number of cores).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// RabbitMQ: how many unacknowledged messages each consumer may hold (default 256).
+    pub fn prefetch(mut self, n: u16) -> Self {
+        self.prefetch = n.max(1);
+        self
+    }
+
+    /// How failed handlers are retried.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// How long one handler run may take when its `#[handler(time_limit_ms = …)]` does not
+    /// say; an overrun counts as a failure (default: no limit).
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = Some(limit);
+        self
+    }
+
+    /// How long a shutdown waits for running messages before returning the rest to the queue
+    /// (default 30 s).
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace_period = grace;
+        self
+    }
+
+    /// Redis: how long a message may stay unacknowledged before any worker (Rust or Python)
+    /// restores it to its queue (kombu's `visibility_timeout`, default one hour). Must be
+    /// longer than your slowest message.
+    pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
+        self.visibility_timeout = timeout;
+        self
+    }
+
+    /// Redis: how often to look for unacknowledged messages past the visibility timeout
+    /// (default 10 s).
+    pub fn restore_interval(mut self, interval: Duration) -> Self {
+        self.restore_interval = interval;
+        self
+    }
+
+    /// The largest message accepted; larger ones are dead-lettered without being decoded.
+    pub fn max_message_bytes(mut self, limit: usize) -> Self {
+        self.decode = self.decode.max_message_bytes(limit);
+        self
+    }
+
+    /// RabbitMQ: declare queues with `x-max-priority` (as Celery's `task_queue_max_priority`).
+    pub fn queue_max_priority(mut self, max: u8) -> Self {
+        self.queue_max_priority = Some(max);
+        self
+    }
+
+    /// Redis: how many connections wait on `BRPOP` at once (default 16).
+    pub fn redis_fetchers(mut self, n: usize) -> Self {
+        self.redis_fetchers = n.max(1);
+        self
+    }
+
+    /// How long publishing a retry or dead letter may take (default 10 s).
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
+    /// The longest wait between reconnection attempts (default 30 s).
+    pub fn reconnect_max_delay(mut self, delay: Duration) -> Self {
+        self.reconnect_max_delay = delay;
+        self
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> &BrokerUrl {
+        &self.broker
+    }
+}
+
+/// A Rust Celery worker for domain events.
+///
+/// For each message: decode once, find the event by task name, run **every** handler of it
+/// (sync ones on the blocking pool, async ones on the runtime; at most
+/// [`concurrency`](WorkerConfig::concurrency) messages at once), then acknowledge — only after
+/// the handlers finished (Celery's `acks_late`). A failed handler is retried alone, by a new
+/// message with `retries + 1` and an `eta` (exponential backoff with jitter); one that
+/// exhausted its retries, and any message that cannot run (unknown task, undecodable, refused
+/// content type, payload that does not fit), goes to the dead-letter destination
+/// `<queue>.dead_letter` with the reason. Messages with a future `eta` wait in the broker, not
+/// in a prefetch slot; expired messages are discarded and logged.
+///
+/// ```no_run
+/// use events_celery::{Worker, WorkerConfig};
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), events_celery::CeleryError> {
+///     let worker = Worker::new(WorkerConfig::new("amqp://guest:guest@127.0.0.1:5672//")?)?;
+///     worker.run().await?; // until SIGINT or SIGTERM
+///     Ok(())
+/// }
+/// ```
+pub struct Worker {
+    config: WorkerConfig,
+    registry: &'static Registry,
+    handlers: Vec<Handler>,
+    stats: Arc<WorkerStats>,
+}
+
+impl Worker {
+    /// A worker running the collected `#[handler]`s.
+    pub fn new(config: WorkerConfig) -> Result<Self, CeleryError> {
+        let registry = Registry::collected().map_err(|e| CeleryError::Config(e.to_string()))?;
+        let handlers = registry.handlers().map(Handler::from_descriptor).collect();
+        Self::with_handlers(config, handlers)
+    }
+
+    /// A worker running exactly these handlers (for example
+    /// [`CeleryBackend::subscribed_handlers`](crate::CeleryBackend::subscribed_handlers), which
+    /// adds closures subscribed at run time).
+    pub fn with_handlers(
+        config: WorkerConfig,
+        handlers: Vec<Handler>,
+    ) -> Result<Self, CeleryError> {
+        if config.queues.is_empty() {
+            return Err(CeleryError::Config(
+                "the worker has no queue to consume".to_owned(),
+            ));
+        }
+        let registry = Registry::collected().map_err(|e| CeleryError::Config(e.to_string()))?;
+        Ok(Self {
+            config,
+            registry,
+            handlers,
+            stats: Arc::new(WorkerStats::default()),
+        })
+    }
+
+    /// The live counters (clone the `Arc` before `run` to watch them).
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run(self) -> Result<Arc<WorkerStats>, CeleryError> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Runs until `shutdown` resolves: then stops taking messages, lets running ones finish
+    /// within the grace period, and returns the rest to the queue.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Arc<WorkerStats>, CeleryError> {
+        let core = Arc::new(core::Core::new(
+            self.config,
+            self.registry,
+            self.handlers,
+            Arc::clone(&self.stats),
+        ));
+        tracing::info!(
+            broker = %core.config.broker,
+            queues = ?core.config.queues,
+            handlers = core.handler_count(),
+            concurrency = core.config.concurrency,
+            "worker starting"
+        );
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: no new messages; finishing the running ones");
+            let _ = stop.send(true);
+        });
+        match core.config.broker.kind() {
+            BrokerKind::Amqp => amqp::run(Arc::clone(&core), stopping).await?,
+            BrokerKind::Redis => redis::run(Arc::clone(&core), stopping).await?,
+        }
+        tracing::info!(stats = ?self.stats.snapshot(), "worker stopped");
+        Ok(self.stats)
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Waits `delay`, or less if the worker is stopping; returns whether it is stopping.
+pub(crate) async fn pause(
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+    delay: Duration,
+) -> bool {
+    if *stopping.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => *stopping.borrow(),
+        _ = stopping.changed() => true,
+    }
+}
+
+/// `gen<pid>@<host>`-style identity of this worker, for dead-letter records.
+pub(crate) fn worker_identity() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
+    format!("rust{}@{host}", std::process::id())
+}

@@ -1,0 +1,593 @@
+//! Consuming from Redis as kombu does: `BRPOP` over each queue's priority lists in Celery's
+//! order, kombu's `unacked` hash and `unacked_index` sorted set for every message held, and
+//! restoring messages left unacknowledged past the visibility timeout — ours or a Python
+//! worker's.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use redis::aio::MultiplexedConnection;
+use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use super::amqp::stopped;
+use super::core::{Core, Verdict};
+use super::dead_letter::{RedisRecord, dead_letter_queue};
+use super::pause;
+use crate::broker::{KOMBU_SEP, is_connection_error, redis_connect, redis_connect_with_timeout};
+use crate::codec::{REDIS_PRIORITY_STEPS, Routing, TaskMessage, redis_queue_key};
+use crate::error::CeleryError;
+
+/// kombu's key names (`unacked_key`, `unacked_index_key`, `unacked_mutex_key`).
+const UNACKED: &str = "unacked";
+const UNACKED_INDEX: &str = "unacked_index";
+const UNACKED_MUTEX: &str = "unacked_mutex";
+/// kombu's `unacked_mutex_expire`.
+const MUTEX_EXPIRE: Duration = Duration::from_secs(300);
+/// How long one `BRPOP` waits before looking at the stop flag again.
+const BRPOP_TIMEOUT_SECS: f64 = 1.0;
+
+/// Messages this worker postponed: a sorted set per list key, scored by eta (ms).
+fn delayed_key(list: &str) -> String {
+    format!("_events.delayed.{list}")
+}
+
+/// Moves due postponed messages back onto their list, atomically: at most one worker moves
+/// each.
+const MOVE_DUE: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
+for _, message in ipairs(due) do
+  if redis.call('ZREM', KEYS[1], message) == 1 then
+    redis.call('RPUSH', KEYS[2], message)
+  end
+end
+return #due
+";
+
+/// Restores one unacknowledged message if it is still there: kombu's `restore_by_tag`.
+const RESTORE_ONE: &str = r"
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+if not entry then return 0 end
+redis.call(ARGV[3], ARGV[2], ARGV[4])
+return 1
+";
+
+/// A message held by this worker.
+struct Held {
+    list: String,
+    envelope: Vec<u8>,
+}
+
+type HeldMap = Arc<Mutex<HashMap<String, Held>>>;
+
+/// A shared connection for bookkeeping, reconnected after failures.
+struct Link {
+    url: crate::broker::BrokerUrl,
+    connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+}
+
+impl Link {
+    async fn get(&self) -> Result<MultiplexedConnection, CeleryError> {
+        let mut guard = self.connection.lock().await;
+        if let Some(connection) = guard.as_ref() {
+            return Ok(connection.clone());
+        }
+        let connection = redis_connect(&self.url).await?;
+        *guard = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, CeleryError> {
+        let mut connection = self.get().await?;
+        match pipe.query_async(&mut connection).await {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                if is_connection_error(&error) {
+                    self.connection.lock().await.take();
+                }
+                Err(CeleryError::Broker {
+                    broker: self.url.clone(),
+                    operation,
+                    source: Box::new(error),
+                })
+            }
+        }
+    }
+
+    async fn script(
+        &self,
+        operation: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<i64, CeleryError> {
+        let mut connection = self.get().await?;
+        match invocation.invoke_async(&mut connection).await {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                if is_connection_error(&error) {
+                    self.connection.lock().await.take();
+                }
+                Err(CeleryError::Broker {
+                    broker: self.url.clone(),
+                    operation,
+                    source: Box::new(error),
+                })
+            }
+        }
+    }
+}
+
+pub(crate) async fn run(
+    core: Arc<Core>,
+    stopping: watch::Receiver<bool>,
+) -> Result<(), CeleryError> {
+    let link = Arc::new(Link {
+        url: core.config.broker.clone(),
+        connection: tokio::sync::Mutex::new(None),
+    });
+    let permits = Arc::new(Semaphore::new(core.config.concurrency));
+    let held: HeldMap = Arc::new(Mutex::new(HashMap::new()));
+    // kombu's BRPOP order: every queue at priority 0, then every queue at 3, 6, 9.
+    let keys: Arc<Vec<String>> = Arc::new(
+        REDIS_PRIORITY_STEPS
+            .iter()
+            .flat_map(|&step| {
+                core.config
+                    .queues
+                    .iter()
+                    .map(move |q| redis_queue_key(q, step))
+            })
+            .collect(),
+    );
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(restore_loop(
+        Arc::clone(&core),
+        Arc::clone(&link),
+        stopping.clone(),
+    ));
+    background.spawn(move_due_loop(
+        Arc::clone(&keys),
+        Arc::clone(&link),
+        stopping.clone(),
+    ));
+    let mut fetchers = tokio::task::JoinSet::new();
+    for _ in 0..core.config.redis_fetchers {
+        fetchers.spawn(fetch_loop(
+            Arc::clone(&core),
+            Arc::clone(&link),
+            Arc::clone(&permits),
+            Arc::clone(&held),
+            Arc::clone(&keys),
+            stopping.clone(),
+        ));
+    }
+    tracing::info!(broker = %core.config.broker, queues = ?core.config.queues, "consuming from Redis");
+    while fetchers.join_next().await.is_some() {}
+    let all = u32::try_from(core.config.concurrency).unwrap_or(u32::MAX);
+    if tokio::time::timeout(core.config.grace_period, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace = ?core.config.grace_period,
+            "grace period over: unfinished messages go back to the queue"
+        );
+    }
+    // kombu's `restore_at_shutdown`: what we still hold goes back to its list now.
+    let unfinished: Vec<(String, Held)> = held.lock().expect("not poisoned").drain().collect();
+    for (tag, message) in unfinished {
+        match restore(&link, &tag, &message.list, "RPUSH", &message.envelope).await {
+            Ok(_) => {
+                core.stats.requeued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => tracing::error!(
+                error = %error,
+                tag,
+                "could not return a message to its queue; it stays in `unacked` and will be \
+                 restored after the visibility timeout"
+            ),
+        }
+    }
+    background.shutdown().await;
+    Ok(())
+}
+
+async fn restore(
+    link: &Link,
+    tag: &str,
+    list: &str,
+    command: &str,
+    envelope: &[u8],
+) -> Result<i64, CeleryError> {
+    let script = redis::Script::new(RESTORE_ONE);
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(UNACKED)
+        .key(UNACKED_INDEX)
+        .arg(tag)
+        .arg(list)
+        .arg(command)
+        .arg(envelope);
+    link.script("restoring a message", &invocation).await
+}
+
+#[derive(Deserialize)]
+struct EnvelopeHead {
+    properties: Option<PropertiesHead>,
+}
+
+#[derive(Deserialize)]
+struct PropertiesHead {
+    delivery_tag: Option<String>,
+    delivery_info: Option<DeliveryInfoHead>,
+}
+
+#[derive(Deserialize)]
+struct DeliveryInfoHead {
+    exchange: Option<String>,
+    routing_key: Option<String>,
+}
+
+/// kombu's `unacked` entry for an envelope: `[envelope, exchange, routing_key]`, plus the
+/// delivery tag it is stored under.
+fn unacked_entry(envelope: &[u8], queue: &str) -> (String, String) {
+    let head = serde_json::from_slice::<EnvelopeHead>(envelope).ok();
+    let properties = head.and_then(|h| h.properties);
+    let tag = properties
+        .as_ref()
+        .and_then(|p| p.delivery_tag.clone())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let info = properties.and_then(|p| p.delivery_info);
+    let exchange = info
+        .as_ref()
+        .and_then(|i| i.exchange.clone())
+        .unwrap_or_default();
+    let routing_key = info
+        .and_then(|i| i.routing_key)
+        .unwrap_or_else(|| queue.to_owned());
+    let quoted = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+    let entry = match std::str::from_utf8(envelope) {
+        Ok(text) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+            format!("[{text}, {}, {}]", quoted(&exchange), quoted(&routing_key))
+        }
+        // Not JSON: kept as a string so the entry stays valid JSON; it will be dead-lettered.
+        _ => format!(
+            "[{}, {}, {}]",
+            quoted(&String::from_utf8_lossy(envelope)),
+            quoted(&exchange),
+            quoted(&routing_key)
+        ),
+    };
+    (tag, entry)
+}
+
+async fn fetch_loop(
+    core: Arc<Core>,
+    link: Arc<Link>,
+    permits: Arc<Semaphore>,
+    held: HeldMap,
+    keys: Arc<Vec<String>>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut connection: Option<MultiplexedConnection> = None;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = stopped(&mut stopping) => return,
+            permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
+        };
+        if connection.is_none() {
+            let timeout = Duration::from_secs_f64(BRPOP_TIMEOUT_SECS) + Duration::from_secs(10);
+            match redis_connect_with_timeout(&core.config.broker, timeout).await {
+                Ok(c) => {
+                    connection = Some(c);
+                    backoff = Duration::from_millis(200);
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, retry_in = ?backoff, "cannot reach Redis");
+                    drop(permit);
+                    if pause(&mut stopping, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(core.config.reconnect_max_delay);
+                    continue;
+                }
+            }
+        }
+        let Some(conn) = connection.as_mut() else {
+            continue;
+        };
+        let popped: redis::RedisResult<Option<(String, Vec<u8>)>> = redis::cmd("BRPOP")
+            .arg(&keys[..])
+            .arg(BRPOP_TIMEOUT_SECS)
+            .query_async(conn)
+            .await;
+        let (list, envelope) = match popped {
+            Ok(Some(item)) => item,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::error!(error = %error, retry_in = ?backoff, "BRPOP failed; reconnecting");
+                connection = None;
+                drop(permit);
+                if pause(&mut stopping, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(core.config.reconnect_max_delay);
+                continue;
+            }
+        };
+        let queue = list.split(KOMBU_SEP).next().unwrap_or(&list).to_owned();
+        let (tag, entry) = unacked_entry(&envelope, &queue);
+        let now = Utc::now().timestamp_micros() as f64 / 1e6;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .zadd(UNACKED_INDEX, &tag, now)
+            .ignore()
+            .hset(UNACKED, &tag, &entry)
+            .ignore();
+        if let Err(error) = link
+            .run::<()>("recording an unacknowledged message", &pipe)
+            .await
+        {
+            // Without the bookkeeping nobody could restore it: put it straight back.
+            tracing::error!(error = %error, "cannot record the message as unacknowledged; returning it");
+            let mut back = redis::pipe();
+            back.rpush(&list, &envelope).ignore();
+            if let Err(error) = link.run::<()>("returning a message", &back).await {
+                tracing::error!(error = %error, "the message could not be returned to `{list}`");
+            }
+            continue;
+        }
+        held.lock().expect("not poisoned").insert(
+            tag.clone(),
+            Held {
+                list: list.clone(),
+                envelope: envelope.clone(),
+            },
+        );
+        tokio::spawn(handle(
+            Arc::clone(&core),
+            Arc::clone(&link),
+            Arc::clone(&held),
+            queue,
+            list,
+            tag,
+            envelope,
+            permit,
+        ));
+    }
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
+async fn handle(
+    core: Arc<Core>,
+    link: Arc<Link>,
+    held: HeldMap,
+    queue: String,
+    list: String,
+    tag: String,
+    envelope: Vec<u8>,
+    permit: OwnedSemaphorePermit,
+) {
+    let decoded = TaskMessage::decode_redis(&envelope, &core.config.decode);
+    let decoded_copy = decoded
+        .as_ref()
+        .ok()
+        .map(|m| (m.task.clone(), m.id.clone()));
+    let verdict = core.process(decoded).await;
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    let mut follow_up = Ok(());
+    match verdict {
+        Verdict::Ack => {}
+        Verdict::Postpone(eta) => {
+            core.stats.postponed.fetch_add(1, Ordering::Relaxed);
+            pipe.zadd(delayed_key(&list), &envelope[..], eta.timestamp_millis())
+                .ignore();
+        }
+        Verdict::Forward { retry, dead } => {
+            if let Some(mut retry) = retry {
+                retry.routing = Routing::queue(&queue);
+                match retry.to_redis() {
+                    Ok(message) => {
+                        let priority = retry.properties.priority.unwrap_or(0);
+                        pipe.lpush(redis_queue_key(&queue, priority), message.envelope)
+                            .ignore();
+                    }
+                    Err(error) => follow_up = Err(CeleryError::from(error)),
+                }
+            }
+            for letter in &dead {
+                let kept = match &letter.replay {
+                    Some(replay) => replay.to_redis().map(|m| m.envelope.into_bytes()),
+                    None => Ok(envelope.clone()),
+                };
+                match kept {
+                    Ok(kept) => {
+                        let mut record = RedisRecord::new(letter, &queue, None, &kept);
+                        if let Some((task, id)) = &decoded_copy {
+                            record.task = Some(task.clone());
+                            record.id = Some(id.clone());
+                        }
+                        pipe.lpush(dead_letter_queue(&queue), record.to_json())
+                            .ignore();
+                        tracing::error!(reason = %letter.reason, queue, "message dead-lettered");
+                    }
+                    Err(error) => follow_up = Err(CeleryError::from(error)),
+                }
+            }
+        }
+    }
+    // Settling and acknowledging in one transaction: nothing is lost or doubled in between.
+    pipe.zrem(UNACKED_INDEX, &tag)
+        .ignore()
+        .hdel(UNACKED, &tag)
+        .ignore();
+    let settled = match follow_up {
+        Ok(()) => link.run::<()>("acknowledging a message", &pipe).await,
+        Err(error) => Err(error),
+    };
+    held.lock().expect("not poisoned").remove(&tag);
+    if let Err(error) = settled {
+        tracing::error!(
+            error = %error,
+            "could not settle the message; returning it to its queue"
+        );
+        core.stats.requeued.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = restore(&link, &tag, &list, "LPUSH", &envelope).await {
+            tracing::error!(
+                error = %error,
+                "it stays in `unacked` and will be restored after the visibility timeout"
+            );
+        }
+    }
+    drop(permit);
+}
+
+/// Periodically restores messages unacknowledged for longer than the visibility timeout,
+/// under kombu's mutex so Python and Rust workers never restore the same one twice.
+async fn restore_loop(core: Arc<Core>, link: Arc<Link>, mut stopping: watch::Receiver<bool>) {
+    loop {
+        if let Err(error) = restore_visible(&core, &link).await {
+            tracing::warn!(error = %error, "restoring unacknowledged messages failed");
+        }
+        if pause(&mut stopping, core.config.restore_interval).await {
+            return;
+        }
+    }
+}
+
+async fn restore_visible(core: &Core, link: &Link) -> Result<(), CeleryError> {
+    let token = uuid::Uuid::new_v4().to_string();
+    let mut lock = redis::cmd("SET");
+    lock.arg(UNACKED_MUTEX)
+        .arg(&token)
+        .arg("NX")
+        .arg("PX")
+        .arg(MUTEX_EXPIRE.as_millis() as u64);
+    let mut pipe = redis::pipe();
+    pipe.add_command(lock);
+    let (acquired,): (Option<String>,) = link.run("locking unacked_mutex", &pipe).await?;
+    if acquired.is_none() {
+        return Ok(());
+    }
+    let ceiling =
+        Utc::now().timestamp_micros() as f64 / 1e6 - core.config.visibility_timeout.as_secs_f64();
+    let mut pipe = redis::pipe();
+    pipe.cmd("ZRANGEBYSCORE")
+        .arg(UNACKED_INDEX)
+        .arg("-inf")
+        .arg(ceiling)
+        .arg("LIMIT")
+        .arg(0)
+        .arg(1000);
+    let result: Result<(Vec<String>,), CeleryError> =
+        link.run("listing unacked messages", &pipe).await;
+    let outcome = match result {
+        Ok((tags,)) => {
+            let mut restored = 0;
+            for tag in tags {
+                restored += restore_by_tag(link, &tag).await?;
+            }
+            if restored > 0 {
+                tracing::warn!(
+                    restored,
+                    "restored messages unacknowledged past the visibility timeout"
+                );
+            }
+            Ok(())
+        }
+        Err(error) => Err(error),
+    };
+    // Release the mutex if it is still ours.
+    let release = redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    );
+    let mut invocation = release.prepare_invoke();
+    invocation.key(UNACKED_MUTEX).arg(&token);
+    let _ = link.script("unlocking unacked_mutex", &invocation).await;
+    outcome
+}
+
+/// Restores one entry of `unacked` as kombu does: marks it redelivered and pushes it on the
+/// consuming end of the queue its delivery info names.
+async fn restore_by_tag(link: &Link, tag: &str) -> Result<i64, CeleryError> {
+    let mut pipe = redis::pipe();
+    pipe.hget(UNACKED, tag);
+    let (entry,): (Option<String>,) = link.run("reading an unacked message", &pipe).await?;
+    let Some(entry) = entry else { return Ok(0) };
+    let parsed: Option<(serde_json::Value, String, String)> = serde_json::from_str(&entry).ok();
+    let Some((mut envelope, exchange, routing_key)) = parsed else {
+        tracing::error!(
+            tag,
+            "unacked entry is not [envelope, exchange, routing_key]; dropping it"
+        );
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .zrem(UNACKED_INDEX, tag)
+            .ignore()
+            .hdel(UNACKED, tag)
+            .ignore();
+        link.run::<()>("dropping a broken unacked entry", &pipe)
+            .await?;
+        return Ok(0);
+    };
+    if let Some(headers) = envelope.get_mut("headers").and_then(|h| h.as_object_mut()) {
+        headers.insert("redelivered".to_owned(), true.into());
+    }
+    let priority = envelope
+        .pointer("/properties/priority")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    if let Some(info) = envelope
+        .pointer_mut("/properties/delivery_info")
+        .and_then(|i| i.as_object_mut())
+    {
+        info.insert("redelivered".to_owned(), true.into());
+    }
+    if !exchange.is_empty() {
+        tracing::debug!(
+            exchange,
+            "restoring through the routing key of a named exchange"
+        );
+    }
+    let list = redis_queue_key(&routing_key, u8::try_from(priority.min(9)).unwrap_or(0));
+    let restored =
+        crate::codec::to_python_json(&envelope).map_err(|e| CeleryError::Config(e.to_string()))?;
+    restore(link, tag, &list, "RPUSH", restored.as_bytes()).await
+}
+
+/// Moves postponed messages whose eta has come back onto their lists.
+async fn move_due_loop(
+    keys: Arc<Vec<String>>,
+    link: Arc<Link>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let script = redis::Script::new(MOVE_DUE);
+    loop {
+        let now = Utc::now().timestamp_millis();
+        for list in keys.iter() {
+            let mut invocation = script.prepare_invoke();
+            invocation.key(delayed_key(list)).key(list).arg(now);
+            if let Err(error) = link.script("moving due messages", &invocation).await {
+                tracing::warn!(error = %error, "moving due postponed messages failed");
+                break;
+            }
+        }
+        if pause(&mut stopping, Duration::from_millis(250)).await {
+            return;
+        }
+    }
+}
