@@ -11,6 +11,8 @@
 //! Environment: `BENCH_BROKERS` (`redis,amqp`), `BENCH_COUNT` (messages per Rust/raw phase,
 //! default 100000 on Redis and 50000 on RabbitMQ), `BENCH_PY_COUNT` (default 3000),
 //! `BENCH_CONCURRENCY` (publishes in flight, default 256 on Redis and 2000 on RabbitMQ),
+//! `BENCH_THREADS` (the publishers' tokio worker threads, default one per core; 0 for a
+//! current-thread runtime),
 //! `EVENTS_TEST_PYTHON` (default `.venv/bin/python`), `EVENTS_TEST_REDIS_URL`,
 //! `EVENTS_TEST_AMQP_URL`.
 
@@ -446,11 +448,24 @@ fn main() {
             _ => None,
         })
         .collect();
-    // The publishers' own tasks run here; the backend's connections live on its I/O thread.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    // The publishers' tasks (and the raw clients) run here; the backend's connections live on
+    // its own I/O thread.
+    // Tokio's default (what `#[tokio::main]` builds): one worker thread per core; or
+    // `BENCH_THREADS=0` for a current-thread runtime.
+    let threads = env_usize("BENCH_THREADS").unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+    });
+    let runtime = match threads {
+        0 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        threads => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .unwrap(),
+    };
     let rows: Vec<Row> = brokers
         .into_iter()
         .map(|broker| runtime.block_on(bench(broker)))

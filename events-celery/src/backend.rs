@@ -1,12 +1,15 @@
 //! [`CeleryBackend`]: publishes each event as a Celery task message on RabbitMQ or Redis.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use events_core::{
     Backend, BackendKind, BoxFuture, DomainEvent, Error, EventRef, Handler, Receipt,
 };
+use futures_util::future::join_all;
 use tokio::runtime::{Handle, Runtime};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::{
     AmqpPublisher, BrokerKind, QueueArguments, RedisOutgoing, RedisPublisher, amqp_outgoing,
@@ -23,7 +26,9 @@ use crate::error::CeleryError;
 /// confirm (unroutable or nacked messages are errors), on Redis after `LPUSH` returned. It
 /// fails — never hangs — after [`CeleryConfig::publish_timeout`], and the next publish
 /// reconnects. Connections live on the backend's own I/O thread, so any executor (or none, with
-/// `publish_blocking`) can publish. Cloning is cheap and shares the connections.
+/// `publish_blocking`) can publish. Concurrent publishes are handed to that thread in batches
+/// (one Redis pipeline per batch; on RabbitMQ, their confirms awaited together), each with its
+/// own result and time limit. Cloning is cheap and shares the connections.
 ///
 /// ```no_run
 /// use events_celery::{CeleryBackend, CeleryConfig};
@@ -41,8 +46,41 @@ pub struct CeleryBackend {
 struct Inner {
     config: CeleryConfig,
     publisher: Publisher,
+    /// Publishes waiting for the I/O thread's dispatcher.
+    jobs: mpsc::UnboundedSender<Job>,
     io: IoRuntime,
     subscribed: Mutex<Vec<Handler>>,
+}
+
+/// At most this many publishes go to the broker together (one pipeline on Redis).
+const MAX_BATCH: usize = 512;
+
+/// One publish handed to the I/O thread.
+struct Job {
+    outgoing: Outgoing,
+    /// When the publish fails with [`CeleryError::Timeout`], connecting and waiting included.
+    deadline: Instant,
+    reply: Reply,
+}
+
+/// Where a publish's result goes: an async caller, or a thread blocked in `publish_blocking`.
+enum Reply {
+    Async(oneshot::Sender<Result<(), CeleryError>>),
+    Blocking(std::sync::mpsc::SyncSender<Result<(), CeleryError>>),
+}
+
+impl Job {
+    fn finish(self, result: Result<(), CeleryError>) {
+        // The caller may have given up (its future dropped): nothing to tell then.
+        match self.reply {
+            Reply::Async(reply) => drop(reply.send(result)),
+            Reply::Blocking(reply) => drop(reply.send(result)),
+        }
+    }
+}
+
+fn dropped() -> CeleryError {
+    CeleryError::Config("the publish task was dropped (the backend is shutting down)".to_owned())
 }
 
 enum Publisher {
@@ -82,22 +120,6 @@ impl IoRuntime {
             ))),
         }
     }
-
-    /// Runs `future` on the I/O runtime and blocks the calling thread until it is done.
-    fn run_blocking<T: Send + 'static>(
-        &self,
-        future: impl Future<Output = Result<T, CeleryError>> + Send + 'static,
-    ) -> Result<T, CeleryError> {
-        let (done, wait) = std::sync::mpsc::sync_channel(1);
-        self.handle.spawn(async move {
-            let _ = done.send(future.await);
-        });
-        wait.recv().unwrap_or_else(|_| {
-            Err(CeleryError::Config(
-                "the publish task was dropped (the backend is shutting down)".to_owned(),
-            ))
-        })
-    }
 }
 
 impl Drop for IoRuntime {
@@ -122,14 +144,19 @@ impl CeleryBackend {
             )),
             BrokerKind::Redis => Publisher::Redis(RedisPublisher::new(config.broker().clone())),
         };
-        Ok(Self {
-            inner: Arc::new(Inner {
-                config,
-                publisher,
-                io: IoRuntime::new()?,
-                subscribed: Mutex::new(Vec::new()),
-            }),
-        })
+        let (jobs, queued) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            config,
+            publisher,
+            jobs,
+            io: IoRuntime::new()?,
+            subscribed: Mutex::new(Vec::new()),
+        });
+        inner
+            .io
+            .handle
+            .spawn(dispatch(Arc::downgrade(&inner), queued));
+        Ok(Self { inner })
     }
 
     /// A backend for `config`, connected now: a broker that cannot be reached is an error
@@ -210,11 +237,9 @@ impl CeleryBackend {
         message: TaskMessage,
     ) -> Result<Receipt, CeleryError> {
         let (outgoing, receipt) = self.prepare(event, message)?;
-        let inner = Arc::clone(&self.inner);
-        self.inner
-            .io
-            .run(async move { inner.deliver(outgoing).await })
-            .await?;
+        let (reply, result) = oneshot::channel();
+        self.enqueue(outgoing, Reply::Async(reply))?;
+        result.await.unwrap_or_else(|_| Err(dropped()))?;
         Ok(receipt)
     }
 
@@ -224,11 +249,20 @@ impl CeleryBackend {
         message: TaskMessage,
     ) -> Result<Receipt, CeleryError> {
         let (outgoing, receipt) = self.prepare(event, message)?;
-        let inner = Arc::clone(&self.inner);
-        self.inner
-            .io
-            .run_blocking(async move { inner.deliver(outgoing).await })?;
+        let (reply, result) = std::sync::mpsc::sync_channel(1);
+        self.enqueue(outgoing, Reply::Blocking(reply))?;
+        result.recv().unwrap_or_else(|_| Err(dropped()))?;
         Ok(receipt)
+    }
+
+    /// Hands a message to the I/O thread; its result comes back through `reply`.
+    fn enqueue(&self, outgoing: Outgoing, reply: Reply) -> Result<(), CeleryError> {
+        let job = Job {
+            outgoing,
+            deadline: Instant::now() + self.inner.config.timeout(),
+            reply,
+        };
+        self.inner.jobs.send(job).map_err(|_| dropped())
     }
 
     fn encode(&self, event: EventRef<'_>) -> Result<TaskMessage, CeleryError> {
@@ -271,28 +305,93 @@ enum Outgoing {
     Redis(RedisOutgoing),
 }
 
-impl Inner {
-    async fn deliver(&self, outgoing: Outgoing) -> Result<(), CeleryError> {
-        let timeout = self.config.timeout();
-        let delivering = async {
-            match (&self.publisher, &outgoing) {
-                (Publisher::Amqp(p), Outgoing::Amqp(m)) => p.publish(m).await,
-                (Publisher::Redis(p), Outgoing::Redis(m)) => p.publish(m).await,
-                _ => unreachable!("messages are prepared for this backend's broker"),
-            }
+/// The I/O thread's dispatcher: takes whatever publishes are waiting (up to [`MAX_BATCH`]) and
+/// delivers them as one batch, in a task of its own, so several batches can be in flight.
+async fn dispatch(inner: Weak<Inner>, mut queued: mpsc::UnboundedReceiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queued.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let Some(inner) = inner.upgrade() else {
+            break;
         };
-        match tokio::time::timeout(timeout, delivering).await {
-            Ok(result) => result,
-            Err(_) => {
-                if let Publisher::Amqp(p) = &self.publisher {
+        let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        tokio::spawn(async move { inner.deliver(jobs).await });
+    }
+}
+
+impl Inner {
+    fn timeout_error(&self) -> CeleryError {
+        CeleryError::Timeout {
+            broker: self.config.broker().clone(),
+            operation: "publishing",
+            after: self.config.timeout(),
+        }
+    }
+
+    /// Delivers a batch; every job gets its own result, by its own deadline.
+    async fn deliver(&self, jobs: Vec<Job>) {
+        let now = Instant::now();
+        let (jobs, late): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.deadline > now);
+        for job in late {
+            job.finish(Err(self.timeout_error()));
+        }
+        let Some(deadline) = jobs.iter().map(|j| j.deadline).min() else {
+            return;
+        };
+        match &self.publisher {
+            Publisher::Redis(p) => {
+                let messages: Vec<&RedisOutgoing> = jobs
+                    .iter()
+                    .map(|j| match &j.outgoing {
+                        Outgoing::Redis(m) => m,
+                        Outgoing::Amqp(_) => unreachable!("prepared for this backend's broker"),
+                    })
+                    .collect();
+                let delivered = tokio::time::timeout_at(
+                    tokio::time::Instant::from_std(deadline),
+                    p.publish_many(&messages),
+                )
+                .await;
+                match delivered {
+                    Ok(Ok(results)) => {
+                        for (job, result) in jobs.into_iter().zip(results) {
+                            job.finish(result);
+                        }
+                    }
+                    Ok(Err(error)) => {
+                        for job in jobs {
+                            job.finish(Err(error.duplicate()));
+                        }
+                    }
+                    Err(_) => {
+                        for job in jobs {
+                            job.finish(Err(self.timeout_error()));
+                        }
+                    }
+                }
+            }
+            Publisher::Amqp(p) => {
+                let results = join_all(jobs.iter().map(|job| async move {
+                    let Outgoing::Amqp(message) = &job.outgoing else {
+                        unreachable!("prepared for this backend's broker");
+                    };
+                    tokio::time::timeout_at(
+                        tokio::time::Instant::from_std(job.deadline),
+                        p.publish(message),
+                    )
+                    .await
+                }))
+                .await;
+                let mut timed_out = false;
+                for (job, result) in jobs.into_iter().zip(results) {
+                    job.finish(result.unwrap_or_else(|_| {
+                        timed_out = true;
+                        Err(self.timeout_error())
+                    }));
+                }
+                if timed_out {
                     // A publish that timed out may leave the link half-broken: start afresh.
                     p.reset().await;
                 }
-                Err(CeleryError::Timeout {
-                    broker: self.config.broker().clone(),
-                    operation: "publishing",
-                    after: timeout,
-                })
             }
         }
     }

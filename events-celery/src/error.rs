@@ -90,3 +90,67 @@ impl From<CeleryError> for events_core::Error {
         }
     }
 }
+
+impl CeleryError {
+    /// The same failure for another publish of a batch that failed as a whole (the client's
+    /// error is kept as its text: it cannot be cloned).
+    pub(crate) fn duplicate(&self) -> Self {
+        let text = |source: &(dyn std::error::Error + Send + Sync)| {
+            Box::new(ErrorText(source.to_string())) as Box<dyn std::error::Error + Send + Sync>
+        };
+        match self {
+            CeleryError::Config(message) => CeleryError::Config(message.clone()),
+            CeleryError::Connect { broker, source } => CeleryError::Connect {
+                broker: broker.clone(),
+                source: text(source.as_ref()),
+            },
+            CeleryError::Broker {
+                broker,
+                operation,
+                source,
+            } => CeleryError::Broker {
+                broker: broker.clone(),
+                operation,
+                source: text(source.as_ref()),
+            },
+            CeleryError::Timeout {
+                broker,
+                operation,
+                after,
+            } => CeleryError::Timeout {
+                broker: broker.clone(),
+                operation,
+                after: *after,
+            },
+            CeleryError::Nacked {
+                broker,
+                routing_key,
+            } => CeleryError::Nacked {
+                broker: broker.clone(),
+                routing_key: routing_key.clone(),
+            },
+            CeleryError::Unroutable {
+                broker,
+                exchange,
+                routing_key,
+            } => CeleryError::Unroutable {
+                broker: broker.clone(),
+                exchange: exchange.clone(),
+                routing_key: routing_key.clone(),
+            },
+            other => CeleryError::Config(other.to_string()),
+        }
+    }
+}
+
+/// A client error kept as text.
+#[derive(Debug)]
+struct ErrorText(String);
+
+impl std::fmt::Display for ErrorText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ErrorText {}

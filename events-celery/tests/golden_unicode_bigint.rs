@@ -23,6 +23,7 @@ struct ProductCreated {
     control: String,
 }
 
+#[allow(clippy::approx_constant, reason = "the fixture's float, not π")]
 fn event() -> ProductCreated {
     ProductCreated {
         text: "Łódź — 東京 — emoji 🚗".into(),

@@ -75,54 +75,76 @@ impl RedisPublisher {
         }
     }
 
-    /// `LPUSH`es one message; writes the queue's binding entries first, once.
-    pub(crate) async fn publish(&self, message: &RedisOutgoing) -> Result<(), CeleryError> {
+    /// `LPUSH`es several messages in one pipeline (one round trip), writing new queues'
+    /// binding entries first; one result per message, in order. `Err` when the whole batch
+    /// failed (no connection, or the connection broke).
+    pub(crate) async fn publish_many(
+        &self,
+        messages: &[&RedisOutgoing],
+    ) -> Result<Vec<Result<(), CeleryError>>, CeleryError> {
         let mut connection = self.connection().await?;
-        let result = self.push(&mut connection, message).await;
+        let result = self.push_many(&mut connection, messages).await;
         if let Err(error) = &result
             && is_connection_error(error)
         {
             self.reset().await;
         }
-        result.map_err(|source| CeleryError::Broker {
+        let results = result.map_err(|source| CeleryError::Broker {
             broker: self.url.clone(),
             operation: "LPUSH",
             source: Box::new(source),
-        })
+        })?;
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.map(drop).map_err(|source| CeleryError::Broker {
+                    broker: self.url.clone(),
+                    operation: "LPUSH",
+                    source: Box::new(source),
+                })
+            })
+            .collect())
     }
 
-    async fn push(
+    async fn push_many(
         &self,
         connection: &mut MultiplexedConnection,
-        message: &RedisOutgoing,
-    ) -> redis::RedisResult<()> {
-        let bind = !self
-            .bound
-            .lock()
-            .expect("not poisoned")
-            .contains(&message.queue);
-        if bind {
-            let member = [message.routing_key.as_str(), "", message.queue.as_str()].join(KOMBU_SEP);
-            redis::pipe()
-                .sadd(format!("_kombu.binding.{}", message.exchange), &member)
-                .ignore()
-                .sadd(
-                    format!("_kombu.binding_permanent.{}", message.exchange),
-                    &member,
-                )
-                .ignore()
-                .exec_async(connection)
-                .await?;
-            self.bound
-                .lock()
-                .expect("not poisoned")
-                .insert(message.queue.clone());
+        messages: &[&RedisOutgoing],
+    ) -> redis::RedisResult<Vec<redis::RedisResult<i64>>> {
+        let unbound: Vec<&RedisOutgoing> = {
+            let bound = self.bound.lock().expect("not poisoned");
+            let mut unbound: Vec<&RedisOutgoing> = Vec::new();
+            for message in messages {
+                if !bound.contains(&message.queue)
+                    && !unbound.iter().any(|m| m.queue == message.queue)
+                {
+                    unbound.push(message);
+                }
+            }
+            unbound
+        };
+        if !unbound.is_empty() {
+            let mut bind = redis::pipe();
+            for message in &unbound {
+                let member =
+                    [message.routing_key.as_str(), "", message.queue.as_str()].join(KOMBU_SEP);
+                bind.sadd(format!("_kombu.binding.{}", message.exchange), &member)
+                    .ignore()
+                    .sadd(
+                        format!("_kombu.binding_permanent.{}", message.exchange),
+                        &member,
+                    )
+                    .ignore();
+            }
+            bind.exec_async(connection).await?;
+            let mut bound = self.bound.lock().expect("not poisoned");
+            bound.extend(unbound.iter().map(|m| m.queue.clone()));
         }
-        redis::cmd("LPUSH")
-            .arg(&message.key)
-            .arg(&message.envelope)
-            .exec_async(connection)
-            .await
+        let mut pipe = redis::pipe();
+        for message in messages {
+            pipe.cmd("LPUSH").arg(&message.key).arg(&message.envelope);
+        }
+        pipe.ignore_errors().query_async(connection).await
     }
 }
 

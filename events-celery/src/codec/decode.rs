@@ -1,6 +1,7 @@
 //! What both envelopes share when decoding: limits, content-type checks, and the body
 //! (protocol 2 `[args, kwargs, embed]`, or a protocol 1 dict upgraded to the same model).
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::error::{DecodeError, json_type};
@@ -95,6 +96,24 @@ pub(crate) fn decode_body(
     routing: Routing,
 ) -> Result<TaskMessage, DecodeError> {
     let text = utf8(body, "body")?;
+    // The usual case, read straight into its parts.
+    if headers.task.is_some()
+        && let Ok(BodyV2(args, kwargs, embed)) = serde_json::from_str::<BodyV2>(text)
+    {
+        let args = parse_args(Value::Array(args))?;
+        let kwargs = parse_kwargs(Value::Object(kwargs))?;
+        let embed = embed.unwrap_or_default().untag()?;
+        return finish(
+            headers,
+            ProtocolVersion::V2,
+            args,
+            kwargs,
+            embed,
+            properties,
+            routing,
+        );
+    }
+    // Anything else: as a JSON value, to say precisely what is wrong with it.
     let body: Value = serde_json::from_str(text).map_err(|source| DecodeError::InvalidJson {
         part: "body",
         source,
@@ -103,11 +122,83 @@ pub(crate) fn decode_body(
         let (args, kwargs, embed) = split_v2_body(body)?;
         (headers, ProtocolVersion::V2, args, kwargs, embed)
     } else {
-        let (mut parsed, args, kwargs, embed) = upgrade_v1_body(body)?;
+        let (mut parsed, (args, kwargs, embed)) = upgrade_v1_body(body)?;
         // As Celery's `hybrid_to_proto2`: the header table, if any, is applied over the body.
         parsed.headers.custom.extend(headers.headers.custom);
         (parsed, ProtocolVersion::V1, args, kwargs, embed)
     };
+    finish(parsed, protocol, args, kwargs, embed, properties, routing)
+}
+
+/// `[args, kwargs, embed]` as Celery writes it.
+#[derive(Deserialize)]
+struct BodyV2(Vec<Value>, Map<String, Value>, Option<EmbedV2>);
+
+/// The embed mapping; unlike a derived struct it refuses an array, and it ignores unknown keys.
+#[derive(Default)]
+struct EmbedV2 {
+    callbacks: Value,
+    errbacks: Value,
+    chain: Value,
+    chord: Value,
+}
+
+impl<'de> Deserialize<'de> for EmbedV2 {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EmbedVisitor;
+        impl<'de> serde::de::Visitor<'de> for EmbedVisitor {
+            type Value = EmbedV2;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("the embed mapping")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<EmbedV2, A::Error> {
+                let mut embed = EmbedV2::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let slot = match key.as_ref() {
+                        "callbacks" => &mut embed.callbacks,
+                        "errbacks" => &mut embed.errbacks,
+                        "chain" => &mut embed.chain,
+                        "chord" => &mut embed.chord,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = map.next_value()?;
+                }
+                Ok(embed)
+            }
+        }
+        deserializer.deserialize_map(EmbedVisitor)
+    }
+}
+
+impl EmbedV2 {
+    fn untag(self) -> Result<Embed, DecodeError> {
+        let untagged = |mut value: Value, name: &'static str| {
+            untag(&mut value, || name.to_owned()).map(|()| value)
+        };
+        Ok(Embed {
+            callbacks: untagged(self.callbacks, "callbacks")?,
+            errbacks: untagged(self.errbacks, "errbacks")?,
+            chain: untagged(self.chain, "chain")?,
+            chord: untagged(self.chord, "chord")?,
+        })
+    }
+}
+
+fn finish(
+    parsed: ParsedHeaders,
+    protocol: ProtocolVersion,
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+    embed: Embed,
+    properties: MessageProperties,
+    routing: Routing,
+) -> Result<TaskMessage, DecodeError> {
     let task = parsed.task.ok_or(DecodeError::MissingTask)?;
     let id = parsed.id.ok_or(DecodeError::MissingId)?;
     Ok(TaskMessage {
@@ -157,7 +248,7 @@ fn parse_args(args: Value) -> Result<Vec<Value>, DecodeError> {
         }
     };
     for (index, arg) in args.iter_mut().enumerate() {
-        untag(arg, &format!("args[{index}]"))?;
+        untag(arg, || format!("args[{index}]"))?;
     }
     Ok(args)
 }
@@ -174,7 +265,7 @@ fn parse_kwargs(kwargs: Value) -> Result<Map<String, Value>, DecodeError> {
         }
     };
     for (name, value) in kwargs.iter_mut() {
-        untag(value, &format!("kwargs.{name}"))?;
+        untag(value, || format!("kwargs.{name}"))?;
     }
     Ok(kwargs)
 }
@@ -192,7 +283,7 @@ fn parse_embed(embed: Value) -> Result<Embed, DecodeError> {
     };
     let mut take = |name: &str| -> Result<Value, DecodeError> {
         let mut value = fields.swap_remove(name).unwrap_or(Value::Null);
-        untag(&mut value, name)?;
+        untag(&mut value, || name.to_owned())?;
         Ok(value)
     };
     Ok(Embed {
@@ -204,9 +295,7 @@ fn parse_embed(embed: Value) -> Result<Embed, DecodeError> {
 }
 
 /// A protocol 1 body (`{task, id, args, kwargs, …}`) as Celery's `hybrid_to_proto2` reads it.
-fn upgrade_v1_body(
-    body: Value,
-) -> Result<(ParsedHeaders, Vec<Value>, Map<String, Value>, Embed), DecodeError> {
+fn upgrade_v1_body(body: Value) -> Result<(ParsedHeaders, BodyParts), DecodeError> {
     let Value::Object(mut fields) = body else {
         // A protocol 2 body without a `task` header, or no task message at all.
         return Err(DecodeError::MissingTask);
@@ -224,7 +313,7 @@ fn upgrade_v1_body(
     }
     let embed = parse_embed(Value::Object(embed))?;
     let parsed = ParsedHeaders::read(fields, false)?;
-    Ok((parsed, args, kwargs, embed))
+    Ok((parsed, (args, kwargs, embed)))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use super::message::{
 };
 use super::python_json::pythonize_floats;
 use super::python_repr::{args_repr, kwargs_repr};
+use super::uuid4::new_uuid4;
 
 /// The task-name prefix events are published under: `domain_events.<event name>`.
 pub const DEFAULT_TASK_PREFIX: &str = "domain_events.";
@@ -306,10 +307,7 @@ impl TaskMessage {
             }
         };
 
-        let id = options
-            .task_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let id = options.task_id.clone().unwrap_or_else(new_uuid4);
         let mut kwargs = Map::with_capacity(1);
         kwargs.insert(PAYLOAD_KWARG.to_owned(), payload);
         let kwargsrepr = match &options.kwargs_repr {
@@ -402,7 +400,7 @@ fn default_origin() -> &'static str {
 /// One reply-to id per process, as Celery has one per app and process.
 fn default_reply_to() -> &'static str {
     static REPLY_TO: OnceLock<String> = OnceLock::new();
-    REPLY_TO.get_or_init(|| uuid::Uuid::new_v4().to_string())
+    REPLY_TO.get_or_init(new_uuid4)
 }
 
 fn hostname() -> String {

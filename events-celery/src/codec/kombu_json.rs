@@ -29,9 +29,14 @@ const TYPE_KEY: &str = "__type__";
 const VALUE_KEY: &str = "__value__";
 
 /// Replaces every kombu tag inside `value`, bottom-up as kombu's `object_hook` does. `root`
-/// names `value` in errors (`kwargs`).
-pub(crate) fn untag(value: &mut Value, root: &str) -> Result<(), DecodeError> {
-    walk(value).map_err(|failure| failure.into_error(root))
+/// names `value` in errors (`kwargs.payload`); it is called only on error.
+pub(crate) fn untag(value: &mut Value, root: impl FnOnce() -> String) -> Result<(), DecodeError> {
+    match value {
+        Value::Array(_) | Value::Object(_) => {
+            walk(value).map_err(|failure| failure.into_error(&root()))
+        }
+        _ => Ok(()),
+    }
 }
 
 struct Failure {
@@ -226,7 +231,7 @@ mod tests {
     use serde_json::json;
 
     fn untagged(mut value: Value) -> Result<Value, DecodeError> {
-        untag(&mut value, "kwargs")?;
+        untag(&mut value, || "kwargs".to_owned())?;
         Ok(value)
     }
 

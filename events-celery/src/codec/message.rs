@@ -1,11 +1,13 @@
 //! [`TaskMessage`]: one model for every Celery task message, whichever broker carried it and
 //! whichever protocol version wrote it.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
 use events_core::{AnyEvent, DomainEvent, EventDescriptor};
 use serde::Serialize;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
 use serde_json::{Map, Number, Value};
 
@@ -211,6 +213,10 @@ impl TaskMessage {
     /// The error names the event, the field (`lines[2].sku`) and serde's reason.
     pub fn payload<E: DomainEvent>(&self) -> Result<E, PayloadError> {
         let value = self.payload_or_error(E::NAME, Some(std::any::type_name::<E>()))?;
+        // Fast path without tracking; on failure, again with the path for the error.
+        if let Ok(event) = E::deserialize(value) {
+            return Ok(event);
+        }
         serde_path_to_error::deserialize::<_, E>(value).map_err(|error| {
             let path = error.path().to_string();
             let mut reason = error.inner().to_string();
@@ -377,37 +383,38 @@ pub(crate) struct ParsedHeaders {
 impl ParsedHeaders {
     /// Reads headers in order; unknown names are kept as custom headers unless `keep_custom`
     /// is false (protocol 1 bodies, whose other fields are not headers).
-    pub(crate) fn read(
-        pairs: impl IntoIterator<Item = (String, Value)>,
+    pub(crate) fn read<K: AsRef<str> + Into<String>>(
+        pairs: impl IntoIterator<Item = (K, Value)>,
         keep_custom: bool,
     ) -> Result<Self, DecodeError> {
         let mut parsed = Self::default();
         let h = &mut parsed.headers;
-        for (name, value) in pairs {
-            match name.as_str() {
-                "task" => parsed.task = Some(required_string(&name, value)?),
-                "id" => parsed.id = Some(required_string(&name, value)?),
-                "lang" => h.lang = optional_string(&name, value)?,
-                "shadow" => h.shadow = optional_string(&name, value)?,
-                "eta" => h.eta = optional_timestamp(&name, value)?,
-                "expires" => h.expires = optional_timestamp(&name, value)?,
-                "group" => h.group = optional_string(&name, value)?,
-                "group_index" => h.group_index = optional_integer(&name, value)?,
-                "retries" => h.retries = counter(&name, value)?,
-                "timelimit" => h.timelimit = time_limit(&name, value)?,
-                "root_id" => h.root_id = optional_string(&name, value)?,
-                "parent_id" => h.parent_id = optional_string(&name, value)?,
-                "argsrepr" => h.argsrepr = optional_string(&name, value)?,
-                "kwargsrepr" => h.kwargsrepr = optional_string(&name, value)?,
-                "origin" => h.origin = optional_string(&name, value)?,
+        for (key, value) in pairs {
+            let name = key.as_ref();
+            match name {
+                "task" => parsed.task = Some(required_string(name, value)?),
+                "id" => parsed.id = Some(required_string(name, value)?),
+                "lang" => h.lang = optional_string(name, value)?,
+                "shadow" => h.shadow = optional_string(name, value)?,
+                "eta" => h.eta = optional_timestamp(name, value)?,
+                "expires" => h.expires = optional_timestamp(name, value)?,
+                "group" => h.group = optional_string(name, value)?,
+                "group_index" => h.group_index = optional_integer(name, value)?,
+                "retries" => h.retries = counter(name, value)?,
+                "timelimit" => h.timelimit = time_limit(name, value)?,
+                "root_id" => h.root_id = optional_string(name, value)?,
+                "parent_id" => h.parent_id = optional_string(name, value)?,
+                "argsrepr" => h.argsrepr = optional_string(name, value)?,
+                "kwargsrepr" => h.kwargsrepr = optional_string(name, value)?,
+                "origin" => h.origin = optional_string(name, value)?,
                 "ignore_result" => {
                     h.ignore_result = match value {
                         Value::Null => None,
                         Value::Bool(b) => Some(b),
-                        other => return Err(invalid(&name, "a boolean or null", &other)),
+                        other => return Err(invalid(name, "a boolean or null", &other)),
                     }
                 }
-                "replaced_task_nesting" => h.replaced_task_nesting = counter(&name, value)?,
+                "replaced_task_nesting" => h.replaced_task_nesting = counter(name, value)?,
                 "stamped_headers" => {
                     h.stamped_headers = match value {
                         Value::Null => None,
@@ -417,26 +424,61 @@ impl ParsedHeaders {
                                 .map(|item| match item {
                                     Value::String(s) => Ok(s),
                                     other => {
-                                        Err(invalid(&name, "a list of strings or null", &other))
+                                        Err(invalid(name, "a list of strings or null", &other))
                                     }
                                 })
                                 .collect::<Result<_, _>>()?,
                         ),
-                        other => return Err(invalid(&name, "a list of strings or null", &other)),
+                        other => return Err(invalid(name, "a list of strings or null", &other)),
                     }
                 }
                 "stamps" => {
                     h.stamps = match value {
                         Value::Null => Map::new(),
                         Value::Object(map) => map,
-                        other => return Err(invalid(&name, "an object or null", &other)),
+                        other => return Err(invalid(name, "an object or null", &other)),
                     }
                 }
-                _ if keep_custom => h.custom.push((name, value)),
+                _ if keep_custom => {
+                    // A repeated name: the last one wins, as in a Python dict.
+                    match h.custom.iter_mut().find(|(existing, _)| existing == name) {
+                        Some((_, existing)) => *existing = value,
+                        None => h.custom.push((key.into(), value)),
+                    }
+                }
                 _ => {}
             }
         }
         Ok(parsed)
+    }
+}
+
+/// A JSON object's entries in order, read without building a map (headers are looked at once,
+/// by name, so hashing them would be wasted), names borrowed from the input when they can be.
+#[derive(Debug, Default)]
+pub(crate) struct HeaderPairs<'de>(pub(crate) Vec<(Cow<'de, str>, Value)>);
+
+impl<'de> Deserialize<'de> for HeaderPairs<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(PairsVisitor)
+    }
+}
+
+struct PairsVisitor;
+
+impl<'de> Visitor<'de> for PairsVisitor {
+    type Value = HeaderPairs<'de>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderPairs<'de>, A::Error> {
+        let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(20).min(64));
+        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+            pairs.push((name, map.next_value::<Value>()?));
+        }
+        Ok(HeaderPairs(pairs))
     }
 }
 

@@ -63,6 +63,7 @@ mod python_json;
 mod python_repr;
 mod redis;
 mod timestamp;
+mod uuid4;
 
 pub use amqp::{AmqpMessage, AmqpProperties, AmqpTable, AmqpValue};
 pub use decode::{DEFAULT_MAX_MESSAGE_BYTES, DecodeOptions};

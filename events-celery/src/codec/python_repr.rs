@@ -187,7 +187,12 @@ impl SafeRepr {
 }
 
 fn char_count(text: &str) -> i64 {
-    i64::try_from(text.chars().count()).unwrap_or(i64::MAX)
+    let count = if text.is_ascii() {
+        text.len()
+    } else {
+        text.chars().count()
+    };
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 /// `celery.utils.text.truncate(s, maxlen)`: `s[:maxlen].rsplit(' ', 1)[0] + '...'`.

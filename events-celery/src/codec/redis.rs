@@ -13,15 +13,15 @@ use std::borrow::Cow;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 use super::decode::{DecodeOptions, check_content_encoding, check_content_type, decode_body, utf8};
 use super::error::{DecodeError, EncodeError};
 use super::kombu_json::untag;
 use super::message::{
-    BodyJson, HeadersJson, MessageProperties, ParsedHeaders, Routing, TaskMessage,
+    BodyJson, HeaderPairs, HeadersJson, MessageProperties, ParsedHeaders, Routing, TaskMessage,
 };
 use super::python_json::write_python_json;
+use super::uuid4::new_uuid4;
 
 /// What kombu puts between a queue name and its priority step in a list key.
 pub const REDIS_PRIORITY_SEPARATOR: &str = "\x06\x16";
@@ -107,8 +107,8 @@ struct EnvelopeIn<'a> {
     content_encoding: Option<Cow<'a, str>>,
     #[serde(borrow, rename = "content-type", default)]
     content_type: Option<Cow<'a, str>>,
-    #[serde(default)]
-    headers: Option<Map<String, Value>>,
+    #[serde(borrow, default)]
+    headers: Option<HeaderPairs<'a>>,
     #[serde(borrow, default)]
     properties: Option<PropertiesIn<'a>>,
 }
@@ -144,7 +144,7 @@ impl TaskMessage {
     pub fn to_redis(&self) -> Result<RedisMessage, EncodeError> {
         let delivery_tag = match &self.properties.delivery_tag {
             Some(tag) => tag.clone(),
-            None => uuid::Uuid::new_v4().to_string(),
+            None => new_uuid4(),
         };
         let envelope = self.redis_envelope(&delivery_tag)?;
         Ok(RedisMessage {
@@ -227,15 +227,28 @@ impl TaskMessage {
                 },
             });
         }
-        let mut deserializer = serde_json::Deserializer::from_str(text);
-        let parsed: EnvelopeIn<'_> =
-            serde_path_to_error::deserialize(&mut deserializer).map_err(envelope_error)?;
-        deserializer
-            .end()
-            .map_err(|source| DecodeError::InvalidJson {
-                part: "redis envelope",
-                source,
-            })?;
+        let parsed: EnvelopeIn<'_> = match serde_json::from_str(text) {
+            Ok(parsed) => parsed,
+            // Again, tracking the path, to say where the envelope is wrong.
+            Err(error) if error.is_data() => {
+                let mut deserializer = serde_json::Deserializer::from_str(text);
+                return Err(
+                    match serde_path_to_error::deserialize::<_, EnvelopeIn<'_>>(&mut deserializer) {
+                        Err(error) => envelope_error(error),
+                        Ok(_) => DecodeError::InvalidJson {
+                            part: "redis envelope",
+                            source: error,
+                        },
+                    },
+                );
+            }
+            Err(source) => {
+                return Err(DecodeError::InvalidJson {
+                    part: "redis envelope",
+                    source,
+                });
+            }
+        };
 
         check_content_type(parsed.content_type.as_deref())?;
         check_content_encoding(parsed.content_encoding.as_deref())?;
@@ -248,12 +261,10 @@ impl TaskMessage {
             Some(other) => return Err(DecodeError::UnsupportedBodyEncoding(other.to_owned())),
         };
 
-        let mut headers = Value::Object(parsed.headers.unwrap_or_default());
-        untag(&mut headers, "headers")?;
-        let headers = match headers {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        };
+        let mut headers = parsed.headers.unwrap_or_default().0;
+        for (name, value) in &mut headers {
+            untag(value, || format!("headers.{name}"))?;
+        }
         let headers = ParsedHeaders::read(headers, true)?;
         let routing = match properties.delivery_info {
             Some(info) => Routing {

@@ -18,7 +18,7 @@ pub(crate) fn isoformat(at: &DateTime<FixedOffset>) -> String {
     let sign = if offset < 0 { '-' } else { '+' };
     let offset = offset.unsigned_abs();
     let _ = write!(text, "{sign}{:02}:{:02}", offset / 3600, offset / 60 % 60);
-    if offset % 60 != 0 {
+    if !offset.is_multiple_of(60) {
         let _ = write!(text, ":{:02}", offset % 60);
     }
     text

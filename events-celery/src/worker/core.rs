@@ -65,7 +65,40 @@ pub(crate) struct Core {
     pub(crate) config: WorkerConfig,
     registry: &'static Registry,
     handlers: HashMap<&'static str, Vec<Handler>>,
+    timings: HashMap<String, Timing>,
     pub(crate) stats: Arc<WorkerStats>,
+}
+
+/// Sync handlers whose runs are this short run on the async thread itself; others go to the
+/// blocking pool, so a CPU-heavy handler never starves the runtime.
+const INLINE_BELOW: Duration = Duration::from_micros(50);
+/// Runs measured on the blocking pool before a handler may run inline.
+const RUNS_BEFORE_INLINE: u32 = 16;
+
+/// How long a sync handler's runs take: a moving average, updated without locks.
+#[derive(Default)]
+struct Timing {
+    runs: std::sync::atomic::AtomicU32,
+    average_ns: AtomicU64,
+}
+
+impl Timing {
+    fn record(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let runs = self.runs.fetch_add(1, Ordering::Relaxed);
+        let old = self.average_ns.load(Ordering::Relaxed);
+        let new = if runs == 0 {
+            ns
+        } else {
+            (old.saturating_mul(7) / 8).saturating_add(ns / 8)
+        };
+        self.average_ns.store(new, Ordering::Relaxed);
+    }
+
+    fn is_quick(&self) -> bool {
+        self.runs.load(Ordering::Relaxed) >= RUNS_BEFORE_INLINE
+            && self.average_ns.load(Ordering::Relaxed) < INLINE_BELOW.as_nanos() as u64
+    }
 }
 
 impl Core {
@@ -76,13 +109,16 @@ impl Core {
         stats: Arc<WorkerStats>,
     ) -> Self {
         let mut by_event: HashMap<&'static str, Vec<Handler>> = HashMap::new();
+        let mut timings = HashMap::new();
         for handler in handlers {
+            timings.insert(handler.name().to_owned(), Timing::default());
             by_event.entry(handler.event()).or_default().push(handler);
         }
         Self {
             config,
             registry,
             handlers: by_event,
+            timings,
             stats,
         }
     }
@@ -292,11 +328,26 @@ impl Core {
                 None => run.await,
             };
         }
+        let timing = self.timings.get(handler.name());
+        if limit.is_none() && timing.is_some_and(Timing::is_quick) {
+            // Measured quick: a thread hop would cost more than the handler.
+            let started = std::time::Instant::now();
+            let outcome = handler
+                .run_sync(&**event)
+                .unwrap_or_else(|| unreachable!("a sync handler runs synchronously"));
+            if let Some(timing) = timing {
+                timing.record(started.elapsed());
+            }
+            return outcome;
+        }
         // Sync handlers may be CPU-heavy or block: run them off the async threads.
         let (h, e) = (handler.clone(), Arc::clone(event));
         let task = tokio::task::spawn_blocking(move || {
-            h.run_sync(&*e)
-                .unwrap_or_else(|| unreachable!("a sync handler runs synchronously"))
+            let started = std::time::Instant::now();
+            let outcome = h
+                .run_sync(&*e)
+                .unwrap_or_else(|| unreachable!("a sync handler runs synchronously"));
+            (outcome, started.elapsed())
         });
         let joined = match limit {
             Some(limit) => match tokio::time::timeout(limit, task).await {
@@ -312,12 +363,18 @@ impl Core {
             },
             None => task.await,
         };
-        joined.unwrap_or_else(|join| {
-            Err(HandlerFailure::new(
+        match joined {
+            Ok((outcome, took)) => {
+                if let Some(timing) = timing {
+                    timing.record(took);
+                }
+                outcome
+            }
+            Err(join) => Err(HandlerFailure::new(
                 handler,
                 FailureCause::Panic(format!("the handler's thread failed: {join}")),
-            ))
-        })
+            )),
+        }
     }
 
     /// The retry of `message` for the handlers named, as Celery's `Task.retry` writes it.

@@ -133,6 +133,8 @@ pub(crate) async fn run(
         url: core.config.broker.clone(),
         connection: tokio::sync::Mutex::new(None),
     });
+    // Messages fetched ahead of the handlers (each recorded in `unacked`), and messages running.
+    let window = Arc::new(Semaphore::new(usize::from(core.config.prefetch)));
     let permits = Arc::new(Semaphore::new(core.config.concurrency));
     let held: HeldMap = Arc::new(Mutex::new(HashMap::new()));
     // kombu's BRPOP order: every queue at priority 0, then every queue at 3, 6, 9.
@@ -163,6 +165,7 @@ pub(crate) async fn run(
         fetchers.spawn(fetch_loop(
             Arc::clone(&core),
             Arc::clone(&link),
+            Arc::clone(&window),
             Arc::clone(&permits),
             Arc::clone(&held),
             Arc::clone(&keys),
@@ -171,8 +174,8 @@ pub(crate) async fn run(
     }
     tracing::info!(broker = %core.config.broker, queues = ?core.config.queues, "consuming from Redis");
     while fetchers.join_next().await.is_some() {}
-    let all = u32::try_from(core.config.concurrency).unwrap_or(u32::MAX);
-    if tokio::time::timeout(core.config.grace_period, permits.acquire_many(all))
+    let all = u32::from(core.config.prefetch);
+    if tokio::time::timeout(core.config.grace_period, window.acquire_many(all))
         .await
         .is_err()
     {
@@ -269,9 +272,13 @@ fn unacked_entry(envelope: &[u8], queue: &str) -> (String, String) {
     (tag, entry)
 }
 
+/// Most messages taken at once after a `BRPOP` finds some (`RPOP key count`).
+const FETCH_BATCH: usize = 64;
+
 async fn fetch_loop(
     core: Arc<Core>,
     link: Arc<Link>,
+    window: Arc<Semaphore>,
     permits: Arc<Semaphore>,
     held: HeldMap,
     keys: Arc<Vec<String>>,
@@ -280,10 +287,10 @@ async fn fetch_loop(
     let mut connection: Option<MultiplexedConnection> = None;
     let mut backoff = Duration::from_millis(200);
     loop {
-        let permit = tokio::select! {
+        let first = tokio::select! {
             biased;
             () = stopped(&mut stopping) => return,
-            permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
+            permit = Arc::clone(&window).acquire_owned() => permit.expect("never closed"),
         };
         if connection.is_none() {
             let timeout = Duration::from_secs_f64(BRPOP_TIMEOUT_SECS) + Duration::from_secs(10);
@@ -294,7 +301,7 @@ async fn fetch_loop(
                 }
                 Err(error) => {
                     tracing::error!(error = %error, retry_in = ?backoff, "cannot reach Redis");
-                    drop(permit);
+                    drop(first);
                     if pause(&mut stopping, backoff).await {
                         return;
                     }
@@ -317,7 +324,7 @@ async fn fetch_loop(
             Err(error) => {
                 tracing::error!(error = %error, retry_in = ?backoff, "BRPOP failed; reconnecting");
                 connection = None;
-                drop(permit);
+                drop(first);
                 if pause(&mut stopping, backoff).await {
                     return;
                 }
@@ -325,68 +332,114 @@ async fn fetch_loop(
                 continue;
             }
         };
+        // Take more from the same list while the window has room: one round trip for many.
+        let mut batch = vec![(envelope, first)];
+        let extra = window.available_permits().min(FETCH_BATCH - 1);
+        if extra > 0
+            && let Ok(mut more_permits) =
+                Arc::clone(&window).try_acquire_many_owned(u32::try_from(extra).unwrap_or(1))
+        {
+            let more: redis::RedisResult<Option<Vec<Vec<u8>>>> = redis::cmd("RPOP")
+                .arg(&list)
+                .arg(extra)
+                .query_async(conn)
+                .await;
+            match more {
+                Ok(Some(more)) => {
+                    for envelope in more {
+                        match more_permits.split(1) {
+                            Some(permit) => batch.push((envelope, permit)),
+                            None => unreachable!("one permit per popped message"),
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(error = %error, "RPOP failed; reconnecting");
+                    connection = None;
+                }
+            }
+        }
         let queue = list.split(KOMBU_SEP).next().unwrap_or(&list).to_owned();
-        let (tag, entry) = unacked_entry(&envelope, &queue);
         let now = Utc::now().timestamp_micros() as f64 / 1e6;
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .zadd(UNACKED_INDEX, &tag, now)
-            .ignore()
-            .hset(UNACKED, &tag, &entry)
-            .ignore();
+        pipe.atomic();
+        let mut entries = Vec::with_capacity(batch.len());
+        for (envelope, permit) in batch {
+            let (tag, entry) = unacked_entry(&envelope, &queue);
+            pipe.zadd(UNACKED_INDEX, &tag, now)
+                .ignore()
+                .hset(UNACKED, &tag, &entry)
+                .ignore();
+            entries.push((tag, envelope, permit));
+        }
         if let Err(error) = link
-            .run::<()>("recording an unacknowledged message", &pipe)
+            .run::<()>("recording unacknowledged messages", &pipe)
             .await
         {
-            // Without the bookkeeping nobody could restore it: put it straight back.
-            tracing::error!(error = %error, "cannot record the message as unacknowledged; returning it");
+            // Without the bookkeeping nobody could restore them: put them straight back.
+            tracing::error!(error = %error, "cannot record messages as unacknowledged; returning them");
             let mut back = redis::pipe();
-            back.rpush(&list, &envelope).ignore();
-            if let Err(error) = link.run::<()>("returning a message", &back).await {
-                tracing::error!(error = %error, "the message could not be returned to `{list}`");
+            for (_, envelope, _) in entries.iter().rev() {
+                back.rpush(&list, &envelope[..]).ignore();
+            }
+            if let Err(error) = link.run::<()>("returning messages", &back).await {
+                tracing::error!(error = %error, "messages could not be returned to `{list}`");
             }
             continue;
         }
-        held.lock().expect("not poisoned").insert(
-            tag.clone(),
-            Held {
-                list: list.clone(),
-                envelope: envelope.clone(),
-            },
-        );
-        tokio::spawn(handle(
-            Arc::clone(&core),
-            Arc::clone(&link),
-            Arc::clone(&held),
-            queue,
-            list,
-            tag,
-            envelope,
-            permit,
-        ));
+        for (tag, envelope, permit) in entries {
+            held.lock().expect("not poisoned").insert(
+                tag.clone(),
+                Held {
+                    list: list.clone(),
+                    envelope: envelope.clone(),
+                },
+            );
+            tokio::spawn(handle(
+                Fetched {
+                    core: Arc::clone(&core),
+                    link: Arc::clone(&link),
+                    held: Arc::clone(&held),
+                    permits: Arc::clone(&permits),
+                    queue: queue.clone(),
+                    list: list.clone(),
+                },
+                tag,
+                envelope,
+                permit,
+            ));
+        }
     }
 }
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename them"
-)]
-async fn handle(
+/// Where a fetched message came from, and what handling it needs.
+struct Fetched {
     core: Arc<Core>,
     link: Arc<Link>,
     held: HeldMap,
+    permits: Arc<Semaphore>,
     queue: String,
     list: String,
-    tag: String,
-    envelope: Vec<u8>,
-    permit: OwnedSemaphorePermit,
-) {
+}
+
+async fn handle(fetched: Fetched, tag: String, envelope: Vec<u8>, window: OwnedSemaphorePermit) {
+    let Fetched {
+        core,
+        link,
+        held,
+        permits,
+        queue,
+        list,
+    } = fetched;
+    let running = permits.acquire_owned().await.expect("never closed");
     let decoded = TaskMessage::decode_redis(&envelope, &core.config.decode);
     let decoded_copy = decoded
         .as_ref()
         .ok()
         .map(|m| (m.task.clone(), m.id.clone()));
     let verdict = core.process(decoded).await;
+    drop(running);
     let mut pipe = redis::pipe();
     pipe.atomic();
     let mut follow_up = Ok(());
@@ -453,7 +506,7 @@ async fn handle(
             );
         }
     }
-    drop(permit);
+    drop(window);
 }
 
 /// Periodically restores messages unacknowledged for longer than the visibility timeout,
