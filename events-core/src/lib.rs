@@ -71,8 +71,90 @@ pub use handler::{
 pub use memory::MemoryBackend;
 pub use registry::Registry;
 
+/// Makes a struct or enum a [`DomainEvent`]: derives serde's `Serialize` and `Deserialize`
+/// (through this crate, so yours needs no `serde` dependency; if you derive them yourself,
+/// they are not derived twice), implements `DomainEvent` with a stable name, and records the
+/// event — name, Rust type, source location — in the link-time [`Registry`].
+///
+/// # Arguments
+///
+/// - `name = "orders.order_placed"`: the stable name, used on the wire (the Celery task is
+///   `domain_events.<name>`). Not empty, no white space or control characters. **Default:**
+///   the type's name in snake case (`OrderPlaced` → `order_placed`, `HTTPRequestSent` →
+///   `http_request_sent`).
+/// - `crate = path`: where `events_core` is, if you re-export it under another path.
+///
+/// Named, tuple and unit structs and enums are supported; generic types and unions are
+/// compile errors. Two types with one name make building the bus fail, naming both.
+///
+/// ```rust,standalone_crate
+/// use events_core::{DomainEvent, domain_event};
+///
+/// #[domain_event(name = "orders.order_placed")]
+/// struct OrderPlaced {
+///     order_id: u64,
+/// }
+///
+/// #[domain_event]
+/// enum StockChanged {
+///     Restocked { sku: String, quantity: u32 },
+///     SoldOut(String),
+/// }
+///
+/// assert_eq!(OrderPlaced::NAME, "orders.order_placed");
+/// assert_eq!(StockChanged::NAME, "stock_changed");
+/// ```
 #[cfg(feature = "macros")]
-pub use events_macros::{domain_event, handler};
+#[doc(inline)]
+pub use events_macros::domain_event;
+
+/// Subscribes a function to the event type it takes. The linker collects every handler of
+/// every linked crate into the [`Registry`]; the bus registers them at [`init`].
+///
+/// The function is a `fn` or `async fn` with exactly one parameter, the event, taken as `&E`
+/// or `E` (by value needs `E: Clone`), returning `()` or `Result<(), Err>` with
+/// `Err: std::error::Error + Send + Sync + 'static` (anything that converts into
+/// [`BoxError`]). If `E` is not a [`DomainEvent`], compilation fails at the parameter's type
+/// with "`E` is not a domain event".
+///
+/// # Arguments
+///
+/// - `name = "billing.charge"`: the handler's name in logs, failure reports and the registry.
+///   **Default:** its full path, `crate::module::function`. Handlers of one event run in the
+///   order of their names.
+/// - `max_retries = 5`: how often the Celery worker retries it after a failure (default: the
+///   worker's [`RetryPolicy`](https://docs.rs/events-celery)).
+/// - `time_limit_ms = 30000`: how long one run may take on the Celery worker before it counts
+///   as failed (default: the worker's).
+/// - `crate = path`: where `events_core` is, if you re-export it under another path.
+///
+/// ```rust,standalone_crate
+/// use events_core::{domain_event, handler};
+///
+/// #[domain_event(name = "orders.order_placed")]
+/// #[derive(Clone)]
+/// struct OrderPlaced {
+///     order_id: u64,
+/// }
+///
+/// #[handler]
+/// fn send_confirmation(event: &OrderPlaced) {
+///     println!("confirming {}", event.order_id);
+/// }
+///
+/// #[handler(name = "billing.charge", max_retries = 5, time_limit_ms = 30_000)]
+/// async fn charge(event: OrderPlaced) -> Result<(), std::io::Error> {
+///     let _ = event.order_id;
+///     Ok(())
+/// }
+///
+/// let registry = events_core::Registry::collected()?;
+/// assert_eq!(registry.handlers_of("orders.order_placed").len(), 2);
+/// # Ok::<(), events_core::Error>(())
+/// ```
+#[cfg(feature = "macros")]
+#[doc(inline)]
+pub use events_macros::handler;
 
 /// Makes sure the linker keeps a crate whose `#[handler]`s nothing else references.
 ///

@@ -9,13 +9,13 @@ mod attr;
 mod event;
 mod handler;
 
-/// Makes a type a domain event. See `events_core::domain_event`.
+/// (Implemented in `events-macros`; use it through `events-core`.)
 #[proc_macro_attribute]
 pub fn domain_event(args: TokenStream, input: TokenStream) -> TokenStream {
     event::expand(args.into(), input.into()).into()
 }
 
-/// Subscribes a function to the event it takes. See `events_core::handler`.
+/// (Implemented in `events-macros`; use it through `events-core`.)
 #[proc_macro_attribute]
 pub fn handler(args: TokenStream, input: TokenStream) -> TokenStream {
     handler::expand(args.into(), input.into()).into()
