@@ -42,7 +42,7 @@ pub enum Error {
     /// The backend kind is known but its crate is not part of the program.
     #[error(
         "the {kind} backend is not linked into this program: add the `{krate}` crate to your \
-         dependencies and reference it (e.g. `use {krate} as _;`)"
+         dependencies and reference it once, e.g. with `events_core::link!({krate});`"
     )]
     BackendNotLinked {
         /// The backend kind.

@@ -45,22 +45,11 @@ impl Registry {
     /// Fails if two event types declare the same name (naming both), or if a handler's event
     /// type was not declared with `#[domain_event]`.
     pub fn collected() -> Result<&'static Registry, Error> {
-        static COLLECTED: OnceLock<Result<Registry, (usize, usize)>> = OnceLock::new();
-        let built = COLLECTED.get_or_init(|| {
-            Registry::build(&crate::__private::EVENTS, &crate::__private::HANDLERS).map_err(|e| {
-                match e {
-                    BuildError::Duplicate(a, b) => (a, b),
-                    BuildError::Unregistered(h) => (usize::MAX, h),
-                }
-            })
-        });
-        match built {
+        static COLLECTED: OnceLock<Result<Registry, BuildError>> = OnceLock::new();
+        let (events, handlers) = (&crate::__private::EVENTS, &crate::__private::HANDLERS);
+        match COLLECTED.get_or_init(|| Registry::build(events, handlers)) {
             Ok(registry) => Ok(registry),
-            Err((usize::MAX, h)) => Err(unregistered(&crate::__private::HANDLERS[*h])),
-            Err((a, b)) => Err(duplicate(
-                &crate::__private::EVENTS[*a],
-                &crate::__private::EVENTS[*b],
-            )),
+            Err(error) => Err(error.to_error(events, handlers)),
         }
     }
 
@@ -69,10 +58,7 @@ impl Registry {
         events: &'static [EventDescriptor],
         handlers: &'static [HandlerDescriptor],
     ) -> Result<Registry, Error> {
-        Registry::build(events, handlers).map_err(|e| match e {
-            BuildError::Duplicate(a, b) => duplicate(&events[a], &events[b]),
-            BuildError::Unregistered(h) => unregistered(&handlers[h]),
-        })
+        Registry::build(events, handlers).map_err(|e| e.to_error(events, handlers))
     }
 
     fn build(
@@ -197,9 +183,24 @@ impl Registry {
     }
 }
 
+/// Why the slices do not make a registry, by index into them.
+#[derive(Debug, Clone, Copy)]
 enum BuildError {
     Duplicate(usize, usize),
     Unregistered(usize),
+}
+
+impl BuildError {
+    fn to_error(
+        self,
+        events: &'static [EventDescriptor],
+        handlers: &'static [HandlerDescriptor],
+    ) -> Error {
+        match self {
+            BuildError::Duplicate(a, b) => duplicate(&events[a], &events[b]),
+            BuildError::Unregistered(h) => unregistered(&handlers[h]),
+        }
+    }
 }
 
 fn duplicate(a: &'static EventDescriptor, b: &'static EventDescriptor) -> Error {
