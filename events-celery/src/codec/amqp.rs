@@ -276,7 +276,7 @@ impl TaskMessage {
             .headers
             .0
             .iter()
-            .map(|(name, value)| Ok((name.clone(), to_json(value, name)?)))
+            .map(|(name, value)| Ok((name.as_str(), to_json(value, name)?)))
             .collect::<Result<Vec<_>, DecodeError>>()?;
         let headers = ParsedHeaders::read(pairs, true)?;
         let properties = MessageProperties {

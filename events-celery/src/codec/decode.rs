@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use super::error::{DecodeError, json_type};
 use super::kombu_json::untag;
 use super::message::{
-    Embed, MessageProperties, ParsedHeaders, ProtocolVersion, Routing, TaskMessage,
+    Embed, MaybeBorrowed, MessageProperties, ParsedHeaders, ProtocolVersion, Routing, TaskMessage,
 };
 
 /// The default size limit: 16 MiB.
@@ -156,7 +156,7 @@ impl<'de> Deserialize<'de> for EmbedV2 {
                 mut map: A,
             ) -> Result<EmbedV2, A::Error> {
                 let mut embed = EmbedV2::default();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                while let Some(MaybeBorrowed(key)) = map.next_key::<MaybeBorrowed<'de>>()? {
                     let slot = match key.as_ref() {
                         "callbacks" => &mut embed.callbacks,
                         "errbacks" => &mut embed.errbacks,

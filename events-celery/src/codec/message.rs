@@ -456,29 +456,55 @@ impl ParsedHeaders {
 /// A JSON object's entries in order, read without building a map (headers are looked at once,
 /// by name, so hashing them would be wasted), names borrowed from the input when they can be.
 #[derive(Debug, Default)]
-pub(crate) struct HeaderPairs<'de>(pub(crate) Vec<(Cow<'de, str>, Value)>);
+pub(crate) struct HeaderPairs<'a>(pub(crate) Vec<(Cow<'a, str>, Value)>);
 
-impl<'de> Deserialize<'de> for HeaderPairs<'de> {
+impl<'de: 'a, 'a> Deserialize<'de> for HeaderPairs<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(PairsVisitor)
+        deserializer.deserialize_map(PairsVisitor(std::marker::PhantomData))
     }
 }
 
-struct PairsVisitor;
+struct PairsVisitor<'a>(std::marker::PhantomData<&'a ()>);
 
-impl<'de> Visitor<'de> for PairsVisitor {
-    type Value = HeaderPairs<'de>;
+impl<'de: 'a, 'a> Visitor<'de> for PairsVisitor<'a> {
+    type Value = HeaderPairs<'a>;
 
     fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.write_str("an object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderPairs<'de>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderPairs<'a>, A::Error> {
         let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(20).min(64));
-        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(MaybeBorrowed(name)) = map.next_key::<MaybeBorrowed<'a>>()? {
             pairs.push((name, map.next_value::<Value>()?));
         }
         Ok(HeaderPairs(pairs))
+    }
+}
+
+/// A string borrowed from the input when it has no escapes (serde's own `Cow<str>` always
+/// copies).
+pub(crate) struct MaybeBorrowed<'a>(pub(crate) Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for MaybeBorrowed<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StrVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for StrVisitor<'a> {
+            type Value = MaybeBorrowed<'a>;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(MaybeBorrowed(Cow::Borrowed(text)))
+            }
+            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(MaybeBorrowed(Cow::Owned(text.to_owned())))
+            }
+            fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
+                Ok(MaybeBorrowed(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(StrVisitor(std::marker::PhantomData))
     }
 }
 

@@ -89,16 +89,24 @@ impl SafeRepr {
             self.token("");
             return;
         }
+        let cut;
         let body = if char_count(text) < self.budget {
-            text.replace('\'', "\\'")
+            text
         } else {
-            truncate(text, self.budget).replace('\'', "\\'")
+            cut = truncate(text, self.budget);
+            cut.as_str()
         };
-        let mut quoted = String::with_capacity(body.len() + 2);
-        quoted.push('\'');
-        quoted.push_str(&body);
-        quoted.push('\'');
-        self.token(&quoted);
+        // Written straight into the output: `'`, the text with `'` escaped, `'`.
+        let quotes = i64::try_from(body.matches('\'').count()).unwrap_or(i64::MAX);
+        self.out.push('\'');
+        for (index, part) in body.split('\'').enumerate() {
+            if index > 0 {
+                self.out.push_str("\\'");
+            }
+            self.out.push_str(part);
+        }
+        self.out.push('\'');
+        self.budget -= char_count(body) + quotes + 2;
     }
 
     fn value(&mut self, value: &Value) {
@@ -107,13 +115,13 @@ impl SafeRepr {
             Value::Bool(true) => self.text("True"),
             Value::Bool(false) => self.text("False"),
             Value::Number(number) => {
-                let text = number.to_string();
+                let text = number.as_str();
                 if text.contains(['.', 'e', 'E']) {
                     let mut float = String::with_capacity(text.len() + 4);
-                    push_python_float_text(&text, &mut float);
+                    push_python_float_text(text, &mut float);
                     self.text(&float);
                 } else {
-                    self.text(&text);
+                    self.text(text);
                 }
             }
             Value::String(text) => self.quoted(text),
