@@ -13,42 +13,7 @@
 use std::time::Duration;
 
 use events_celery::{CeleryBackend, CeleryConfig};
-use events_core::domain_event;
-
-/// A product was added to the catalogue.
-#[domain_event(name = "products.product_created")]
-#[derive(Debug, Clone)]
-struct ProductCreated {
-    product_id: String,
-    name: String,
-    stock: u32,
-}
-
-/// One line of an order.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct OrderLine {
-    product_id: String,
-    quantity: u32,
-    unit_price_cents: u64,
-}
-
-/// An order was placed.
-#[domain_event(name = "orders.order_placed")]
-#[derive(Debug, Clone)]
-struct OrderPlaced {
-    order_id: u64,
-    customer: String,
-    lines: Vec<OrderLine>,
-    coupon: Option<String>,
-}
-
-/// An order was cancelled.
-#[domain_event(name = "orders.order_cancelled")]
-#[derive(Debug, Clone)]
-enum OrderCancelled {
-    ByCustomer { order_id: u64, reason: String },
-    OutOfStock(u64),
-}
+use examples::shop::{OrderCancelled, OrderLine, OrderPlaced, ProductCreated};
 
 const DEFAULT_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672//";
 
