@@ -370,24 +370,28 @@ impl Inner {
                 }
             }
             Publisher::Amqp(p) => {
-                let results = join_all(jobs.iter().map(|job| async move {
-                    let Outgoing::Amqp(message) = &job.outgoing else {
-                        unreachable!("prepared for this backend's broker");
-                    };
-                    tokio::time::timeout_at(
-                        tokio::time::Instant::from_std(job.deadline),
-                        p.publish(message),
-                    )
-                    .await
+                // Each caller hears back as soon as its own confirm arrives.
+                let timed_out = std::sync::atomic::AtomicBool::new(false);
+                join_all(jobs.into_iter().map(|job| {
+                    let timed_out = &timed_out;
+                    async move {
+                        let Outgoing::Amqp(message) = &job.outgoing else {
+                            unreachable!("prepared for this backend's broker");
+                        };
+                        let result = tokio::time::timeout_at(
+                            tokio::time::Instant::from_std(job.deadline),
+                            p.publish(message),
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
+                            Err(self.timeout_error())
+                        });
+                        job.finish(result);
+                    }
                 }))
                 .await;
-                let mut timed_out = false;
-                for (job, result) in jobs.into_iter().zip(results) {
-                    job.finish(result.unwrap_or_else(|_| {
-                        timed_out = true;
-                        Err(self.timeout_error())
-                    }));
-                }
+                let timed_out = timed_out.into_inner();
                 if timed_out {
                     // A publish that timed out may leave the link half-broken: start afresh.
                     p.reset().await;

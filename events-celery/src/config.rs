@@ -119,7 +119,7 @@ impl CeleryConfig {
         })
     }
 
-    /// From the environment variables in [`env`]; `broker_url` overrides
+    /// From the environment variables in [`env`](mod@env); `broker_url` overrides
     /// `CELERY_BROKER_URL` when given.
     pub fn from_env(broker_url: Option<&str>) -> Result<Self, CeleryError> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());

@@ -308,8 +308,19 @@ pub async fn cleanup_redis_queue(queue: &str, extra_keys: &[&str]) {
 }
 
 /// Deletes a RabbitMQ queue and the direct exchange Celery declares under the same name.
+/// Best effort: does nothing when RabbitMQ cannot be reached right now.
 pub async fn cleanup_amqp_queue(queue: &str) {
-    let (connection, channel) = amqp_channel().await;
+    let Ok(connection) = lapin::Connection::connect(
+        &amqp_url().replace("5672//", "5672/%2f"),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
     delete_amqp_queue(&channel, queue).await;
     let _ = channel
         .exchange_delete(

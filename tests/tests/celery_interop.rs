@@ -330,8 +330,8 @@ impl Setup {
         match self.broker {
             Broker::Redis => cleanup_redis_queue(&self.queue, &[&self.result_key]).await,
             Broker::Amqp => {
-                cleanup_amqp_queue(&self.queue).await;
                 cleanup_redis_queue(&self.queue, &[&self.result_key]).await;
+                cleanup_amqp_queue(&self.queue).await;
             }
         }
     }
