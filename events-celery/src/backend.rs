@@ -71,8 +71,14 @@ enum Reply {
 
 impl Job {
     fn finish(self, result: Result<(), CeleryError>) {
+        self.reply.send(result);
+    }
+}
+
+impl Reply {
+    fn send(self, result: Result<(), CeleryError>) {
         // The caller may have given up (its future dropped): nothing to tell then.
-        match self.reply {
+        match self {
             Reply::Async(reply) => drop(reply.send(result)),
             Reply::Blocking(reply) => drop(reply.send(result)),
         }
@@ -375,19 +381,24 @@ impl Inner {
                 join_all(jobs.into_iter().map(|job| {
                     let timed_out = &timed_out;
                     async move {
-                        let Outgoing::Amqp(message) = &job.outgoing else {
+                        let Job {
+                            outgoing,
+                            deadline,
+                            reply,
+                        } = job;
+                        let Outgoing::Amqp(message) = outgoing else {
                             unreachable!("prepared for this backend's broker");
                         };
                         let result = tokio::time::timeout_at(
-                            tokio::time::Instant::from_std(job.deadline),
-                            p.publish(message),
+                            tokio::time::Instant::from_std(deadline),
+                            p.publish(*message),
                         )
                         .await
                         .unwrap_or_else(|_| {
                             timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
                             Err(self.timeout_error())
                         });
-                        job.finish(result);
+                        reply.send(result);
                     }
                 }))
                 .await;

@@ -66,7 +66,10 @@ impl Link {
 pub(crate) struct AmqpPublisher {
     url: BrokerUrl,
     queue_arguments: QueueArguments,
-    link: Mutex<Option<Arc<Link>>>,
+    /// The connection in use: read on every publish without waiting.
+    current: std::sync::RwLock<Option<Arc<Link>>>,
+    /// Held while (re)connecting, so one caller connects and the others wait for it.
+    link: Mutex<()>,
 }
 
 impl AmqpPublisher {
@@ -74,7 +77,8 @@ impl AmqpPublisher {
         Self {
             url,
             queue_arguments,
-            link: Mutex::new(None),
+            current: std::sync::RwLock::new(None),
+            link: Mutex::new(()),
         }
     }
 
@@ -88,17 +92,35 @@ impl AmqpPublisher {
 
     /// The current link, connecting (again) if there is none or it broke.
     async fn link(&self) -> Result<Arc<Link>, CeleryError> {
-        let mut guard = self.link.lock().await;
-        if let Some(link) = guard.as_ref() {
-            if link.is_usable() {
-                return Ok(Arc::clone(link));
-            }
+        if let Some(link) = self.usable_link() {
+            return Ok(link);
+        }
+        let _connecting = self.link.lock().await;
+        // Another caller may have reconnected while this one waited.
+        if let Some(link) = self.usable_link() {
+            return Ok(link);
+        }
+        if self.take_link().is_some() {
             tracing::warn!(broker = %self.url, "AMQP connection lost; reconnecting");
         }
-        *guard = None;
         let link = Arc::new(self.connect().await?);
-        *guard = Some(Arc::clone(&link));
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&link));
         Ok(link)
+    }
+
+    fn usable_link(&self) -> Option<Arc<Link>> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        current
+            .as_ref()
+            .filter(|link| link.is_usable())
+            .map(Arc::clone)
+    }
+
+    fn take_link(&self) -> Option<Arc<Link>> {
+        self.current
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     async fn connect(&self) -> Result<Link, CeleryError> {
@@ -157,7 +179,7 @@ impl AmqpPublisher {
 
     /// Publishes one message and waits for the broker's confirm. Unroutable (returned) and
     /// nacked messages are errors.
-    pub(crate) async fn publish(&self, message: &AmqpOutgoing) -> Result<(), CeleryError> {
+    pub(crate) async fn publish(&self, message: AmqpOutgoing) -> Result<(), CeleryError> {
         let link = self.link().await?;
         let index = link.next.fetch_add(1, Ordering::Relaxed) % link.channels.len();
         let channel = &link.channels[index];
@@ -173,7 +195,7 @@ impl AmqpPublisher {
                     ..BasicPublishOptions::default()
                 },
                 &message.body,
-                message.properties.clone(),
+                message.properties,
             )
             .await
             .map_err(|e| self.broker_error("basic.publish", e))?
@@ -269,7 +291,11 @@ impl AmqpPublisher {
 
     /// Drops the current connection; the next publish reconnects.
     pub(crate) async fn reset(&self) {
-        if let Some(link) = self.link.lock().await.take() {
+        let taken = {
+            let _connecting = self.link.lock().await;
+            self.take_link()
+        };
+        if let Some(link) = taken {
             let _ = link
                 .connection
                 .close(200, ShortString::from("reconnecting"))

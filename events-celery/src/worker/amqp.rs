@@ -255,7 +255,7 @@ async fn settle(
     permit: OwnedSemaphorePermit,
 ) -> Result<(), CeleryError> {
     let publish = |message: AmqpOutgoing| async move {
-        tokio::time::timeout(core.config.publish_timeout, publisher.publish(&message))
+        tokio::time::timeout(core.config.publish_timeout, publisher.publish(message))
             .await
             .unwrap_or_else(|_| {
                 Err(CeleryError::Timeout {

@@ -233,7 +233,7 @@ async fn replay_amqp(url: &BrokerUrl, queue: &str, limit: usize) -> Result<usize
             properties: delivery.properties.clone().with_headers(headers),
             body: delivery.data.clone(),
         };
-        publisher.publish(&outgoing).await?;
+        publisher.publish(outgoing).await?;
         channel
             .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
             .await
