@@ -177,8 +177,7 @@ impl EventBus {
         payload: serde_json::Value,
     ) -> Result<Receipt, Error> {
         let (descriptor, value) = self.decode(name, payload)?;
-        let event = EventRef::from_any(descriptor, &*value).expect("decoded to its own type");
-        self.backend.publish(event).await
+        self.backend.publish(event_ref(descriptor, &value)).await
     }
 
     /// [`publish_json`](Self::publish_json) without an async runtime.
@@ -188,8 +187,7 @@ impl EventBus {
         payload: serde_json::Value,
     ) -> Result<Receipt, Error> {
         let (descriptor, value) = self.decode(name, payload)?;
-        let event = EventRef::from_any(descriptor, &*value).expect("decoded to its own type");
-        self.backend.publish_blocking(event)
+        self.backend.publish_blocking(event_ref(descriptor, &value))
     }
 
     fn decode(
@@ -236,6 +234,17 @@ impl EventBus {
         let (name, location) = closure_identity();
         self.backend
             .subscribe(Handler::asynchronous(name, f).with_location(location))
+    }
+}
+
+/// The event a descriptor decoded, as backends take it.
+fn event_ref<'a>(
+    descriptor: &'static crate::EventDescriptor,
+    value: &'a crate::AnyEvent,
+) -> EventRef<'a> {
+    match EventRef::from_any(descriptor, &**value) {
+        Some(event) => event,
+        None => unreachable!("a descriptor decodes to its own type"),
     }
 }
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use redis::aio::MultiplexedConnection;
-use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::amqp::stopped;
@@ -88,19 +87,8 @@ impl Link {
         pipe: &redis::Pipeline,
     ) -> Result<T, CeleryError> {
         let mut connection = self.get().await?;
-        match pipe.query_async(&mut connection).await {
-            Ok(value) => Ok(value),
-            Err(error) => {
-                if is_connection_error(&error) {
-                    self.connection.lock().await.take();
-                }
-                Err(CeleryError::Broker {
-                    broker: self.url.clone(),
-                    operation,
-                    source: Box::new(error),
-                })
-            }
-        }
+        let result = pipe.query_async(&mut connection).await;
+        self.settle(operation, result).await
     }
 
     async fn script(
@@ -109,7 +97,17 @@ impl Link {
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<i64, CeleryError> {
         let mut connection = self.get().await?;
-        match invocation.invoke_async(&mut connection).await {
+        let result = invocation.invoke_async(&mut connection).await;
+        self.settle(operation, result).await
+    }
+
+    /// Forgets a connection that broke, so the next call reconnects; names the operation.
+    async fn settle<T>(
+        &self,
+        operation: &'static str,
+        result: redis::RedisResult<T>,
+    ) -> Result<T, CeleryError> {
+        match result {
             Ok(value) => Ok(value),
             Err(error) => {
                 if is_connection_error(&error) {
@@ -161,8 +159,9 @@ pub(crate) async fn run(
         stopping.clone(),
     ));
     let mut fetchers = tokio::task::JoinSet::new();
-    for _ in 0..core.config.redis_fetchers {
+    for index in 0..core.config.redis_fetchers {
         fetchers.spawn(fetch_loop(
+            index,
             Arc::clone(&core),
             Arc::clone(&link),
             Arc::clone(&window),
@@ -222,60 +221,71 @@ async fn restore(
     link.script("restoring a message", &invocation).await
 }
 
-#[derive(Deserialize)]
-struct EnvelopeHead {
-    properties: Option<PropertiesHead>,
-}
+/// Takes up to `ARGV[2]` messages from the first non-empty list of `KEYS[3..]` (kombu's
+/// priority order, as `BRPOP` reads them) and records each in kombu's `unacked` hash
+/// (`[envelope, exchange, routing_key]` under its delivery tag) and `unacked_index` sorted set,
+/// in one atomic step: a message is always in its list or in `unacked`, never only in a
+/// worker's memory, so a worker killed at any moment loses nothing (a `BRPOP` followed by the
+/// bookkeeping, as kombu does it, loses what was popped when the worker dies in between).
+///
+/// `KEYS[1]` `unacked`, `KEYS[2]` `unacked_index`; `ARGV[1]` the time (s), `ARGV[2]` how many,
+/// `ARGV[3]` a unique prefix for the tags of messages that have none, `ARGV[4..]` the queue of
+/// each list. Returns `[list, envelopes, tags]`, or nil when every list is empty. Envelopes
+/// that are not JSON (or too big to parse here) are recorded as a JSON string, which a
+/// restore pushes back unchanged.
+const TAKE: &str = r"
+local count = tonumber(ARGV[2])
+for i = 3, #KEYS do
+  local items = redis.call('RPOP', KEYS[i], count)
+  if items then
+    local tags = {}
+    for j, raw in ipairs(items) do
+      local tag = nil
+      local exchange = ''
+      local routing_key = ARGV[i + 1]
+      local ok, message = false, nil
+      if #raw <= 1048576 then
+        ok, message = pcall(cjson.decode, raw)
+      end
+      local entry
+      if ok and type(message) == 'table' then
+        local properties = message['properties']
+        if type(properties) == 'table' then
+          local given = properties['delivery_tag']
+          if type(given) == 'string' and given ~= '' then tag = given end
+          local info = properties['delivery_info']
+          if type(info) == 'table' then
+            if type(info['exchange']) == 'string' then exchange = info['exchange'] end
+            if type(info['routing_key']) == 'string' then routing_key = info['routing_key'] end
+          end
+        end
+        entry = '[' .. raw .. ', ' .. cjson.encode(exchange) .. ', ' .. cjson.encode(routing_key) .. ']'
+      else
+        entry = cjson.encode({raw, exchange, routing_key})
+      end
+      if not tag then tag = ARGV[3] .. '-' .. j end
+      redis.call('ZADD', KEYS[2], ARGV[1], tag)
+      redis.call('HSET', KEYS[1], tag, entry)
+      tags[j] = tag
+    end
+    return {KEYS[i], items, tags}
+  end
+end
+return false
+";
 
-#[derive(Deserialize)]
-struct PropertiesHead {
-    delivery_tag: Option<String>,
-    delivery_info: Option<DeliveryInfoHead>,
-}
-
-#[derive(Deserialize)]
-struct DeliveryInfoHead {
-    exchange: Option<String>,
-    routing_key: Option<String>,
-}
-
-/// kombu's `unacked` entry for an envelope: `[envelope, exchange, routing_key]`, plus the
-/// delivery tag it is stored under.
-fn unacked_entry(envelope: &[u8], queue: &str) -> (String, String) {
-    let head = serde_json::from_slice::<EnvelopeHead>(envelope).ok();
-    let properties = head.and_then(|h| h.properties);
-    let tag = properties
-        .as_ref()
-        .and_then(|p| p.delivery_tag.clone())
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let info = properties.and_then(|p| p.delivery_info);
-    let exchange = info
-        .as_ref()
-        .and_then(|i| i.exchange.clone())
-        .unwrap_or_default();
-    let routing_key = info
-        .and_then(|i| i.routing_key)
-        .unwrap_or_else(|| queue.to_owned());
-    let quoted = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
-    let entry = match std::str::from_utf8(envelope) {
-        Ok(text) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
-            format!("[{text}, {}, {}]", quoted(&exchange), quoted(&routing_key))
-        }
-        // Not JSON: kept as a string so the entry stays valid JSON; it will be dead-lettered.
-        _ => format!(
-            "[{}, {}, {}]",
-            quoted(&String::from_utf8_lossy(envelope)),
-            quoted(&exchange),
-            quoted(&routing_key)
-        ),
-    };
-    (tag, entry)
-}
-
-/// Most messages taken at once after a `BRPOP` finds some (`RPOP key count`).
+/// Most messages taken at once (`RPOP key count`).
 const FETCH_BATCH: usize = 64;
 
+/// What [`TAKE`] returns: the list, the envelopes and their delivery tags.
+type Taken = Option<(String, Vec<Vec<u8>>, Vec<String>)>;
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the fetcher's shared state, passed once at start"
+)]
 async fn fetch_loop(
+    index: usize,
     core: Arc<Core>,
     link: Arc<Link>,
     window: Arc<Semaphore>,
@@ -284,10 +294,18 @@ async fn fetch_loop(
     keys: Arc<Vec<String>>,
     mut stopping: watch::Receiver<bool>,
 ) {
+    let take = redis::Script::new(TAKE);
+    let queues: Vec<String> = keys
+        .iter()
+        .map(|key| key.split(KOMBU_SEP).next().unwrap_or(key).to_owned())
+        .collect();
+    // Each fetcher waits on one of the lists; together they watch all of them.
+    let watched = &keys[index % keys.len()];
+    let mut can_block = true;
     let mut connection: Option<MultiplexedConnection> = None;
     let mut backoff = Duration::from_millis(200);
     loop {
-        let first = tokio::select! {
+        let mut taken_permits = tokio::select! {
             biased;
             () = stopped(&mut stopping) => return,
             permit = Arc::clone(&window).acquire_owned() => permit.expect("never closed"),
@@ -301,7 +319,7 @@ async fn fetch_loop(
                 }
                 Err(error) => {
                     tracing::error!(error = %error, retry_in = ?backoff, "cannot reach Redis");
-                    drop(first);
+                    drop(taken_permits);
                     if pause(&mut stopping, backoff).await {
                         return;
                     }
@@ -313,18 +331,74 @@ async fn fetch_loop(
         let Some(conn) = connection.as_mut() else {
             continue;
         };
-        let popped: redis::RedisResult<Option<(String, Vec<u8>)>> = redis::cmd("BRPOP")
-            .arg(&keys[..])
-            .arg(BRPOP_TIMEOUT_SECS)
-            .query_async(conn)
-            .await;
-        let (list, envelope) = match popped {
-            Ok(Some(item)) => item,
-            Ok(None) => continue,
+        // Take as many as the window has room for: one round trip for many.
+        let extra = window.available_permits().min(FETCH_BATCH - 1);
+        if extra > 0
+            && let Ok(more) =
+                Arc::clone(&window).try_acquire_many_owned(u32::try_from(extra).unwrap_or(1))
+        {
+            taken_permits.merge(more);
+        }
+        let now = Utc::now().timestamp_micros() as f64 / 1e6;
+        let mut invocation = take.prepare_invoke();
+        invocation.key(UNACKED).key(UNACKED_INDEX);
+        for key in keys.iter() {
+            invocation.key(key);
+        }
+        invocation
+            .arg(now)
+            .arg(taken_permits.num_permits())
+            .arg(uuid::Uuid::new_v4().simple().to_string())
+            .arg(&queues);
+        let taken: redis::RedisResult<Taken> = invocation.invoke_async(conn).await;
+        let (list, envelopes, tags) = match taken {
+            Ok(Some(taken)) => taken,
+            Ok(None) => {
+                drop(taken_permits);
+                // Nothing there: wait until the watched list has something. `BLMOVE l l RIGHT
+                // RIGHT` blocks like `BRPOP` but leaves the list as it was.
+                let waited: redis::RedisResult<Option<Vec<u8>>> = if can_block {
+                    redis::cmd("BLMOVE")
+                        .arg(watched)
+                        .arg(watched)
+                        .arg("RIGHT")
+                        .arg("RIGHT")
+                        .arg(BRPOP_TIMEOUT_SECS)
+                        .query_async(conn)
+                        .await
+                } else {
+                    Ok(None)
+                };
+                match waited {
+                    Ok(_) => {}
+                    Err(error) if !is_connection_error(&error) => {
+                        // A Redis before 6.2 (or a list key of another type): poll instead.
+                        tracing::debug!(error = %error, "BLMOVE refused; polling instead");
+                        can_block = false;
+                    }
+                    Err(error) => {
+                        tracing::error!(error = %error, retry_in = ?backoff, "waiting for messages failed; reconnecting");
+                        connection = None;
+                        if pause(&mut stopping, backoff).await {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(core.config.reconnect_max_delay);
+                        continue;
+                    }
+                }
+                if !can_block && pause(&mut stopping, Duration::from_millis(100)).await {
+                    return;
+                }
+                continue;
+            }
             Err(error) => {
-                tracing::error!(error = %error, retry_in = ?backoff, "BRPOP failed; reconnecting");
-                connection = None;
-                drop(first);
+                // If the script ran before the connection broke, what it took is in `unacked`
+                // and comes back after the visibility timeout.
+                tracing::error!(error = %error, retry_in = ?backoff, "taking messages failed; reconnecting");
+                drop(taken_permits);
+                if is_connection_error(&error) {
+                    connection = None;
+                }
                 if pause(&mut stopping, backoff).await {
                     return;
                 }
@@ -332,63 +406,11 @@ async fn fetch_loop(
                 continue;
             }
         };
-        // Take more from the same list while the window has room: one round trip for many.
-        let mut batch = vec![(envelope, first)];
-        let extra = window.available_permits().min(FETCH_BATCH - 1);
-        if extra > 0
-            && let Ok(mut more_permits) =
-                Arc::clone(&window).try_acquire_many_owned(u32::try_from(extra).unwrap_or(1))
-        {
-            let more: redis::RedisResult<Option<Vec<Vec<u8>>>> = redis::cmd("RPOP")
-                .arg(&list)
-                .arg(extra)
-                .query_async(conn)
-                .await;
-            match more {
-                Ok(Some(more)) => {
-                    for envelope in more {
-                        match more_permits.split(1) {
-                            Some(permit) => batch.push((envelope, permit)),
-                            None => unreachable!("one permit per popped message"),
-                        }
-                    }
-                }
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::error!(error = %error, "RPOP failed; reconnecting");
-                    connection = None;
-                }
-            }
-        }
         let queue = list.split(KOMBU_SEP).next().unwrap_or(&list).to_owned();
-        let now = Utc::now().timestamp_micros() as f64 / 1e6;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut entries = Vec::with_capacity(batch.len());
-        for (envelope, permit) in batch {
-            let (tag, entry) = unacked_entry(&envelope, &queue);
-            pipe.zadd(UNACKED_INDEX, &tag, now)
-                .ignore()
-                .hset(UNACKED, &tag, &entry)
-                .ignore();
-            entries.push((tag, envelope, permit));
-        }
-        if let Err(error) = link
-            .run::<()>("recording unacknowledged messages", &pipe)
-            .await
-        {
-            // Without the bookkeeping nobody could restore them: put them straight back.
-            tracing::error!(error = %error, "cannot record messages as unacknowledged; returning them");
-            let mut back = redis::pipe();
-            for (_, envelope, _) in entries.iter().rev() {
-                back.rpush(&list, &envelope[..]).ignore();
-            }
-            if let Err(error) = link.run::<()>("returning messages", &back).await {
-                tracing::error!(error = %error, "messages could not be returned to `{list}`");
-            }
-            continue;
-        }
-        for (tag, envelope, permit) in entries {
+        for (envelope, tag) in envelopes.into_iter().zip(tags) {
+            let Some(permit) = taken_permits.split(1) else {
+                unreachable!("the script takes at most one message per permit")
+            };
             held.lock().expect("not poisoned").insert(
                 tag.clone(),
                 Held {
@@ -579,9 +601,11 @@ async fn restore_visible(core: &Core, link: &Link) -> Result<(), CeleryError> {
 async fn restore_by_tag(link: &Link, tag: &str) -> Result<i64, CeleryError> {
     let mut pipe = redis::pipe();
     pipe.hget(UNACKED, tag);
-    let (entry,): (Option<String>,) = link.run("reading an unacked message", &pipe).await?;
+    let (entry,): (Option<Vec<u8>>,) = link.run("reading an unacked message", &pipe).await?;
     let Some(entry) = entry else { return Ok(0) };
-    let parsed: Option<(serde_json::Value, String, String)> = serde_json::from_str(&entry).ok();
+    let parsed: Option<(serde_json::Value, String, String)> = serde_json::from_slice(&entry)
+        .ok()
+        .or_else(|| serde_json::from_str(&String::from_utf8_lossy(&entry)).ok());
     let Some((mut envelope, exchange, routing_key)) = parsed else {
         tracing::error!(
             tag,
@@ -597,6 +621,12 @@ async fn restore_by_tag(link: &Link, tag: &str) -> Result<i64, CeleryError> {
             .await?;
         return Ok(0);
     };
+    if let serde_json::Value::String(raw) = &envelope {
+        // Recorded as text because it was not JSON: it goes back as it came (and will be
+        // dead-lettered).
+        let list = redis_queue_key(&routing_key, 0);
+        return restore(link, tag, &list, "RPUSH", raw.as_bytes()).await;
+    }
     if let Some(headers) = envelope.get_mut("headers").and_then(|h| h.as_object_mut()) {
         headers.insert("redelivered".to_owned(), true.into());
     }
