@@ -150,7 +150,7 @@ impl Core {
                 let span = tracing::info_span!(
                     "task",
                     task_id = %job.message.id,
-                    event = job.message.task.as_str(),
+                    task = job.message.task.as_str(),
                     retries = job.message.headers.retries,
                 );
                 self.execute(job).instrument(span).await
