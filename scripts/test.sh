@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
 export EVENTS_TEST_PYTHON="$PWD/.venv/bin/python"
-cargo test --workspace --all-targets "$@"
+# Benches are compiled by clippy and run with `cargo bench`, not here.
+cargo test --workspace --lib --bins --tests --examples "$@"
 cargo test --workspace --doc
