@@ -84,9 +84,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--visibility-timeout" => {
                 config = config.visibility_timeout(Duration::from_secs(value()?.parse()?));
             }
-            "--grace-period" => config = config.grace_period(Duration::from_secs(value()?.parse()?)),
+            "--grace-period" => {
+                config = config.grace_period(Duration::from_secs(value()?.parse()?))
+            }
             "--replay-dead-letters" => replay = Some(value()?.parse::<usize>()?),
-            other => return Err(format!("unknown argument `{other}`; see the file's header").into()),
+            other => {
+                return Err(format!("unknown argument `{other}`; see the file's header").into());
+            }
         }
     }
     if queues.is_empty() {

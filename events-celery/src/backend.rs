@@ -289,7 +289,7 @@ impl CeleryBackend {
             queue: route.queue_name().to_owned(),
         };
         let outgoing = match &self.inner.publisher {
-            Publisher::Amqp(_) => Outgoing::Amqp(Box::new(amqp_outgoing(message.to_amqp()?))),
+            Publisher::Amqp(_) => Outgoing::Amqp(Box::new(amqp_outgoing(message.into_amqp()?))),
             Publisher::Redis(_) => {
                 let redis = message.to_redis()?;
                 let priority = message.properties.priority.unwrap_or(0);

@@ -15,6 +15,11 @@ Environment:
     EVENTS_RESULT_KEY                 Redis list to record each run on (optional)
     EVENTS_RESULT_URL                 Redis for the records (default redis://127.0.0.1:6379/0)
     EVENTS_REMOTE_CONTROL             "0" to turn off the worker's remote control (pidbox)
+    EVENTS_ACKS_LATE                  "1": task_acks_late (ack after the task ran, as the Rust
+                                      worker does)
+    EVENTS_TASK_SLEEP                 seconds each task sleeps before recording its run
+    EVENTS_VISIBILITY_TIMEOUT         Redis: kombu's visibility_timeout (seconds), with the
+                                      unacked-restore sweep every second (interval 1, throttle 1)
 
 Run a worker (from this directory):
     python -m celery -A domain_events_app worker --pool solo -Q celery --loglevel INFO
@@ -53,6 +58,15 @@ app.conf.update(
 )
 if os.environ.get("EVENTS_CELERY_QUEUE_MAX_PRIORITY", "").strip():
     app.conf.task_queue_max_priority = int(os.environ["EVENTS_CELERY_QUEUE_MAX_PRIORITY"])
+if os.environ.get("EVENTS_ACKS_LATE", "").strip() == "1":
+    app.conf.task_acks_late = True
+if os.environ.get("EVENTS_VISIBILITY_TIMEOUT", "").strip():
+    app.conf.broker_transport_options = {
+        "visibility_timeout": float(os.environ["EVENTS_VISIBILITY_TIMEOUT"]),
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+    }
+TASK_SLEEP = float(os.environ.get("EVENTS_TASK_SLEEP", "").strip() or 0)
 
 _results = None
 
@@ -81,6 +95,8 @@ def _iso(value):
 def _make_task(event_name):
     @app.task(name=TASK_PREFIX + event_name, bind=True)
     def handle(self, payload):
+        if TASK_SLEEP > 0:
+            time.sleep(TASK_SLEEP)
         request = self.request
         delivery_info = dict(request.delivery_info or {})
         record = {

@@ -1,6 +1,8 @@
 //! Integration, UI (trybuild) and interop tests for the domain-events workspace, and what they
 //! share: broker URLs, unique queue names, raw broker access.
 
+pub mod fault;
+
 use std::time::Duration;
 
 /// The RabbitMQ the tests use (`EVENTS_TEST_AMQP_URL`, default the local one).
@@ -128,6 +130,13 @@ pub struct PythonWorkerSpec {
     pub queue_max_priority: Option<u8>,
     /// `--prefetch-multiplier` (Celery's default is 4).
     pub prefetch_multiplier: Option<u32>,
+    /// `task_acks_late` (`EVENTS_ACKS_LATE=1`): acknowledge after the task ran.
+    pub acks_late: bool,
+    /// How long each task sleeps before recording its run (`EVENTS_TASK_SLEEP`).
+    pub task_sleep: Option<Duration>,
+    /// Redis: kombu's `visibility_timeout`, with the restore sweep every second
+    /// (`EVENTS_VISIBILITY_TIMEOUT`).
+    pub visibility_timeout: Option<Duration>,
 }
 
 impl PythonWorkerSpec {
@@ -140,6 +149,9 @@ impl PythonWorkerSpec {
             events: Vec::new(),
             queue_max_priority: None,
             prefetch_multiplier: None,
+            acks_late: false,
+            task_sleep: None,
+            visibility_timeout: None,
         }
     }
 
@@ -158,6 +170,24 @@ impl PythonWorkerSpec {
     /// Sets `--prefetch-multiplier`.
     pub fn prefetch_multiplier(mut self, n: u32) -> Self {
         self.prefetch_multiplier = Some(n);
+        self
+    }
+
+    /// Sets `task_acks_late`: a message stays unacknowledged until its task ran.
+    pub fn acks_late(mut self) -> Self {
+        self.acks_late = true;
+        self
+    }
+
+    /// Makes each task sleep this long before recording its run.
+    pub fn task_sleep(mut self, sleep: Duration) -> Self {
+        self.task_sleep = Some(sleep);
+        self
+    }
+
+    /// Redis: sets kombu's `visibility_timeout` (and a restore sweep every second).
+    pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
+        self.visibility_timeout = Some(timeout);
         self
     }
 
@@ -204,6 +234,22 @@ impl PythonWorker {
         if let Some(n) = spec.prefetch_multiplier {
             command.args(["--prefetch-multiplier", &n.to_string()]);
         }
+        command
+            .env_remove("EVENTS_ACKS_LATE")
+            .env_remove("EVENTS_TASK_SLEEP")
+            .env_remove("EVENTS_VISIBILITY_TIMEOUT");
+        if spec.acks_late {
+            command.env("EVENTS_ACKS_LATE", "1");
+        }
+        if let Some(sleep) = spec.task_sleep {
+            command.env("EVENTS_TASK_SLEEP", sleep.as_secs_f64().to_string());
+        }
+        if let Some(timeout) = spec.visibility_timeout {
+            command.env(
+                "EVENTS_VISIBILITY_TIMEOUT",
+                timeout.as_secs_f64().to_string(),
+            );
+        }
         let child = command.spawn().expect("start the Python Celery worker");
         Self {
             child: Some(child),
@@ -240,6 +286,15 @@ impl PythonWorker {
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the worker with SIGKILL at once, as a crash would: no warm shutdown, so what it
+    /// holds unacknowledged stays in kombu's `unacked` hash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 

@@ -21,7 +21,7 @@ use serde_json::{Map, Number, Value};
 
 use super::decode::{DecodeOptions, check_content_encoding, check_content_type, decode_body};
 use super::error::{DecodeError, EncodeError};
-use super::message::{MessageProperties, ParsedHeaders, Routing, TaskMessage};
+use super::message::{HeaderValue, MessageProperties, ParsedHeaders, Routing, TaskMessage};
 use super::python_json::pythonize_floats;
 use super::timestamp::isoformat;
 
@@ -181,28 +181,41 @@ pub struct AmqpMessage {
 impl TaskMessage {
     /// The message in AMQP form, with the header types py-amqp sends.
     pub fn to_amqp(&self) -> Result<AmqpMessage, EncodeError> {
+        self.amqp_message(AmqpStrings::cloned(self))
+    }
+
+    /// [`to_amqp`](Self::to_amqp), moving the message's strings into the AMQP message instead
+    /// of copying them (what a publisher wants: the message is not needed afterwards).
+    pub fn into_amqp(mut self) -> Result<AmqpMessage, EncodeError> {
+        let strings = AmqpStrings::taken(&mut self);
+        self.amqp_message(strings)
+    }
+
+    /// The AMQP message from `strings` (the message's own, copied or moved out) and the rest
+    /// of the message.
+    fn amqp_message(&self, strings: AmqpStrings) -> Result<AmqpMessage, EncodeError> {
         let h = &self.headers;
-        let string = |text: &str| AmqpValue::LongString(text.as_bytes().to_vec());
-        let optional = |text: &Option<String>| text.as_deref().map_or(AmqpValue::Void, string);
+        let string = |text: String| AmqpValue::LongString(text.into_bytes());
+        let optional = |text: Option<String>| text.map_or(AmqpValue::Void, string);
         let mut headers = Vec::with_capacity(19 + h.custom.len());
         let mut push = |name: &str, value: AmqpValue| headers.push((name.to_owned(), value));
-        push("lang", optional(&h.lang));
-        push("task", string(&self.task));
-        push("id", string(&self.id));
-        push("shadow", optional(&h.shadow));
+        push("lang", optional(strings.lang));
+        push("task", string(strings.task));
+        push("id", string(strings.id));
+        push("shadow", optional(strings.shadow));
         push(
             "eta",
             h.eta
                 .as_ref()
-                .map_or(AmqpValue::Void, |at| string(&isoformat(at))),
+                .map_or(AmqpValue::Void, |at| string(isoformat(at))),
         );
         push(
             "expires",
             h.expires
                 .as_ref()
-                .map_or(AmqpValue::Void, |at| string(&isoformat(at))),
+                .map_or(AmqpValue::Void, |at| string(isoformat(at))),
         );
-        push("group", optional(&h.group));
+        push("group", optional(strings.group));
         let group_index = match h.group_index {
             None => AmqpValue::Void,
             Some(index) => integer(i128::from(index), "group_index")?,
@@ -217,11 +230,11 @@ impl TaskMessage {
             "timelimit",
             AmqpValue::Array(vec![limit(&h.timelimit.hard)?, limit(&h.timelimit.soft)?]),
         );
-        push("root_id", optional(&h.root_id));
-        push("parent_id", optional(&h.parent_id));
-        push("argsrepr", optional(&h.argsrepr));
-        push("kwargsrepr", optional(&h.kwargsrepr));
-        push("origin", optional(&h.origin));
+        push("root_id", optional(strings.root_id));
+        push("parent_id", optional(strings.parent_id));
+        push("argsrepr", optional(strings.argsrepr));
+        push("kwargsrepr", optional(strings.kwargsrepr));
+        push("origin", optional(strings.origin));
         push(
             "ignore_result",
             h.ignore_result.map_or(AmqpValue::Void, AmqpValue::Bool),
@@ -233,7 +246,7 @@ impl TaskMessage {
         push(
             "stamped_headers",
             h.stamped_headers.as_ref().map_or(AmqpValue::Void, |names| {
-                AmqpValue::Array(names.iter().map(|name| string(name)).collect())
+                AmqpValue::Array(names.iter().map(|name| string(name.clone())).collect())
             }),
         );
         push("stamps", from_map(&h.stamps, "stamps")?);
@@ -246,16 +259,16 @@ impl TaskMessage {
 
         let p = &self.properties;
         Ok(AmqpMessage {
-            exchange: self.routing.exchange.clone(),
-            routing_key: self.routing.routing_key.clone(),
+            exchange: strings.exchange,
+            routing_key: strings.routing_key,
             properties: AmqpProperties {
-                content_type: Some(p.content_type.clone()),
-                content_encoding: Some(p.content_encoding.clone()),
+                content_type: Some(strings.content_type),
+                content_encoding: Some(strings.content_encoding),
                 delivery_mode: Some(p.delivery_mode.unwrap_or(2)),
                 priority: Some(p.priority.unwrap_or(0)),
-                correlation_id: p.correlation_id.clone(),
-                reply_to: p.reply_to.clone(),
-                expiration: p.expiration.clone(),
+                correlation_id: strings.correlation_id,
+                reply_to: strings.reply_to,
+                expiration: strings.expiration,
             },
             headers: AmqpTable(headers),
             body: self.body_json()?,
@@ -272,13 +285,20 @@ impl TaskMessage {
         let p = &message.properties;
         check_content_type(p.content_type.as_deref())?;
         check_content_encoding(p.content_encoding.as_deref())?;
-        let pairs = message
-            .headers
-            .0
-            .iter()
-            .map(|(name, value)| Ok((name.as_str(), to_json(value, name)?)))
-            .collect::<Result<Vec<_>, DecodeError>>()?;
-        let headers = ParsedHeaders::read(pairs, true)?;
+        // Every conversion error comes before any header error, as in two passes.
+        let mut headers = ParsedHeaders::default();
+        let mut header_error = None;
+        for (name, value) in &message.headers.0 {
+            let value = header_value(value, name)?;
+            if header_error.is_none()
+                && let Err(error) = headers.apply(name.as_str(), value, true)
+            {
+                header_error = Some(error);
+            }
+        }
+        if let Some(error) = header_error {
+            return Err(error);
+        }
         let properties = MessageProperties {
             correlation_id: p.correlation_id.clone(),
             reply_to: p.reply_to.clone(),
@@ -298,6 +318,78 @@ impl TaskMessage {
             routing_key: message.routing_key.clone(),
         };
         decode_body(headers, &message.body, properties, routing)
+    }
+}
+
+/// The strings of a message that go into its AMQP form as they are.
+struct AmqpStrings {
+    task: String,
+    id: String,
+    lang: Option<String>,
+    shadow: Option<String>,
+    group: Option<String>,
+    root_id: Option<String>,
+    parent_id: Option<String>,
+    argsrepr: Option<String>,
+    kwargsrepr: Option<String>,
+    origin: Option<String>,
+    exchange: String,
+    routing_key: String,
+    content_type: String,
+    content_encoding: String,
+    correlation_id: Option<String>,
+    reply_to: Option<String>,
+    expiration: Option<String>,
+}
+
+impl AmqpStrings {
+    fn cloned(message: &TaskMessage) -> Self {
+        let h = &message.headers;
+        let p = &message.properties;
+        Self {
+            task: message.task.clone(),
+            id: message.id.clone(),
+            lang: h.lang.clone(),
+            shadow: h.shadow.clone(),
+            group: h.group.clone(),
+            root_id: h.root_id.clone(),
+            parent_id: h.parent_id.clone(),
+            argsrepr: h.argsrepr.clone(),
+            kwargsrepr: h.kwargsrepr.clone(),
+            origin: h.origin.clone(),
+            exchange: message.routing.exchange.clone(),
+            routing_key: message.routing.routing_key.clone(),
+            content_type: p.content_type.clone(),
+            content_encoding: p.content_encoding.clone(),
+            correlation_id: p.correlation_id.clone(),
+            reply_to: p.reply_to.clone(),
+            expiration: p.expiration.clone(),
+        }
+    }
+
+    fn taken(message: &mut TaskMessage) -> Self {
+        use std::mem::take;
+        let h = &mut message.headers;
+        let p = &mut message.properties;
+        Self {
+            task: take(&mut message.task),
+            id: take(&mut message.id),
+            lang: h.lang.take(),
+            shadow: h.shadow.take(),
+            group: h.group.take(),
+            root_id: h.root_id.take(),
+            parent_id: h.parent_id.take(),
+            argsrepr: h.argsrepr.take(),
+            kwargsrepr: h.kwargsrepr.take(),
+            origin: h.origin.take(),
+            exchange: take(&mut message.routing.exchange),
+            routing_key: take(&mut message.routing.routing_key),
+            content_type: take(&mut p.content_type),
+            content_encoding: take(&mut p.content_encoding),
+            correlation_id: p.correlation_id.take(),
+            reply_to: p.reply_to.take(),
+            expiration: p.expiration.take(),
+        }
     }
 }
 
@@ -354,6 +446,21 @@ fn from_json(value: &Value, header: &str) -> Result<AmqpValue, EncodeError> {
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(map) => from_map(map, header)?,
+    })
+}
+
+/// A header's value: strings, voids and non-negative integers as they are, the rest through
+/// [`to_json`].
+fn header_value(value: &AmqpValue, header: &str) -> Result<HeaderValue, DecodeError> {
+    Ok(match value {
+        AmqpValue::Void => HeaderValue::Null,
+        AmqpValue::LongString(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => HeaderValue::Str(text.to_owned()),
+            Err(_) => HeaderValue::Other(to_json(value, header)?),
+        },
+        AmqpValue::LongInt(n) if *n >= 0 => HeaderValue::Count(n.unsigned_abs().into()),
+        AmqpValue::LongLongInt(n) if *n >= 0 => HeaderValue::Count(n.unsigned_abs()),
+        other => HeaderValue::Other(to_json(other, header)?),
     })
 }
 
@@ -443,6 +550,29 @@ fn decimal_text(scale: u8, value: u32) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn into_amqp_is_to_amqp() {
+        let options = crate::codec::EncodeOptions::new()
+            .queue("q")
+            .countdown(std::time::Duration::from_secs(5))
+            .expires_in(std::time::Duration::from_secs(60))
+            .parent_id("p")
+            .header("x-a", json!([1, {"b": 2.5}]));
+        let payload = json!({"name": "\u{141}\u{f3}d\u{17a}", "n": 4});
+        let mut message = TaskMessage::from_payload("e.v", payload, &options).unwrap();
+        message.headers.shadow = Some("s".into());
+        message.headers.group = Some("g".into());
+        message.headers.stamped_headers = Some(vec!["a".into()]);
+        message.headers.stamps.insert("a".into(), json!("x"));
+        message.routing.exchange = "ex".into();
+        for message in [message, TaskMessage::default()] {
+            assert_eq!(
+                message.clone().into_amqp().unwrap(),
+                message.to_amqp().unwrap()
+            );
+        }
+    }
 
     #[test]
     fn json_to_field_types_as_py_amqp() {

@@ -89,6 +89,7 @@ pub(crate) fn utf8<'a>(bytes: &'a [u8], part: &str) -> Result<&'a str, DecodeErr
 }
 
 /// Builds the message from headers (already read) and the body bytes.
+#[inline]
 pub(crate) fn decode_body(
     headers: ParsedHeaders,
     body: &[u8],
@@ -190,6 +191,7 @@ impl EmbedV2 {
     }
 }
 
+#[inline]
 fn finish(
     parsed: ParsedHeaders,
     protocol: ProtocolVersion,

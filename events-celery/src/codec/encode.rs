@@ -287,22 +287,25 @@ impl TaskMessage {
         }
         // Floats as Python spells them: the model then holds what goes on the wire.
         pythonize_floats(&mut payload);
-        // Python's datetimes have microseconds.
-        let now = Utc::now().fixed_offset().trunc_subsecs(6);
+        // Python's datetimes have microseconds. The clock is read once, and only when a time
+        // is asked for.
+        let clock = std::cell::OnceCell::new();
+        let now = || *clock.get_or_init(|| Utc::now().fixed_offset().trunc_subsecs(6));
         let eta = match options.schedule {
             None => None,
             Some(Schedule::At(at)) => Some(at.trunc_subsecs(6)),
-            Some(Schedule::Countdown(delay)) => Some(later(now, delay, "countdown")?),
+            Some(Schedule::Countdown(delay)) => Some(later(now(), delay, "countdown")?),
         };
         let (expires, expiration) = match options.expiry {
             None => (None, None),
-            Some(Expiry::After(after)) => {
-                (Some(later(now, after, "expires")?), Some(after.as_millis()))
-            }
+            Some(Expiry::After(after)) => (
+                Some(later(now(), after, "expires")?),
+                Some(after.as_millis()),
+            ),
             Some(Expiry::At(at)) => {
                 let at = at.trunc_subsecs(6);
                 // Python: `str(int(max(expires - now, 0) * 1000))`.
-                let left = (at - now).num_milliseconds().max(0).unsigned_abs();
+                let left = (at - now()).num_milliseconds().max(0).unsigned_abs();
                 (Some(at), Some(u128::from(left)))
             }
         };

@@ -6,12 +6,16 @@ use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
 use events_core::{AnyEvent, DomainEvent, EventDescriptor};
+#[cfg(test)]
 use serde::Serialize;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+#[cfg(test)]
 use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
 use serde_json::{Map, Number, Value};
 
 use super::error::{DecodeError, PayloadError, json_type};
+use super::kombu_json::untag;
+use super::python_json::{push_json_map, push_json_str, push_json_value, push_number_text};
 use super::timestamp::{isoformat, parse_iso8601};
 
 /// The name of the keyword argument that carries the event: `kwargs = {"payload": <event>}`.
@@ -313,9 +317,12 @@ pub(crate) const HEADER_NAMES: [&str; 19] = [
     "stamps",
 ];
 
-/// All headers of a message as one JSON object, in Celery's order.
+/// All headers of a message as one JSON object, in Celery's order: the serde reference for
+/// [`push_headers_json`].
+#[cfg(test)]
 pub(crate) struct HeadersJson<'a>(pub(crate) &'a TaskMessage);
 
+#[cfg(test)]
 impl Serialize for HeadersJson<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let message = self.0;
@@ -347,9 +354,163 @@ impl Serialize for HeadersJson<'_> {
     }
 }
 
-/// The protocol 2 body: `[args, kwargs, embed]`.
+/// Appends the headers as [`HeadersJson`] serialises them, written directly.
+pub(crate) fn push_headers_json(
+    out: &mut String,
+    message: &TaskMessage,
+) -> Result<(), serde_json::Error> {
+    fn entry(out: &mut String, name: &str) {
+        out.push_str(", \"");
+        out.push_str(name);
+        out.push_str("\": ");
+    }
+    fn string(out: &mut String, text: Option<&str>) -> Result<(), serde_json::Error> {
+        match text {
+            None => out.push_str("null"),
+            Some(text) => push_json_str(out, text)?,
+        }
+        Ok(())
+    }
+    fn timestamp(out: &mut String, at: Option<&DateTime<FixedOffset>>) {
+        match at {
+            None => out.push_str("null"),
+            Some(at) => {
+                out.push('"');
+                // ASCII digits, `-`, `:`, `.`, `+`, `T` only.
+                out.push_str(&isoformat(at));
+                out.push('"');
+            }
+        }
+    }
+    fn limit(out: &mut String, limit: Option<&Number>) {
+        match limit {
+            None => out.push_str("null"),
+            Some(number) => push_number_text(number.as_str(), out),
+        }
+    }
+    let h = &message.headers;
+    out.push_str("{\"lang\": ");
+    string(out, h.lang.as_deref())?;
+    entry(out, "task");
+    push_json_str(out, &message.task)?;
+    entry(out, "id");
+    push_json_str(out, &message.id)?;
+    entry(out, "shadow");
+    string(out, h.shadow.as_deref())?;
+    entry(out, "eta");
+    timestamp(out, h.eta.as_ref());
+    entry(out, "expires");
+    timestamp(out, h.expires.as_ref());
+    entry(out, "group");
+    string(out, h.group.as_deref())?;
+    entry(out, "group_index");
+    match h.group_index {
+        None => out.push_str("null"),
+        Some(index) => push_integer(out, index),
+    }
+    entry(out, "retries");
+    push_integer(out, u64::from(h.retries));
+    entry(out, "timelimit");
+    out.push('[');
+    limit(out, h.timelimit.hard.as_ref());
+    out.push_str(", ");
+    limit(out, h.timelimit.soft.as_ref());
+    out.push(']');
+    entry(out, "root_id");
+    string(out, h.root_id.as_deref())?;
+    entry(out, "parent_id");
+    string(out, h.parent_id.as_deref())?;
+    entry(out, "argsrepr");
+    string(out, h.argsrepr.as_deref())?;
+    entry(out, "kwargsrepr");
+    string(out, h.kwargsrepr.as_deref())?;
+    entry(out, "origin");
+    string(out, h.origin.as_deref())?;
+    entry(out, "ignore_result");
+    out.push_str(match h.ignore_result {
+        None => "null",
+        Some(true) => "true",
+        Some(false) => "false",
+    });
+    entry(out, "replaced_task_nesting");
+    push_integer(out, u64::from(h.replaced_task_nesting));
+    entry(out, "stamped_headers");
+    match &h.stamped_headers {
+        None => out.push_str("null"),
+        Some(names) => {
+            out.push('[');
+            for (index, name) in names.iter().enumerate() {
+                if index > 0 {
+                    out.push_str(", ");
+                }
+                push_json_str(out, name)?;
+            }
+            out.push(']');
+        }
+    }
+    entry(out, "stamps");
+    push_json_map(out, &h.stamps)?;
+    for (name, value) in &h.custom {
+        out.push_str(", ");
+        push_json_str(out, name)?;
+        out.push_str(": ");
+        push_json_value(out, value)?;
+    }
+    out.push('}');
+    Ok(())
+}
+
+/// Appends the protocol 2 body as [`BodyJson`] serialises it, written directly.
+pub(crate) fn push_body_json(
+    out: &mut String,
+    message: &TaskMessage,
+) -> Result<(), serde_json::Error> {
+    out.push('[');
+    out.push('[');
+    for (index, arg) in message.args.iter().enumerate() {
+        if index > 0 {
+            out.push_str(", ");
+        }
+        push_json_value(out, arg)?;
+    }
+    out.push_str("], ");
+    push_json_map(out, &message.kwargs)?;
+    let embed = &message.embed;
+    out.push_str(", {\"callbacks\": ");
+    push_json_value(out, &embed.callbacks)?;
+    out.push_str(", \"errbacks\": ");
+    push_json_value(out, &embed.errbacks)?;
+    out.push_str(", \"chain\": ");
+    push_json_value(out, &embed.chain)?;
+    out.push_str(", \"chord\": ");
+    push_json_value(out, &embed.chord)?;
+    out.push_str("}]");
+    Ok(())
+}
+
+/// Appends a non-negative integer in decimal.
+pub(crate) fn push_integer(out: &mut String, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        // `value % 10` is below 10.
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[at..] {
+        out.push(char::from(digit));
+    }
+}
+
+/// The protocol 2 body: `[args, kwargs, embed]`: the serde reference for [`push_body_json`].
+#[cfg(test)]
 pub(crate) struct BodyJson<'a>(pub(crate) &'a TaskMessage);
 
+#[cfg(test)]
 impl Serialize for BodyJson<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut seq = serializer.serialize_seq(Some(3))?;
@@ -360,6 +521,7 @@ impl Serialize for BodyJson<'_> {
     }
 }
 
+#[cfg(test)]
 impl Serialize for Embed {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut embed = serializer.serialize_struct("Embed", 4)?;
@@ -388,97 +550,271 @@ impl ParsedHeaders {
         keep_custom: bool,
     ) -> Result<Self, DecodeError> {
         let mut parsed = Self::default();
-        let h = &mut parsed.headers;
         for (key, value) in pairs {
-            let name = key.as_ref();
-            match name {
-                "task" => parsed.task = Some(required_string(name, value)?),
-                "id" => parsed.id = Some(required_string(name, value)?),
-                "lang" => h.lang = optional_string(name, value)?,
-                "shadow" => h.shadow = optional_string(name, value)?,
-                "eta" => h.eta = optional_timestamp(name, value)?,
-                "expires" => h.expires = optional_timestamp(name, value)?,
-                "group" => h.group = optional_string(name, value)?,
-                "group_index" => h.group_index = optional_integer(name, value)?,
-                "retries" => h.retries = counter(name, value)?,
-                "timelimit" => h.timelimit = time_limit(name, value)?,
-                "root_id" => h.root_id = optional_string(name, value)?,
-                "parent_id" => h.parent_id = optional_string(name, value)?,
-                "argsrepr" => h.argsrepr = optional_string(name, value)?,
-                "kwargsrepr" => h.kwargsrepr = optional_string(name, value)?,
-                "origin" => h.origin = optional_string(name, value)?,
-                "ignore_result" => {
-                    h.ignore_result = match value {
-                        Value::Null => None,
-                        Value::Bool(b) => Some(b),
-                        other => return Err(invalid(name, "a boolean or null", &other)),
-                    }
-                }
-                "replaced_task_nesting" => h.replaced_task_nesting = counter(name, value)?,
-                "stamped_headers" => {
-                    h.stamped_headers = match value {
-                        Value::Null => None,
-                        Value::Array(items) => Some(
-                            items
-                                .into_iter()
-                                .map(|item| match item {
-                                    Value::String(s) => Ok(s),
-                                    other => {
-                                        Err(invalid(name, "a list of strings or null", &other))
-                                    }
-                                })
-                                .collect::<Result<_, _>>()?,
-                        ),
-                        other => return Err(invalid(name, "a list of strings or null", &other)),
-                    }
-                }
-                "stamps" => {
-                    h.stamps = match value {
-                        Value::Null => Map::new(),
-                        Value::Object(map) => map,
-                        other => return Err(invalid(name, "an object or null", &other)),
-                    }
-                }
-                _ if keep_custom => {
-                    // A repeated name: the last one wins, as in a Python dict.
-                    match h.custom.iter_mut().find(|(existing, _)| existing == name) {
-                        Some((_, existing)) => *existing = value,
-                        None => h.custom.push((key.into(), value)),
-                    }
-                }
-                _ => {}
-            }
+            parsed.apply_value(key, value, keep_custom)?;
         }
         Ok(parsed)
     }
-}
 
-/// A JSON object's entries in order, read without building a map (headers are looked at once,
-/// by name, so hashing them would be wasted), names borrowed from the input when they can be.
-#[derive(Debug, Default)]
-pub(crate) struct HeaderPairs<'a>(pub(crate) Vec<(Cow<'a, str>, Value)>);
+    /// Applies one header, as [`read`](Self::read) does, taking the common kinds (strings
+    /// and nulls of the string headers, counters) without building a JSON value.
+    pub(crate) fn apply<K: AsRef<str> + Into<String>>(
+        &mut self,
+        key: K,
+        value: HeaderValue,
+        keep_custom: bool,
+    ) -> Result<(), DecodeError> {
+        let h = &mut self.headers;
+        let slot = match key.as_ref() {
+            "task" => &mut self.task,
+            "id" => &mut self.id,
+            "lang" => &mut h.lang,
+            "shadow" => &mut h.shadow,
+            "group" => &mut h.group,
+            "root_id" => &mut h.root_id,
+            "parent_id" => &mut h.parent_id,
+            "argsrepr" => &mut h.argsrepr,
+            "kwargsrepr" => &mut h.kwargsrepr,
+            "origin" => &mut h.origin,
+            "retries" | "replaced_task_nesting" | "group_index" => {
+                if let HeaderValue::Count(count) = value {
+                    match key.as_ref() {
+                        "group_index" => h.group_index = Some(count),
+                        name => match u32::try_from(count) {
+                            Ok(count) if name == "retries" => h.retries = count,
+                            Ok(count) => h.replaced_task_nesting = count,
+                            Err(_) => {
+                                return self.apply_value(key, Value::from(count), keep_custom);
+                            }
+                        },
+                    }
+                    return Ok(());
+                }
+                return self.apply_value(key, value.into_value(), keep_custom);
+            }
+            _ => return self.apply_value(key, value.into_value(), keep_custom),
+        };
+        match value {
+            HeaderValue::Str(text) => *slot = Some(text),
+            // `task` and `id` must be strings: the slow path says so.
+            HeaderValue::Null if !matches!(key.as_ref(), "task" | "id") => *slot = None,
+            other => return self.apply_value(key, other.into_value(), keep_custom),
+        }
+        Ok(())
+    }
 
-impl<'de: 'a, 'a> Deserialize<'de> for HeaderPairs<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(PairsVisitor(std::marker::PhantomData))
+    /// Applies one header given as JSON.
+    fn apply_value<K: AsRef<str> + Into<String>>(
+        &mut self,
+        key: K,
+        value: Value,
+        keep_custom: bool,
+    ) -> Result<(), DecodeError> {
+        let h = &mut self.headers;
+        let name = key.as_ref();
+        match name {
+            "task" => self.task = Some(required_string(name, value)?),
+            "id" => self.id = Some(required_string(name, value)?),
+            "lang" => h.lang = optional_string(name, value)?,
+            "shadow" => h.shadow = optional_string(name, value)?,
+            "eta" => h.eta = optional_timestamp(name, value)?,
+            "expires" => h.expires = optional_timestamp(name, value)?,
+            "group" => h.group = optional_string(name, value)?,
+            "group_index" => h.group_index = optional_integer(name, value)?,
+            "retries" => h.retries = counter(name, value)?,
+            "timelimit" => h.timelimit = time_limit(name, value)?,
+            "root_id" => h.root_id = optional_string(name, value)?,
+            "parent_id" => h.parent_id = optional_string(name, value)?,
+            "argsrepr" => h.argsrepr = optional_string(name, value)?,
+            "kwargsrepr" => h.kwargsrepr = optional_string(name, value)?,
+            "origin" => h.origin = optional_string(name, value)?,
+            "ignore_result" => {
+                h.ignore_result = match value {
+                    Value::Null => None,
+                    Value::Bool(b) => Some(b),
+                    other => return Err(invalid(name, "a boolean or null", &other)),
+                }
+            }
+            "replaced_task_nesting" => h.replaced_task_nesting = counter(name, value)?,
+            "stamped_headers" => {
+                h.stamped_headers = match value {
+                    Value::Null => None,
+                    Value::Array(items) => Some(
+                        items
+                            .into_iter()
+                            .map(|item| match item {
+                                Value::String(s) => Ok(s),
+                                other => Err(invalid(name, "a list of strings or null", &other)),
+                            })
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    other => return Err(invalid(name, "a list of strings or null", &other)),
+                }
+            }
+            "stamps" => {
+                h.stamps = match value {
+                    Value::Null => Map::new(),
+                    Value::Object(map) => map,
+                    other => return Err(invalid(name, "an object or null", &other)),
+                }
+            }
+            _ if keep_custom => {
+                // A repeated name: the last one wins, as in a Python dict.
+                match h.custom.iter_mut().find(|(existing, _)| existing == name) {
+                    Some((_, existing)) => *existing = value,
+                    None => h.custom.push((key.into(), value)),
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
-struct PairsVisitor<'a>(std::marker::PhantomData<&'a ()>);
+/// A header value: strings, nulls and counters as they are, anything else as JSON.
+#[derive(Debug)]
+pub(crate) enum HeaderValue {
+    /// `null` / void.
+    Null,
+    /// A string.
+    Str(String),
+    /// A non-negative integer (AMQP headers only; JSON numbers are [`Other`](Self::Other)).
+    Count(u64),
+    /// Anything else.
+    Other(Value),
+}
 
-impl<'de: 'a, 'a> Visitor<'de> for PairsVisitor<'a> {
-    type Value = HeaderPairs<'a>;
+impl HeaderValue {
+    pub(crate) fn into_value(self) -> Value {
+        match self {
+            Self::Null => Value::Null,
+            Self::Str(text) => Value::String(text),
+            Self::Count(count) => Value::from(count),
+            Self::Other(value) => value,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HeaderValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(HeaderValueVisitor)
+    }
+}
+
+/// Reads strings and nulls directly and everything else exactly as `Value` reads it.
+struct HeaderValueVisitor;
+
+impl<'de> Visitor<'de> for HeaderValueVisitor {
+    type Value = HeaderValue;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("any valid JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<HeaderValue, E> {
+        Ok(HeaderValue::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<HeaderValue, E> {
+        Ok(HeaderValue::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<HeaderValue, D::Error> {
+        HeaderValue::deserialize(deserializer)
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<HeaderValue, E> {
+        Ok(HeaderValue::Str(text.to_owned()))
+    }
+
+    fn visit_string<E>(self, text: String) -> Result<HeaderValue, E> {
+        Ok(HeaderValue::Str(text))
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<HeaderValue, E> {
+        Ok(HeaderValue::Other(Value::Bool(value)))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<HeaderValue, E> {
+        Ok(HeaderValue::Other(Value::from(value)))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<HeaderValue, E> {
+        Ok(HeaderValue::Other(Value::from(value)))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<HeaderValue, E> {
+        Ok(HeaderValue::Other(
+            Number::from_f64(value).map_or(Value::Null, Value::Number),
+        ))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<HeaderValue, A::Error> {
+        Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+            .map(HeaderValue::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<HeaderValue, A::Error> {
+        // Objects, and numbers (serde_json's `arbitrary_precision` hands them over as a map).
+        Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            .map(HeaderValue::Other)
+    }
+}
+
+/// The header table of a Redis envelope, applied while it is read. Errors are kept for
+/// later, so that they come in the order a two-pass read gives: every kombu-tag error before
+/// any header error, each the first of its kind, and both after the envelope's own checks.
+#[derive(Debug, Default)]
+pub(crate) struct HeadersIn {
+    pub(crate) parsed: ParsedHeaders,
+    pub(crate) untag_error: Option<DecodeError>,
+    pub(crate) header_error: Option<DecodeError>,
+}
+
+impl HeadersIn {
+    /// The headers, or the error a two-pass read would have given first.
+    #[inline]
+    pub(crate) fn finish(self) -> Result<ParsedHeaders, DecodeError> {
+        match (self.untag_error, self.header_error) {
+            (Some(error), _) | (None, Some(error)) => Err(error),
+            (None, None) => Ok(self.parsed),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HeadersIn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(HeadersVisitor)
+    }
+}
+
+struct HeadersVisitor;
+
+impl<'de> Visitor<'de> for HeadersVisitor {
+    type Value = HeadersIn;
 
     fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.write_str("an object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderPairs<'a>, A::Error> {
-        let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(20).min(64));
-        while let Some(MaybeBorrowed(name)) = map.next_key::<MaybeBorrowed<'a>>()? {
-            pairs.push((name, map.next_value::<Value>()?));
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeadersIn, A::Error> {
+        let mut headers = HeadersIn::default();
+        while let Some(MaybeBorrowed(name)) = map.next_key::<MaybeBorrowed<'de>>()? {
+            let mut value = map.next_value::<HeaderValue>()?;
+            if let HeaderValue::Other(json) = &mut value
+                && let Err(error) = untag(json, || format!("headers.{name}"))
+            {
+                headers.untag_error.get_or_insert(error);
+                continue;
+            }
+            if headers.untag_error.is_none()
+                && headers.header_error.is_none()
+                && let Err(error) = headers.parsed.apply(name, value, true)
+            {
+                headers.header_error = Some(error);
+            }
         }
-        Ok(HeaderPairs(pairs))
+        Ok(headers)
     }
 }
 

@@ -62,6 +62,7 @@ mod message;
 mod python_json;
 mod python_repr;
 mod redis;
+mod scan;
 mod timestamp;
 mod uuid4;
 

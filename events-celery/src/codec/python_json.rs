@@ -75,13 +75,11 @@ impl Formatter for PythonJsonFormatter {
         writer: &mut W,
         value: &str,
     ) -> io::Result<()> {
-        // Numbers kept as text (serde_json's `arbitrary_precision`): integers as they are,
-        // floats re-spelled the way Python's repr spells them.
         if is_integer_literal(value) {
             writer.write_all(value.as_bytes())
         } else {
             let mut text = String::with_capacity(value.len() + 8);
-            push_python_float_text(value, &mut text);
+            push_number_text(value, &mut text);
             writer.write_all(text.as_bytes())
         }
     }
@@ -140,6 +138,107 @@ pub fn write_python_json<T: Serialize + ?Sized>(
 ) -> Result<(), serde_json::Error> {
     let mut serializer = serde_json::Serializer::with_formatter(out, PythonJsonFormatter);
     value.serialize(&mut serializer)
+}
+
+// ----- a direct writer for the codec's own documents --------------------------------------
+//
+// The envelope, the headers and the body are written by hand into a `String`, with the same
+// output as `write_python_json` gives for them (the golden and property tests hold both to
+// Python's bytes): serde's serializer machinery costs more than the writing for documents
+// this small. Strings that need escaping go through serde_json with the formatter, so every
+// escape stays serde_json's and the formatter's.
+
+/// Appends a number kept as text (serde_json's `arbitrary_precision`): integers as they are,
+/// floats re-spelled the way Python's repr spells them.
+pub(crate) fn push_number_text(text: &str, out: &mut String) {
+    if is_integer_literal(text) {
+        out.push_str(text);
+    } else {
+        push_python_float_text(text, out);
+    }
+}
+
+/// Appends `text` as a JSON string, as Python's `json.dumps` writes it.
+pub(crate) fn push_json_str(out: &mut String, text: &str) -> Result<(), serde_json::Error> {
+    if is_plain_ascii(text.as_bytes()) {
+        out.reserve(text.len() + 2);
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+        return Ok(());
+    }
+    let mut escaped = Vec::with_capacity(text.len() + 16);
+    write_python_json(&mut escaped, text)?;
+    // The formatter writes only ASCII.
+    out.push_str(&String::from_utf8_lossy(&escaped));
+    Ok(())
+}
+
+/// Appends `value` as Python's `json.dumps` writes it.
+pub(crate) fn push_json_value(out: &mut String, value: &Value) -> Result<(), serde_json::Error> {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Number(number) => push_number_text(number.as_str(), out),
+        Value::String(text) => push_json_str(out, text)?,
+        Value::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push_str(", ");
+                }
+                push_json_value(out, item)?;
+            }
+            out.push(']');
+        }
+        Value::Object(map) => push_json_map(out, map)?,
+    }
+    Ok(())
+}
+
+/// Appends `map` as a JSON object, as Python's `json.dumps` writes a dict.
+pub(crate) fn push_json_map(
+    out: &mut String,
+    map: &serde_json::Map<String, Value>,
+) -> Result<(), serde_json::Error> {
+    out.push('{');
+    for (index, (key, item)) in map.iter().enumerate() {
+        if index > 0 {
+            out.push_str(", ");
+        }
+        push_json_str(out, key)?;
+        out.push_str(": ");
+        push_json_value(out, item)?;
+    }
+    out.push('}');
+    Ok(())
+}
+
+/// Whether every byte is printable ASCII other than `"` and the backslash (written as it is).
+/// Eight bytes at a time; a false "no" only sends the text to the exact, slower path.
+fn is_plain_ascii(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::MAX / 255;
+    const HIGH: u64 = ONES << 7;
+    let has_zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        let special = (x & HIGH)
+            | (x.wrapping_sub(ONES * 0x20) & !x & HIGH)
+            | has_zero_byte(x ^ (ONES * u64::from(b'"')))
+            | has_zero_byte(x ^ (ONES * u64::from(b'\\')))
+            | has_zero_byte(x ^ (ONES * 0x7f));
+        if special != 0 {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
 /// Re-spells every float inside `value` as Python's repr (`1e-7` → `1e-07`), so the value
@@ -338,6 +437,44 @@ mod tests {
         assert!(json.contains(r#""big": 1180591620717411303424"#));
         assert!(json.contains(r#""float": 1e-07"#));
         assert!(json.is_ascii());
+    }
+
+    #[test]
+    fn the_direct_writer_matches_the_formatter() {
+        let values = [
+            json!({
+                "text": "Łódź — 東京 — emoji 🚗",
+                "control": "tab\tnewline\nquote\"backslash\\ del\u{7f} nul\u{0} bell\u{7}",
+                "nested": [1, [2, {"k": [null, true, false]}], {}, []],
+                "big": serde_json::from_str::<Value>("1180591620717411303424").unwrap(),
+                "floats": [1e-7, 2.0, 1e300, -0.0, 0.1],
+                "plain": "abcdefghijklmnopqrstuvwxyz 0123456789 ~!@#$%^&*()_+",
+                "": "",
+            }),
+            json!([]),
+            json!({}),
+            json!("x"),
+            json!(-5),
+        ];
+        for value in values {
+            let mut direct = String::new();
+            push_json_value(&mut direct, &value).unwrap();
+            assert_eq!(direct, to_python_json(&value).unwrap());
+        }
+    }
+
+    #[test]
+    fn plain_ascii_is_recognised_at_every_position() {
+        for byte in 0..=255u8 {
+            for len in 1..20 {
+                for at in 0..len {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = byte;
+                    let expected = (0x20..0x7f).contains(&byte) && byte != b'"' && byte != b'\\';
+                    assert_eq!(is_plain_ascii(&bytes), expected, "{byte} at {at} of {len}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub(crate) fn kwargs_repr(kwargs: &Map<String, Value>) -> String {
 
 /// `saferepr(tuple(args), 1024)`.
 pub(crate) fn args_repr(args: &[Value]) -> String {
+    if args.is_empty() {
+        return "()".to_owned();
+    }
     let mut repr = SafeRepr::new();
     let end = if args.len() == 1 { ",)" } else { ")" };
     repr.sequence("(", end, args);
@@ -34,8 +37,36 @@ struct SafeRepr {
     out: String,
     budget: i64,
     level: usize,
-    closers: Vec<&'static str>,
+    closers: Closers,
     exhausted: bool,
+}
+
+/// The closing brackets of the open containers: at most `MAX_LEVELS` + 1, kept inline (a
+/// deeper stack, which cannot happen, would spill to the heap rather than fail).
+#[derive(Default)]
+struct Closers {
+    inline: [&'static str; MAX_LEVELS + 1],
+    len: usize,
+    spill: Vec<&'static str>,
+}
+
+impl Closers {
+    fn push(&mut self, closer: &'static str) {
+        if self.len < self.inline.len() {
+            self.inline[self.len] = closer;
+            self.len += 1;
+        } else {
+            self.spill.push(closer);
+        }
+    }
+
+    fn pop(&mut self) -> Option<&'static str> {
+        if let Some(closer) = self.spill.pop() {
+            return Some(closer);
+        }
+        self.len = self.len.checked_sub(1)?;
+        Some(self.inline[self.len])
+    }
 }
 
 impl SafeRepr {
@@ -44,7 +75,7 @@ impl SafeRepr {
             out: String::with_capacity(128),
             budget: MAX_SIZE,
             level: 0,
-            closers: Vec::new(),
+            closers: Closers::default(),
             exhausted: false,
         }
     }
@@ -87,6 +118,18 @@ impl SafeRepr {
     fn quoted(&mut self, text: &str) {
         if self.exhausted || self.budget <= 0 {
             self.token("");
+            return;
+        }
+        // The usual case in one pass: ASCII, no `'`, shorter than the budget.
+        if let Ok(len) = i64::try_from(text.len())
+            && len < self.budget
+            && text.bytes().all(|b| b != b'\'' && b.is_ascii())
+        {
+            self.out.reserve(text.len() + 2);
+            self.out.push('\'');
+            self.out.push_str(text);
+            self.out.push('\'');
+            self.budget -= len + 2;
             return;
         }
         let cut;

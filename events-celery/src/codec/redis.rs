@@ -13,14 +13,16 @@ use std::borrow::Cow;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::decode::{DecodeOptions, check_content_encoding, check_content_type, decode_body, utf8};
 use super::error::{DecodeError, EncodeError};
-use super::kombu_json::untag;
 use super::message::{
-    BodyJson, HeaderPairs, HeadersJson, MessageProperties, ParsedHeaders, Routing, TaskMessage,
+    HeaderValue, HeadersIn, MessageProperties, Routing, TaskMessage, push_body_json,
+    push_headers_json, push_integer,
 };
-use super::python_json::write_python_json;
+use super::python_json::push_json_str;
+use super::scan::Scanner;
 use super::uuid4::new_uuid4;
 
 /// What kombu puts between a queue name and its priority step in a list key.
@@ -65,6 +67,8 @@ pub struct RedisMessage {
     pub delivery_tag: String,
 }
 
+/// The envelope as serde writes it: the reference the hand-written writer is tested against.
+#[cfg(test)]
 #[derive(Serialize)]
 struct EnvelopeOut<'a> {
     body: &'a str,
@@ -72,10 +76,11 @@ struct EnvelopeOut<'a> {
     content_encoding: &'a str,
     #[serde(rename = "content-type")]
     content_type: &'a str,
-    headers: HeadersJson<'a>,
+    headers: super::message::HeadersJson<'a>,
     properties: PropertiesOut<'a>,
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct PropertiesOut<'a> {
     correlation_id: &'a Option<String>,
@@ -107,8 +112,8 @@ struct EnvelopeIn<'a> {
     content_encoding: Option<Cow<'a, str>>,
     #[serde(borrow, rename = "content-type", default)]
     content_type: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    headers: Option<HeaderPairs<'a>>,
+    #[serde(default)]
+    headers: Option<HeadersIn>,
     #[serde(borrow, default)]
     properties: Option<PropertiesIn<'a>>,
 }
@@ -159,46 +164,71 @@ impl TaskMessage {
 
     /// kombu's envelope with the given delivery tag.
     pub fn redis_envelope(&self, delivery_tag: &str) -> Result<String, EncodeError> {
-        let body = self.body_json()?;
-        let mut body_base64 = String::with_capacity(body.len().div_ceil(3) * 4);
-        STANDARD.encode_string(&body, &mut body_base64);
+        let mut body = String::with_capacity(256);
+        push_body_json(&mut body, self).map_err(EncodeError::Body)?;
         let properties = &self.properties;
-        let envelope = EnvelopeOut {
-            body: &body_base64,
-            content_encoding: &properties.content_encoding,
-            content_type: &properties.content_type,
-            headers: HeadersJson(self),
-            properties: PropertiesOut {
-                correlation_id: &properties.correlation_id,
-                reply_to: &properties.reply_to,
-                origin: properties.origin.as_deref(),
-                delivery_mode: properties.delivery_mode.unwrap_or(2),
-                expiration: properties.expiration.as_deref(),
-                delivery_info: DeliveryInfo {
-                    exchange: Cow::Borrowed(&self.routing.exchange),
-                    routing_key: Cow::Borrowed(&self.routing.routing_key),
-                },
-                priority: properties.priority.unwrap_or(0),
-                body_encoding: "base64",
-                delivery_tag,
-            },
+        let mut out = String::with_capacity(body.len().div_ceil(3) * 4 + 1024);
+        // Written by hand in `EnvelopeOut`'s order (a test holds the two to the same bytes).
+        out.push_str("{\"body\": \"");
+        // Base64 needs no escaping.
+        STANDARD.encode_string(body.as_bytes(), &mut out);
+        out.push_str("\", \"content-encoding\": ");
+        push_json_str(&mut out, &properties.content_encoding).map_err(EncodeError::Body)?;
+        out.push_str(", \"content-type\": ");
+        push_json_str(&mut out, &properties.content_type).map_err(EncodeError::Body)?;
+        out.push_str(", \"headers\": ");
+        push_headers_json(&mut out, self).map_err(EncodeError::Body)?;
+        self.push_redis_properties(&mut out, delivery_tag)
+            .map_err(EncodeError::Body)?;
+        out.push('}');
+        Ok(out)
+    }
+
+    /// `, "properties": {…}` as `PropertiesOut` serialises it.
+    fn push_redis_properties(
+        &self,
+        out: &mut String,
+        delivery_tag: &str,
+    ) -> Result<(), serde_json::Error> {
+        let properties = &self.properties;
+        let optional = |out: &mut String, text: Option<&str>| match text {
+            None => {
+                out.push_str("null");
+                Ok(())
+            }
+            Some(text) => push_json_str(out, text),
         };
-        let mut out = Vec::with_capacity(body_base64.len() + 1024);
-        write_python_json(&mut out, &envelope).map_err(EncodeError::Body)?;
-        // The formatter writes only ASCII.
-        String::from_utf8(out).map_err(|e| {
-            EncodeError::Body(serde_json::Error::io(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                e.utf8_error(),
-            )))
-        })
+        out.push_str(", \"properties\": {\"correlation_id\": ");
+        optional(out, properties.correlation_id.as_deref())?;
+        out.push_str(", \"reply_to\": ");
+        optional(out, properties.reply_to.as_deref())?;
+        if let Some(origin) = &properties.origin {
+            out.push_str(", \"origin\": ");
+            push_json_str(out, origin)?;
+        }
+        out.push_str(", \"delivery_mode\": ");
+        push_integer(out, u64::from(properties.delivery_mode.unwrap_or(2)));
+        if let Some(expiration) = &properties.expiration {
+            out.push_str(", \"expiration\": ");
+            push_json_str(out, expiration)?;
+        }
+        out.push_str(", \"delivery_info\": {\"exchange\": ");
+        push_json_str(out, &self.routing.exchange)?;
+        out.push_str(", \"routing_key\": ");
+        push_json_str(out, &self.routing.routing_key)?;
+        out.push_str("}, \"priority\": ");
+        push_integer(out, u64::from(properties.priority.unwrap_or(0)));
+        out.push_str(", \"body_encoding\": \"base64\", \"delivery_tag\": ");
+        push_json_str(out, delivery_tag)?;
+        out.push('}');
+        Ok(())
     }
 
     /// The protocol 2 body, `[args, kwargs, embed]`, as Python's `json.dumps` writes it.
     pub fn body_json(&self) -> Result<Vec<u8>, EncodeError> {
-        let mut body = Vec::with_capacity(256);
-        write_python_json(&mut body, &BodyJson(self)).map_err(EncodeError::Body)?;
-        Ok(body)
+        let mut body = String::with_capacity(256);
+        push_body_json(&mut body, self).map_err(EncodeError::Body)?;
+        Ok(body.into_bytes())
     }
 
     /// Reads a kombu Redis envelope (as BRPOP returned it).
@@ -227,7 +257,16 @@ impl TaskMessage {
                 },
             });
         }
-        let parsed: EnvelopeIn<'_> = match serde_json::from_str(text) {
+        let parsed: EnvelopeIn<'_> = match scan_envelope(text) {
+            Some(parsed) => parsed,
+            None => Self::parse_envelope(text)?,
+        };
+        Self::from_envelope(parsed, text)
+    }
+
+    /// The envelope read with serde_json: every form JSON allows, and the errors.
+    fn parse_envelope(text: &str) -> Result<EnvelopeIn<'_>, DecodeError> {
+        Ok(match serde_json::from_str(text) {
             Ok(parsed) => parsed,
             // Again, tracking the path, to say where the envelope is wrong.
             Err(error) if error.is_data() => {
@@ -248,8 +287,11 @@ impl TaskMessage {
                     source,
                 });
             }
-        };
+        })
+    }
 
+    #[inline]
+    fn from_envelope(parsed: EnvelopeIn<'_>, text: &str) -> Result<Self, DecodeError> {
         check_content_type(parsed.content_type.as_deref())?;
         check_content_encoding(parsed.content_encoding.as_deref())?;
         let properties = parsed.properties.unwrap_or_default();
@@ -261,11 +303,8 @@ impl TaskMessage {
             Some(other) => return Err(DecodeError::UnsupportedBodyEncoding(other.to_owned())),
         };
 
-        let mut headers = parsed.headers.unwrap_or_default().0;
-        for (name, value) in &mut headers {
-            untag(value, || format!("headers.{name}"))?;
-        }
-        let headers = ParsedHeaders::read(headers, true)?;
+        // Tags were converted and headers applied while reading; their errors come now.
+        let headers = parsed.headers.unwrap_or_default().finish()?;
         let routing = match properties.delivery_info {
             Some(info) => Routing {
                 exchange: info.exchange.into_owned(),
@@ -292,6 +331,154 @@ impl TaskMessage {
     }
 }
 
+/// The envelope as kombu writes it, read by [`Scanner`]: `None` at anything it does not
+/// read (escapes, nesting, unknown or repeated fields, a header that is not accepted), and the
+/// envelope is then read by serde_json, which also reports the errors.
+#[inline]
+fn scan_envelope(text: &str) -> Option<EnvelopeIn<'_>> {
+    let mut s = Scanner::new(text);
+    s.eat(b'{')?;
+    let mut body = None;
+    let mut content_encoding = None;
+    let mut content_type = None;
+    let mut headers = None;
+    let mut properties = None;
+    s.entries(|s, key| {
+        match key {
+            "body" if body.is_none() => body = Some(Cow::Borrowed(s.string()?)),
+            "content-encoding" if content_encoding.is_none() => {
+                content_encoding = Some(s.optional_string()?.map(Cow::Borrowed));
+            }
+            "content-type" if content_type.is_none() => {
+                content_type = Some(s.optional_string()?.map(Cow::Borrowed));
+            }
+            "headers" if headers.is_none() => headers = Some(scan_headers(s)?),
+            "properties" if properties.is_none() => properties = Some(scan_properties(s)?),
+            _ => return None,
+        }
+        Some(())
+    })?;
+    if !s.at_end() {
+        return None;
+    }
+    Some(EnvelopeIn {
+        body: body?,
+        content_encoding: content_encoding.flatten(),
+        content_type: content_type.flatten(),
+        headers: headers.flatten(),
+        properties: properties.flatten(),
+    })
+}
+
+#[inline]
+fn scan_headers(s: &mut Scanner<'_>) -> Option<Option<HeadersIn>> {
+    if s.null() {
+        return Some(None);
+    }
+    s.eat(b'{')?;
+    let mut headers = HeadersIn::default();
+    s.entries(|s, name| {
+        let value = match s.peek()? {
+            b'"' => HeaderValue::Str(s.string()?.to_owned()),
+            b'n' if s.null() => HeaderValue::Null,
+            b't' | b'f' => HeaderValue::Other(Value::Bool(s.boolean()?)),
+            b'0'..=b'9' => HeaderValue::Count(s.integer()?),
+            // `[null, null]` and `{}` mean what `null` means for these two.
+            b'[' if name == "timelimit" => {
+                s.eat(b'[')?;
+                (s.null() && s.eat_if(b',') && s.null() && s.eat_if(b']'))
+                    .then_some(HeaderValue::Null)?
+            }
+            b'{' if name == "stamps" => {
+                s.eat(b'{')?;
+                s.eat(b'}')?;
+                HeaderValue::Null
+            }
+            _ => return None,
+        };
+        // An error is left to serde_json's reading, which puts it in its place.
+        headers.parsed.apply(name, value, true).ok()
+    })?;
+    Some(Some(headers))
+}
+
+#[inline]
+fn scan_properties<'a>(s: &mut Scanner<'a>) -> Option<Option<PropertiesIn<'a>>> {
+    if s.null() {
+        return Some(None);
+    }
+    s.eat(b'{')?;
+    let mut p = PropertiesIn::default();
+    let mut seen = 0u16;
+    s.entries(|s, key| {
+        let field = PROPERTY_NAMES.iter().position(|&name| name == key)?;
+        if seen & (1 << field) != 0 {
+            return None;
+        }
+        seen |= 1 << field;
+        let owned = |text: Option<&str>| text.map(str::to_owned);
+        let small = |s: &mut Scanner<'_>| -> Option<Option<u8>> {
+            if s.null() {
+                Some(None)
+            } else {
+                u8::try_from(s.integer()?).ok().map(Some)
+            }
+        };
+        match key {
+            "correlation_id" => p.correlation_id = owned(s.optional_string()?),
+            "reply_to" => p.reply_to = owned(s.optional_string()?),
+            "origin" => p.origin = owned(s.optional_string()?),
+            "delivery_mode" => p.delivery_mode = small(s)?,
+            "expiration" => p.expiration = owned(s.optional_string()?),
+            "priority" => p.priority = small(s)?,
+            "body_encoding" => p.body_encoding = s.optional_string()?.map(Cow::Borrowed),
+            "delivery_tag" => p.delivery_tag = owned(s.optional_string()?),
+            _ => {
+                // delivery_info
+                if s.null() {
+                    return Some(());
+                }
+                s.eat(b'{')?;
+                let mut info = DeliveryInfo {
+                    exchange: Cow::Borrowed(""),
+                    routing_key: Cow::Borrowed(""),
+                };
+                let (mut exchange, mut routing_key) = (false, false);
+                s.entries(|s, key| {
+                    match key {
+                        "exchange" if !exchange => {
+                            exchange = true;
+                            info.exchange = Cow::Borrowed(s.string()?);
+                        }
+                        "routing_key" if !routing_key => {
+                            routing_key = true;
+                            info.routing_key = Cow::Borrowed(s.string()?);
+                        }
+                        _ => return None,
+                    }
+                    Some(())
+                })?;
+                p.delivery_info = Some(info);
+            }
+        }
+        Some(())
+    })?;
+    Some(Some(p))
+}
+
+/// The fields of `PropertiesIn`.
+const PROPERTY_NAMES: [&str; 9] = [
+    "correlation_id",
+    "reply_to",
+    "origin",
+    "delivery_mode",
+    "expiration",
+    "delivery_info",
+    "priority",
+    "body_encoding",
+    "delivery_tag",
+];
+
 fn envelope_error(error: serde_path_to_error::Error<serde_json::Error>) -> DecodeError {
     let path = error.path().to_string();
     let inner = error.into_inner();
@@ -311,6 +498,84 @@ fn envelope_error(error: serde_path_to_error::Error<serde_json::Error>) -> Decod
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The envelope as serde and the formatter write it (what `redis_envelope` did before it
+    /// was written by hand).
+    fn reference_envelope(message: &TaskMessage, delivery_tag: &str) -> String {
+        use crate::codec::message::{BodyJson, HeadersJson};
+
+        let body = crate::codec::to_python_json(&BodyJson(message)).unwrap();
+        let body_base64 = STANDARD.encode(body.as_bytes());
+        let properties = &message.properties;
+        let envelope = EnvelopeOut {
+            body: &body_base64,
+            content_encoding: &properties.content_encoding,
+            content_type: &properties.content_type,
+            headers: HeadersJson(message),
+            properties: PropertiesOut {
+                correlation_id: &properties.correlation_id,
+                reply_to: &properties.reply_to,
+                origin: properties.origin.as_deref(),
+                delivery_mode: properties.delivery_mode.unwrap_or(2),
+                expiration: properties.expiration.as_deref(),
+                delivery_info: DeliveryInfo {
+                    exchange: Cow::Borrowed(&message.routing.exchange),
+                    routing_key: Cow::Borrowed(&message.routing.routing_key),
+                },
+                priority: properties.priority.unwrap_or(0),
+                body_encoding: "base64",
+                delivery_tag,
+            },
+        };
+        crate::codec::to_python_json(&envelope).unwrap()
+    }
+
+    #[test]
+    fn the_hand_written_envelope_matches_serde() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/redis");
+        let mut messages = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let bytes = std::fs::read(&path).unwrap();
+                messages.push(TaskMessage::decode_redis(&bytes, &DecodeOptions::new()).unwrap());
+            }
+        }
+        assert!(messages.len() > 5);
+        let mut everything = messages[0].clone();
+        let h = &mut everything.headers;
+        h.shadow = Some("sh\u{e9}dow \"q\"".into());
+        h.group = Some("g".into());
+        h.group_index = Some(u64::MAX);
+        h.retries = u32::MAX;
+        h.timelimit.hard = Some(serde_json::from_str("1e-7").unwrap());
+        h.timelimit.soft = Some(serde_json::from_str("30").unwrap());
+        h.ignore_result = Some(true);
+        h.replaced_task_nesting = 3;
+        h.stamped_headers = Some(vec!["a".into(), "\u{1f697}".into()]);
+        h.stamps.insert("a".into(), json!([1, {"b": null}]));
+        h.custom
+            .push(("x-\u{141}".into(), json!({"k": [1.5, "\t"]})));
+        everything.properties.origin = Some("gen1@host".into());
+        everything.properties.expiration = Some("3600000".into());
+        everything.properties.delivery_mode = None;
+        everything.properties.priority = Some(9);
+        everything.routing = Routing {
+            exchange: "ex\\change".into(),
+            routing_key: "\u{7f}".into(),
+        };
+        everything.args = vec![json!(1), json!("two")];
+        messages.push(everything);
+        messages.push(TaskMessage::default());
+        for message in &messages {
+            assert_eq!(
+                message.redis_envelope("tag").unwrap(),
+                reference_envelope(message, "tag"),
+                "{}",
+                message.task
+            );
+        }
+    }
 
     #[test]
     fn priority_keys_follow_kombu_steps() {

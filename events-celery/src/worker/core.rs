@@ -33,11 +33,37 @@ pub(crate) struct DeadLetter {
 impl DeadLetter {
     fn new(reason: impl Into<String>) -> Self {
         Self {
-            reason: reason.into(),
+            reason: bounded(reason.into()),
             handler: None,
             replay: None,
         }
     }
+}
+
+/// The longest reason kept: an error that quotes a hostile message (a 500 KiB string where a
+/// number belongs) must not bloat dead letters and log lines with it.
+const MAX_REASON_BYTES: usize = 1024;
+
+/// `reason`, at most about [`MAX_REASON_BYTES`]: its beginning and its end (where serde
+/// says what it expected), with the middle replaced by a note of how much was cut.
+fn bounded(reason: String) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason;
+    }
+    let mut head = MAX_REASON_BYTES * 3 / 4;
+    while !reason.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = reason.len() - MAX_REASON_BYTES / 4;
+    while !reason.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{}…({} bytes cut)…{}",
+        &reason[..head],
+        tail - head,
+        &reason[tail..]
+    )
 }
 
 /// How to settle a message.
@@ -292,12 +318,12 @@ impl Core {
                     "handler exhausted its retries; dead-lettering"
                 );
                 dead.push(DeadLetter {
-                    reason: format!(
+                    reason: bounded(format!(
                         "handler `{}` failed after {} retries: {}",
                         handler.name(),
                         message.headers.retries,
                         failure.chain()
-                    ),
+                    )),
                     handler: Some(handler.name().to_owned()),
                     replay: Some(Box::new(super::dead_letter::replayable(
                         &message,
@@ -485,5 +511,24 @@ impl WorkerStats {
             ("postponed", get(&self.postponed)),
             ("requeued", get(&self.requeued)),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_bounded_on_character_boundaries() {
+        assert_eq!(bounded("short".to_owned()), "short");
+        let long = format!(
+            "invalid type: string \"{}\", expected u64",
+            "é".repeat(300_000)
+        );
+        let cut = bounded(long);
+        assert!(cut.len() < MAX_REASON_BYTES + 40, "{}", cut.len());
+        assert!(cut.starts_with("invalid type: string \"éé"), "{cut}");
+        assert!(cut.ends_with("éé\", expected u64"), "{cut}");
+        assert!(cut.contains(" bytes cut)"), "{cut}");
     }
 }

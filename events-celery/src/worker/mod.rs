@@ -152,7 +152,8 @@ impl WorkerConfig {
         self
     }
 
-    /// Redis: how many connections wait on `BRPOP` at once (default 16).
+    /// Redis: how many connections wait for messages at once (default 16); each watches one
+    /// of the queues' lists, and takes from all of them.
     pub fn redis_fetchers(mut self, n: usize) -> Self {
         self.redis_fetchers = n.max(1);
         self

@@ -1,7 +1,7 @@
-//! Consuming from Redis as kombu does: `BRPOP` over each queue's priority lists in Celery's
-//! order, kombu's `unacked` hash and `unacked_index` sorted set for every message held, and
-//! restoring messages left unacknowledged past the visibility timeout — ours or a Python
-//! worker's.
+//! Consuming from Redis with kombu's bookkeeping: each queue's priority lists read in Celery's
+//! order, every message taken recorded — atomically, in the same step — in kombu's `unacked`
+//! hash and `unacked_index` sorted set, and messages left unacknowledged past the visibility
+//! timeout restored — ours or a Python worker's.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -26,7 +26,7 @@ const UNACKED_INDEX: &str = "unacked_index";
 const UNACKED_MUTEX: &str = "unacked_mutex";
 /// kombu's `unacked_mutex_expire`.
 const MUTEX_EXPIRE: Duration = Duration::from_secs(300);
-/// How long one `BRPOP` waits before looking at the stop flag again.
+/// How long one wait for messages (`BLMOVE`) lasts before looking at the stop flag again.
 const BRPOP_TIMEOUT_SECS: f64 = 1.0;
 
 /// Messages this worker postponed: a sorted set per list key, scored by eta (ms).

@@ -1,0 +1,327 @@
+//! Fault scenario 5, handler faults: a handler that panics, one that returns an error, async
+//! handlers that never return (ended by `#[handler(time_limit_ms)]` or
+//! `WorkerConfig::time_limit`), a sync handler that overruns its limit, and a sync handler
+//! that blocks its thread while other messages keep flowing. Each failure is retried, then
+//! dead-lettered with its reason; the worker keeps running everything else.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use events_celery::{CeleryBackend, CeleryConfig, RetryPolicy, Worker, WorkerConfig};
+use events_core::{Backend, EventRef, domain_event, handler};
+use tests::fault::{Counts, Published, cleanup_redis_queue_at, command, fault_redis_url};
+use tests::{amqp_channel, amqp_url, cleanup_amqp_queue, eventually, unique_queue};
+
+/// Handler runs: (run, what).
+static RUNS: Mutex<Vec<(String, &'static str)>> = Mutex::new(Vec::new());
+/// Blocking handlers wait while this is set.
+static HOLD: AtomicBool = AtomicBool::new(true);
+
+fn record(run: &str, what: &'static str) {
+    RUNS.lock().unwrap().push((run.to_owned(), what));
+}
+
+fn count(run: &str, what: &str) -> usize {
+    RUNS.lock()
+        .unwrap()
+        .iter()
+        .filter(|(r, w)| r == run && *w == what)
+        .count()
+}
+
+#[domain_event(name = "fault.panics")]
+#[derive(Debug, Clone)]
+struct Panics {
+    run: String,
+}
+
+#[handler(max_retries = 1)]
+fn panicking(event: &Panics) {
+    record(&event.run, "panics");
+    panic!("the handler panicked on purpose");
+}
+
+#[domain_event(name = "fault.errors")]
+#[derive(Debug, Clone)]
+struct Errors {
+    run: String,
+}
+
+#[handler(max_retries = 1)]
+async fn failing(event: &Errors) -> Result<(), std::io::Error> {
+    record(&event.run, "errors");
+    Err(std::io::Error::other("the downstream service said no"))
+}
+
+#[domain_event(name = "fault.hangs")]
+#[derive(Debug, Clone)]
+struct Hangs {
+    run: String,
+}
+
+#[handler(time_limit_ms = 300, max_retries = 1)]
+async fn never_returns(event: &Hangs) {
+    record(&event.run, "hangs");
+    std::future::pending::<()>().await;
+}
+
+#[domain_event(name = "fault.hangs_unlimited")]
+#[derive(Debug, Clone)]
+struct HangsUnlimited {
+    run: String,
+}
+
+/// No limit of its own: `WorkerConfig::time_limit` ends it.
+#[handler(max_retries = 0)]
+async fn never_returns_either(event: &HangsUnlimited) {
+    record(&event.run, "hangs_unlimited");
+    std::future::pending::<()>().await;
+}
+
+#[domain_event(name = "fault.overruns")]
+#[derive(Debug, Clone)]
+struct Overruns {
+    run: String,
+}
+
+#[handler(time_limit_ms = 200, max_retries = 0)]
+fn sleeps_too_long(event: &Overruns) {
+    record(&event.run, "overruns");
+    std::thread::sleep(Duration::from_millis(1500));
+}
+
+#[domain_event(name = "fault.blocks")]
+#[derive(Debug, Clone)]
+struct Blocks {
+    run: String,
+}
+
+/// Blocks its thread until the test lets it go (its own limit overrides the worker's).
+#[handler(time_limit_ms = 120000)]
+fn blocks_its_thread(event: &Blocks) {
+    record(&event.run, "blocking");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while HOLD.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    record(&event.run, "unblocked");
+}
+
+#[domain_event(name = "fault.quick")]
+#[derive(Debug, Clone)]
+struct Quick {
+    run: String,
+}
+
+#[handler]
+fn quick(event: &Quick) {
+    record(&event.run, "quick");
+}
+
+/// The dead-letter reasons of `queue`.
+async fn reasons(url: &str, queue: &str, expected: usize) -> Vec<String> {
+    let dead = format!("{queue}.dead_letter");
+    let found = eventually(Duration::from_secs(30), || {
+        let dead = dead.clone();
+        async move {
+            let reasons: Vec<String> = if url.starts_with("redis") {
+                let client = redis::Client::open(url).ok()?;
+                let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+                let raw: Vec<String> = redis::cmd("LRANGE")
+                    .arg(&dead)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut connection)
+                    .await
+                    .ok()?;
+                raw.iter()
+                    .map(|r| {
+                        serde_json::from_str::<serde_json::Value>(r).unwrap()["reason"].to_string()
+                    })
+                    .collect()
+            } else {
+                let (connection, channel) = amqp_channel().await;
+                let mut reasons = Vec::new();
+                while let Ok(Some(m)) = channel
+                    .basic_get(
+                        dead.as_str().into(),
+                        lapin::options::BasicGetOptions { no_ack: false },
+                    )
+                    .await
+                {
+                    let headers = m.delivery.properties.headers().clone().unwrap_or_default();
+                    reasons.push(match headers.inner().get("x-dead-letter-reason") {
+                        Some(lapin::types::AMQPValue::LongString(s)) => {
+                            String::from_utf8_lossy(s.as_bytes()).into_owned()
+                        }
+                        other => format!("{other:?}"),
+                    });
+                }
+                // Closing without acknowledging returns them: the next look sees them all.
+                let _ = connection.close(200, "peeked".into()).await;
+                reasons
+            };
+            (reasons.len() >= expected).then_some(reasons)
+        }
+    })
+    .await;
+    found.unwrap_or_default()
+}
+
+async fn handler_faults(broker: &str, url: &str, test: &str) -> String {
+    let queue = unique_queue("fault_handlers");
+    let run = queue.clone();
+    let backend = CeleryBackend::connect(CeleryConfig::new(url).unwrap().default_queue(&queue))
+        .await
+        .unwrap();
+    let config = WorkerConfig::new(url)
+        .unwrap()
+        .queues([queue.clone()])
+        .concurrency(4)
+        .time_limit(Duration::from_millis(300))
+        .retry(RetryPolicy {
+            max_retries: 1,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(200),
+        });
+    let worker = Worker::new(config).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(worker.run_until(async {
+        let _ = stopped.await;
+    }));
+
+    let r = || run.clone();
+    // A handler that blocks its thread, then messages that must flow meanwhile.
+    backend
+        .publish(EventRef::new(&Blocks { run: r() }))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            (count(&run, "blocking") == 1).then_some(())
+        })
+        .await
+        .is_some(),
+        "the blocking handler did not start"
+    );
+    for _ in 0..20 {
+        backend
+            .publish(EventRef::new(&Quick { run: r() }))
+            .await
+            .unwrap();
+    }
+    backend
+        .publish(EventRef::new(&Panics { run: r() }))
+        .await
+        .unwrap();
+    backend
+        .publish(EventRef::new(&Errors { run: r() }))
+        .await
+        .unwrap();
+    backend
+        .publish(EventRef::new(&Hangs { run: r() }))
+        .await
+        .unwrap();
+    backend
+        .publish(EventRef::new(&HangsUnlimited { run: r() }))
+        .await
+        .unwrap();
+    backend
+        .publish(EventRef::new(&Overruns { run: r() }))
+        .await
+        .unwrap();
+    let flowed = eventually(Duration::from_secs(30), || async {
+        (count(&run, "quick") == 20).then_some(())
+    })
+    .await;
+    assert!(
+        flowed.is_some(),
+        "messages stopped flowing while a handler blocked its thread"
+    );
+    assert_eq!(
+        count(&run, "unblocked"),
+        0,
+        "the blocking handler was not blocking meanwhile"
+    );
+
+    // Five failing messages; panics, errors and hangs are retried once, the others not.
+    let reasons = reasons(url, &queue, 5).await;
+    assert_eq!(reasons.len(), 5, "{reasons:?}");
+    let has = |needle: &str| reasons.iter().any(|r| r.contains(needle));
+    assert!(
+        has("failed after 1 retries: panicked: the handler panicked on purpose"),
+        "{reasons:?}"
+    );
+    assert!(
+        has("failed after 1 retries: the downstream service said no"),
+        "{reasons:?}"
+    );
+    assert!(
+        has("never_returns` failed after 1 retries: did not finish within its time limit of 300ms"),
+        "{reasons:?}"
+    );
+    assert!(
+        has(
+            "never_returns_either` failed after 0 retries: did not finish within its time limit of 300ms"
+        ),
+        "{reasons:?}"
+    );
+    assert!(
+        has(
+            "sleeps_too_long` failed after 0 retries: did not finish within its time limit of 200ms"
+        ),
+        "{reasons:?}"
+    );
+    assert_eq!(count(&run, "panics"), 2);
+    assert_eq!(count(&run, "errors"), 2);
+    assert_eq!(count(&run, "hangs"), 2);
+    assert_eq!(count(&run, "hangs_unlimited"), 1);
+    assert_eq!(count(&run, "overruns"), 1);
+
+    // Let the blocked handler go: its message completes, and the worker stops cleanly.
+    HOLD.store(false, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            (count(&run, "unblocked") == 1).then_some(())
+        })
+        .await
+        .is_some()
+    );
+    assert!(!done.is_finished(), "the worker stopped");
+    let _ = stop.send(());
+    let stats = done.await.unwrap().unwrap();
+    let snapshot: HashMap<_, _> = stats.snapshot().into_iter().collect();
+    assert_eq!(snapshot["dead_lettered"], 5, "{snapshot:?}");
+    assert_eq!(snapshot["succeeded"], 21, "{snapshot:?}");
+
+    let total = 26u64;
+    let mut published = Published::default();
+    published.confirmed.extend(0..total);
+    let runs: HashMap<u64, u64> = (0..total).map(|i| (i, 1)).collect();
+    Counts::new(
+        &format!("5. handler faults, {broker}"),
+        "1 handler blocking its thread + 20 quick messages (all ran meanwhile); a panic, an error, \
+         2 async handlers that never return (`time_limit_ms = 300`; `WorkerConfig::time_limit`), \
+         a sync handler over its 200 ms limit: each retried as configured, then dead-lettered \
+         with its reason (\"processed\" = ran to success or dead-lettered)",
+        &published,
+        &runs,
+        &command("fault_handlers", test),
+    )
+    .report();
+    queue
+}
+
+/// Both brokers in one test: the blocking handler's hold is process-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_faults_on_both_brokers() {
+    let url = fault_redis_url();
+    let queue = handler_faults("Redis", &url, "handler_faults_on_both_brokers").await;
+    cleanup_redis_queue_at(&url, &queue).await;
+    HOLD.store(true, Ordering::SeqCst);
+    let queue = handler_faults("RabbitMQ", &amqp_url(), "handler_faults_on_both_brokers").await;
+    cleanup_amqp_queue(&queue).await;
+    cleanup_amqp_queue(&format!("{queue}.dead_letter")).await;
+}

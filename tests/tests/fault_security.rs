@@ -1,0 +1,376 @@
+//! Fault scenario 6, security: passwords never reach logs or errors (captured at TRACE level);
+//! TLS URLs (`amqps://`, `rediss://`) are accepted and really use TLS (a plain port fails the
+//! handshake — never a silent downgrade); a message over the size limit is dead-lettered
+//! before it is decoded. (Only JSON is ever deserialised: see the pickle, yaml and msgpack
+//! cases of `fault_bad_input.rs`.)
+
+use std::sync::{Mutex, Once};
+use std::time::Duration;
+
+use events_celery::{BrokerUrl, CeleryBackend, CeleryConfig, Worker, WorkerConfig};
+use events_core::{Backend, EventRef, domain_event, handler};
+use tests::fault::{
+    Counts, PrivateRedis, Published, cleanup_redis_queue_at, command, fault_redis_url, rabbitmqctl,
+};
+use tests::{amqp_url, cleanup_amqp_queue, eventually, unique_queue};
+
+/// Everything logged in this test binary, at every level.
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+static CAPTURE: Once = Once::new();
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    CAPTURE.call_once(|| {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(|| Capture)
+            .init();
+    });
+}
+
+fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
+}
+
+/// Fails if `secret` appears in the captured logs or in `texts`.
+fn assert_secret_kept(secret: &str, texts: &[String]) {
+    let logs = logs();
+    assert!(
+        !logs.is_empty(),
+        "nothing was logged: the test proves nothing"
+    );
+    if let Some(at) = logs.find(secret) {
+        let start = logs[..at].rfind('\n').map_or(0, |i| i + 1);
+        let end = logs[at..].find('\n').map_or(logs.len(), |i| at + i);
+        panic!("the password was logged: {}", &logs[start..end]);
+    }
+    for text in texts {
+        assert!(!text.contains(secret), "the password is in: {text}");
+    }
+}
+
+#[domain_event(name = "fault.secure")]
+#[derive(Debug, Clone)]
+struct Secure {
+    run: String,
+    filler: String,
+}
+
+static RAN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[handler]
+fn secure(event: &Secure) {
+    RAN.lock().unwrap().push(event.run.clone());
+}
+
+fn ran(run: &str) -> usize {
+    RAN.lock().unwrap().iter().filter(|r| *r == run).count()
+}
+
+/// Publishes one event and runs a worker until it ran; returns what could leak: errors and
+/// `Debug` output.
+async fn round_trip(url: &str) -> Vec<String> {
+    let queue = unique_queue("fault_secure");
+    let config = CeleryConfig::new(url).unwrap().default_queue(&queue);
+    let mut texts = vec![format!("{config:?}")];
+    let backend = CeleryBackend::connect(config).await.unwrap();
+    texts.push(backend.describe());
+    backend
+        .publish(EventRef::new(&Secure {
+            run: queue.clone(),
+            filler: String::new(),
+        }))
+        .await
+        .unwrap();
+    let config = WorkerConfig::new(url).unwrap().queues([queue.clone()]);
+    texts.push(format!("{config:?}"));
+    let worker = Worker::new(config).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(worker.run_until(async {
+        let _ = stopped.await;
+    }));
+    let done_running = eventually(Duration::from_secs(20), || async {
+        (ran(&queue) == 1).then_some(())
+    })
+    .await;
+    assert!(done_running.is_some(), "the event did not run");
+    let _ = stop.send(());
+    done.await.unwrap().unwrap();
+    if url.starts_with("amqp") {
+        cleanup_amqp_queue(&queue).await;
+    }
+    texts
+}
+
+/// What connecting to `url` says when it fails, and what a worker logs trying for a while.
+async fn failing(url: &str) -> Vec<String> {
+    let config = CeleryConfig::new(url)
+        .unwrap()
+        .publish_timeout(Duration::from_secs(3));
+    let mut texts = vec![format!("{config:?}")];
+    let Err(error) = CeleryBackend::connect(config).await else {
+        panic!("connecting to {} must fail", BrokerUrl::parse(url).unwrap());
+    };
+    texts.push(error.to_string());
+    texts.push(format!("{error:?}"));
+    let worker = Worker::new(
+        WorkerConfig::new(url)
+            .unwrap()
+            .queues([unique_queue("fault_secure")])
+            .reconnect_max_delay(Duration::from_millis(200)),
+    )
+    .unwrap();
+    let result = worker
+        .run_until(tokio::time::sleep(Duration::from_millis(1500)))
+        .await;
+    texts.push(format!("{result:?}"));
+    texts
+}
+
+/// A RabbitMQ user with a password of its own, deleted when dropped.
+struct RabbitUser(&'static str);
+
+impl RabbitUser {
+    fn create(name: &'static str, password: &str) -> Self {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", name])
+            .output();
+        rabbitmqctl(&["add_user", name, password]);
+        rabbitmqctl(&["set_permissions", "-p", "/", name, ".*", ".*", ".*"]);
+        Self(name)
+    }
+}
+
+impl Drop for RabbitUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", self.0])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_passwords_are_never_logged() {
+    capture_logs();
+    let secret = "S3cr3t-amqp-Pw";
+    let _user = RabbitUser::create("fault_secure_user", secret);
+    let url = format!("amqp://fault_secure_user:{secret}@127.0.0.1:5672//");
+    let mut texts = round_trip(&url).await;
+    // Wrong password on the real broker, and a closed port.
+    texts.extend(
+        failing(&format!(
+            "amqp://fault_secure_user:{secret}-wrong@127.0.0.1:5672//"
+        ))
+        .await,
+    );
+    texts.extend(failing(&format!("amqp://fault_secure_user:{secret}@127.0.0.1:1//")).await);
+    assert_secret_kept(secret, &texts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_passwords_are_never_logged() {
+    capture_logs();
+    let secret = "S3cr3t-redis-Pw";
+    let redis = PrivateRedis::start_with_password(Some(secret));
+    let mut texts = round_trip(&redis.url()).await;
+    let wrong = redis.url().replace(secret, &format!("{secret}-wrong"));
+    texts.extend(failing(&wrong).await);
+    texts.extend(failing(&format!("redis://:{secret}@127.0.0.1:1/0")).await);
+    texts.extend(failing(&format!("redis://user:{secret}@127.0.0.1:1/0")).await);
+    assert_secret_kept(secret, &texts);
+}
+
+/// What a client sends first to a listener of ours: a TLS client sends a handshake record
+/// (`0x16 0x03 …`), a plain one `AMQP\0…` or a RESP command.
+async fn first_bytes(scheme: &str) -> Vec<u8> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url = match scheme {
+        "amqps" => format!("amqps://guest:guest@127.0.0.1:{port}//"),
+        _ => format!("rediss://127.0.0.1:{port}/0"),
+    };
+    let accept = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut socket, _) = listener.accept().unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut first = vec![0u8; 3];
+        socket.read_exact(&mut first).unwrap();
+        first
+    });
+    let config = CeleryConfig::new(&url)
+        .unwrap()
+        .publish_timeout(Duration::from_secs(3));
+    let error = CeleryBackend::connect(config).await.err();
+    assert!(
+        error.is_some(),
+        "{url} connected to a listener that never answers"
+    );
+    accept.join().unwrap()
+}
+
+/// `amqps://` and `rediss://` parse as TLS URLs, open TLS connections (the first bytes on the
+/// wire are a TLS handshake record), and fail — never fall back to plain text — against a
+/// plain-text broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_urls_use_tls() {
+    capture_logs();
+    for scheme in ["amqps", "rediss"] {
+        let first = first_bytes(scheme).await;
+        assert_eq!(
+            &first[..2],
+            &[0x16, 0x03],
+            "{scheme}: not a TLS handshake: {first:?}"
+        );
+    }
+    for (url, plain) in [
+        ("amqps://guest:guest@127.0.0.1:5672//", amqp_url()),
+        ("rediss://127.0.0.1:6379/0", fault_redis_url()),
+    ] {
+        assert!(BrokerUrl::parse(url).unwrap().is_tls(), "{url}");
+        assert!(!BrokerUrl::parse(&plain).unwrap().is_tls());
+        let config = CeleryConfig::new(url)
+            .unwrap()
+            .publish_timeout(Duration::from_secs(3));
+        let error = CeleryBackend::connect(config)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{url} connected to a plain-text port"));
+        // RabbitMQ answers the ClientHello with its protocol header (a TLS error here); Redis
+        // waits for a command line that never comes (a time-out).
+        eprintln!("{url}: {error}");
+    }
+}
+
+async fn size_limit(url: &str) -> (String, Vec<String>) {
+    let queue = unique_queue("fault_size");
+    let run = queue.clone();
+    let backend = CeleryBackend::connect(CeleryConfig::new(url).unwrap().default_queue(&queue))
+        .await
+        .unwrap();
+    for filler in ["x".repeat(64 * 1024), String::new()] {
+        backend
+            .publish(EventRef::new(&Secure {
+                run: run.clone(),
+                filler,
+            }))
+            .await
+            .unwrap();
+    }
+    let worker = Worker::new(
+        WorkerConfig::new(url)
+            .unwrap()
+            .queues([queue.clone()])
+            .concurrency(1)
+            .max_message_bytes(16 * 1024),
+    )
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(worker.run_until(async {
+        let _ = stopped.await;
+    }));
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            (ran(&run) == 1).then_some(())
+        })
+        .await
+        .is_some()
+    );
+    let dead = format!("{queue}.dead_letter");
+    let reasons: Vec<String> = eventually(Duration::from_secs(20), || {
+        let dead = dead.clone();
+        async move {
+            let reasons: Vec<String> = if url.starts_with("redis") {
+                let client = redis::Client::open(url).ok()?;
+                let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+                let raw: Vec<String> = redis::cmd("LRANGE")
+                    .arg(&dead)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut connection)
+                    .await
+                    .ok()?;
+                raw.iter()
+                    .map(|r| {
+                        serde_json::from_str::<serde_json::Value>(r).unwrap()["reason"].to_string()
+                    })
+                    .collect()
+            } else {
+                let (connection, channel) = tests::amqp_channel().await;
+                let got = channel
+                    .basic_get(
+                        dead.as_str().into(),
+                        lapin::options::BasicGetOptions { no_ack: true },
+                    )
+                    .await
+                    .ok()
+                    .flatten();
+                let _ = connection.close(200, "done".into()).await;
+                got.map(|m| {
+                    let headers = m.delivery.properties.headers().clone().unwrap_or_default();
+                    match headers.inner().get("x-dead-letter-reason") {
+                        Some(lapin::types::AMQPValue::LongString(s)) => {
+                            String::from_utf8_lossy(s.as_bytes()).into_owned()
+                        }
+                        other => format!("{other:?}"),
+                    }
+                })
+                .into_iter()
+                .collect()
+            };
+            (!reasons.is_empty()).then_some(reasons)
+        }
+    })
+    .await
+    .expect("the big message was dead-lettered");
+    let _ = stop.send(());
+    done.await.unwrap().unwrap();
+    assert_eq!(ran(&run), 1, "the big message ran");
+    (queue, reasons)
+}
+
+/// A message over `WorkerConfig::max_message_bytes` is dead-lettered as too large, never
+/// decoded; the small one after it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_limit_is_enforced_before_decoding() {
+    capture_logs();
+    for (broker, url) in [("Redis", fault_redis_url()), ("RabbitMQ", amqp_url())] {
+        let (queue, reasons) = size_limit(&url).await;
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(
+            reasons[0].contains("is over the 16384-byte limit"),
+            "{broker}: {reasons:?}"
+        );
+        let mut published = Published::default();
+        published.confirmed.extend([0, 1]);
+        Counts::new(
+            &format!("6. size limit, {broker}"),
+            "a 64 KiB event then a small one, worker limit 16 KiB: the big one dead-lettered \
+             (\"over the 16384-byte limit\", never decoded), the small one ran",
+            &published,
+            &[(0, 1), (1, 1)].into_iter().collect(),
+            &command("fault_security", "size_limit_is_enforced_before_decoding"),
+        )
+        .report();
+        if broker == "Redis" {
+            cleanup_redis_queue_at(&url, &queue).await;
+        } else {
+            cleanup_amqp_queue(&queue).await;
+            cleanup_amqp_queue(&format!("{queue}.dead_letter")).await;
+        }
+    }
+}
