@@ -576,6 +576,20 @@ impl ParsedHeaders {
             "argsrepr" => &mut h.argsrepr,
             "kwargsrepr" => &mut h.kwargsrepr,
             "origin" => &mut h.origin,
+            // What `null` means for these (the slow path agrees).
+            "eta" | "expires" | "timelimit" | "ignore_result" | "stamped_headers" | "stamps"
+                if matches!(value, HeaderValue::Null) =>
+            {
+                match key.as_ref() {
+                    "eta" => h.eta = None,
+                    "expires" => h.expires = None,
+                    "timelimit" => h.timelimit = TimeLimit::default(),
+                    "ignore_result" => h.ignore_result = None,
+                    "stamped_headers" => h.stamped_headers = None,
+                    _ => h.stamps = Map::new(),
+                }
+                return Ok(());
+            }
             "retries" | "replaced_task_nesting" | "group_index" => {
                 if let HeaderValue::Count(count) = value {
                     match key.as_ref() {
