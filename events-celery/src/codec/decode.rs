@@ -17,6 +17,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeOptions {
     max_message_bytes: usize,
+    keep_raw_envelope: bool,
 }
 
 impl Default for DecodeOptions {
@@ -30,7 +31,20 @@ impl DecodeOptions {
     pub fn new() -> Self {
         Self {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            keep_raw_envelope: true,
         }
+    }
+
+    /// Whether [`TaskMessage::raw_envelope`] keeps a copy of the Redis envelope (default yes).
+    /// A consumer that already holds the bytes (the [`Worker`](crate::Worker) does) saves the
+    /// copy with `false`.
+    pub fn keep_raw_envelope(mut self, keep: bool) -> Self {
+        self.keep_raw_envelope = keep;
+        self
+    }
+
+    pub(crate) fn keeps_raw_envelope(&self) -> bool {
+        self.keep_raw_envelope
     }
 
     /// Refuse messages larger than `limit` bytes, before parsing anything: the whole

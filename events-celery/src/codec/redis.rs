@@ -261,7 +261,8 @@ impl TaskMessage {
             Some(parsed) => parsed,
             None => Self::parse_envelope(text)?,
         };
-        Self::from_envelope(parsed, text)
+        let raw = options.keeps_raw_envelope().then_some(text);
+        Self::from_envelope(parsed, raw)
     }
 
     /// The envelope read with serde_json: every form JSON allows, and the errors.
@@ -291,7 +292,7 @@ impl TaskMessage {
     }
 
     #[inline]
-    fn from_envelope(parsed: EnvelopeIn<'_>, text: &str) -> Result<Self, DecodeError> {
+    fn from_envelope(parsed: EnvelopeIn<'_>, raw: Option<&str>) -> Result<Self, DecodeError> {
         check_content_type(parsed.content_type.as_deref())?;
         check_content_encoding(parsed.content_encoding.as_deref())?;
         let properties = parsed.properties.unwrap_or_default();
@@ -326,7 +327,7 @@ impl TaskMessage {
             delivery_tag: properties.delivery_tag,
         };
         let mut message = decode_body(headers, &body, properties, routing)?;
-        message.raw_envelope = Some(text.to_owned());
+        message.raw_envelope = raw.map(str::to_owned);
         Ok(message)
     }
 }
@@ -685,5 +686,28 @@ mod tests {
                 .unwrap();
         assert_eq!(message.kwargs["payload"], json!({}));
         assert_eq!(message.raw_envelope, Some(envelope.to_string()));
+    }
+
+    #[test]
+    fn the_raw_envelope_copy_is_optional() {
+        let message = TaskMessage::from_payload(
+            "products.product_created",
+            serde_json::json!({"stock": 4}),
+            &crate::codec::EncodeOptions::new(),
+        )
+        .unwrap();
+        let envelope = message.to_redis().unwrap().envelope;
+        let kept = TaskMessage::decode_redis(envelope.as_bytes(), &DecodeOptions::new()).unwrap();
+        assert_eq!(kept.raw_envelope.as_deref(), Some(envelope.as_str()));
+        let options = DecodeOptions::new().keep_raw_envelope(false);
+        let lean = TaskMessage::decode_redis(envelope.as_bytes(), &options).unwrap();
+        assert_eq!(lean.raw_envelope, None);
+        assert_eq!(
+            TaskMessage {
+                raw_envelope: None,
+                ..kept
+            },
+            lean
+        );
     }
 }

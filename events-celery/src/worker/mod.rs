@@ -69,7 +69,8 @@ impl WorkerConfig {
             grace_period: Duration::from_secs(30),
             visibility_timeout: Duration::from_secs(3600),
             restore_interval: Duration::from_secs(10),
-            decode: DecodeOptions::new(),
+            // The worker keeps the envelope's bytes itself.
+            decode: DecodeOptions::new().keep_raw_envelope(false),
             queue_max_priority: None,
             redis_fetchers: 16,
             publish_timeout: Duration::from_secs(10),
