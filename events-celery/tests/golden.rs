@@ -489,6 +489,13 @@ fn payload_errors_name_event_field_and_reason() {
     assert_eq!(error.field(), Some("name"));
     assert!(error.reason().contains("missing field `name`"));
 
+    // The dynamic path (the worker's) names a field of the wrong type too.
+    message.kwargs["payload"]["stock"] = json!("four");
+    let error = message.decode_payload(descriptor).unwrap_err();
+    assert_eq!(error.field(), Some("stock"));
+    assert!(error.reason().contains("expected u32"), "{error}");
+    message.kwargs["payload"]["stock"] = json!(4);
+
     message.kwargs.clear();
     let error = message.payload::<ProductCreated>().unwrap_err();
     assert_eq!(error.field(), None);

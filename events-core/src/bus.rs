@@ -196,13 +196,23 @@ impl EventBus {
         payload: serde_json::Value,
     ) -> Result<(&'static crate::EventDescriptor, crate::AnyEvent), Error> {
         let descriptor = self.registry.lookup(name)?;
-        let value = descriptor
-            .decode_value(payload)
-            .map_err(|source| Error::InvalidPayload {
-                event: descriptor.name(),
-                type_name: descriptor.type_name(),
-                source,
-            })?;
+        let value = match descriptor.decode_value_traced(&payload) {
+            Ok(value) => value,
+            Err(mismatch) => {
+                let path = mismatch.path();
+                // Decoded again without path tracking, for serde_json's own error value.
+                let source = match descriptor.decode_value(payload) {
+                    Err(source) => source,
+                    Ok(value) => return Ok((descriptor, value)),
+                };
+                return Err(Error::InvalidPayload {
+                    event: descriptor.name(),
+                    type_name: descriptor.type_name(),
+                    path,
+                    source,
+                });
+            }
+        };
         Ok((descriptor, value))
     }
 

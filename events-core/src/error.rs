@@ -115,12 +115,14 @@ pub enum Error {
     },
 
     /// The payload does not deserialise into the event type.
-    #[error("payload for event `{event}` does not fit `{type_name}`: {source}")]
+    #[error("payload for event `{event}` does not fit `{type_name}` at `{path}`: {source}")]
     InvalidPayload {
         /// The event's name.
         event: &'static str,
         /// The Rust type it should fit.
         type_name: &'static str,
+        /// Where in the payload (`customer.vip`, `lines[2]`; `.` for the whole payload).
+        path: String,
         /// The deserialisation error (it names the field and the reason).
         #[source]
         source: serde_json::Error,

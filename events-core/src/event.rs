@@ -65,6 +65,7 @@ pub struct EventDescriptor {
     crate_name: &'static str,
     from_value: fn(serde_json::Value) -> Result<AnyEvent, serde_json::Error>,
     from_str: fn(&str) -> Result<AnyEvent, serde_json::Error>,
+    from_value_traced: fn(&serde_json::Value) -> Result<AnyEvent, PayloadMismatch>,
     as_serialize: fn(&(dyn Any + Send + Sync)) -> Option<&dyn erased_serde::Serialize>,
 }
 
@@ -79,6 +80,7 @@ impl EventDescriptor {
             crate_name,
             from_value: from_value::<E>,
             from_str: from_str::<E>,
+            from_value_traced: from_value_traced::<E>,
             as_serialize: as_serialize::<E>,
         }
     }
@@ -111,6 +113,16 @@ impl EventDescriptor {
     /// Deserialises a JSON value into the event type.
     pub fn decode_value(&self, value: serde_json::Value) -> Result<AnyEvent, serde_json::Error> {
         (self.from_value)(value)
+    }
+
+    /// Deserialises a JSON value into the event type; on failure, says where in the value
+    /// (`lines[2].sku`) and why. Slower than [`decode_value`](Self::decode_value): use it to
+    /// explain a failure.
+    pub fn decode_value_traced(
+        &self,
+        value: &serde_json::Value,
+    ) -> Result<AnyEvent, PayloadMismatch> {
+        (self.from_value_traced)(value)
     }
 
     /// Deserialises JSON text into the event type.
@@ -148,6 +160,56 @@ impl fmt::Debug for EventDescriptor {
 
 fn from_value<E: DomainEvent>(value: serde_json::Value) -> Result<AnyEvent, serde_json::Error> {
     serde_json::from_value::<E>(value).map(|e| Box::new(e) as AnyEvent)
+}
+
+fn from_value_traced<E: DomainEvent>(
+    value: &serde_json::Value,
+) -> Result<AnyEvent, PayloadMismatch> {
+    serde_path_to_error::deserialize::<_, E>(value)
+        .map(|e| Box::new(e) as AnyEvent)
+        .map_err(PayloadMismatch)
+}
+
+/// Where a payload does not fit its event type, and why (from
+/// [`EventDescriptor::decode_value_traced`]).
+#[derive(Debug)]
+pub struct PayloadMismatch(serde_path_to_error::Error<serde_json::Error>);
+
+impl PayloadMismatch {
+    /// The path to the value that did not fit, e.g. `lines[2].sku`; `.` for the whole payload.
+    pub fn path(&self) -> String {
+        self.0.path().to_string()
+    }
+
+    /// The JSON value at the failing path, if there is one.
+    pub fn value_in<'v>(&self, payload: &'v serde_json::Value) -> Option<&'v serde_json::Value> {
+        use serde_path_to_error::Segment;
+        self.0
+            .path()
+            .iter()
+            .try_fold(payload, |value, segment| match segment {
+                Segment::Seq { index } => value.get(*index),
+                Segment::Map { key } => value.get(key.as_str()),
+                Segment::Enum { .. } | Segment::Unknown => None,
+            })
+    }
+
+    /// serde's reason.
+    pub fn error(&self) -> &serde_json::Error {
+        self.0.inner()
+    }
+}
+
+impl fmt::Display for PayloadMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at `{}`: {}", self.0.path(), self.0.inner())
+    }
+}
+
+impl std::error::Error for PayloadMismatch {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.inner())
+    }
 }
 
 fn from_str<E: DomainEvent>(json: &str) -> Result<AnyEvent, serde_json::Error> {

@@ -63,7 +63,9 @@ pub use bus::{
     publish_json, subscribe,
 };
 pub use error::{Error, HandlerFailures};
-pub use event::{AnyEvent, DomainEvent, EventDescriptor, EventRef, SourceLocation};
+pub use event::{
+    AnyEvent, DomainEvent, EventDescriptor, EventRef, PayloadMismatch, SourceLocation,
+};
 pub use handler::{
     BoxError, BoxFuture, EventValue, FailureCause, Handler, HandlerDescriptor, HandlerFailure,
     HandlerOptions, HandlerResult, IntoHandlerResult,

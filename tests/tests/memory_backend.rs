@@ -326,6 +326,7 @@ fn publish_json_checks_the_name_and_the_payload() {
         message.contains("invalid type: string \"yes\", expected a boolean"),
         "{message}"
     );
+    assert!(message.contains("at `customer.vip`"), "{message}");
 
     let err = bus
         .publish_json_blocking("memory.invoice_sent", json!({"invoice": 1}))

@@ -221,36 +221,34 @@ impl TaskMessage {
         if let Ok(event) = E::deserialize(value) {
             return Ok(event);
         }
-        serde_path_to_error::deserialize::<_, E>(value).map_err(|error| {
-            let path = error.path().to_string();
-            let mut reason = error.inner().to_string();
-            if reason == "invalid number" {
-                // serde_json's whole message for an integer too wide for the field's type.
-                if let Some(number) = value_at(value, error.path()) {
-                    reason = format!("{number} does not fit the field's type (invalid number)");
-                }
-            }
-            PayloadError {
+        match E::descriptor().decode_value_traced(value) {
+            Err(mismatch) => Err(payload_error(
+                E::NAME,
+                std::any::type_name::<E>(),
+                value,
+                &mismatch,
+            )),
+            // Not reached: the same deserialisation failed just above.
+            Ok(event) => event.downcast::<E>().map(|e| *e).map_err(|_| PayloadError {
                 event: E::NAME.to_owned(),
                 type_name: Some(std::any::type_name::<E>()),
-                field: (path != ".").then_some(path),
-                reason,
-            }
-        })
+                field: None,
+                reason: "the event's descriptor decoded another type".to_owned(),
+            }),
+        }
     }
 
     /// Deserialises the payload with a descriptor from the registry, when the type is known
     /// only at run time.
     pub fn decode_payload(&self, descriptor: &EventDescriptor) -> Result<AnyEvent, PayloadError> {
         let value = self.payload_or_error(descriptor.name(), Some(descriptor.type_name()))?;
-        descriptor
-            .decode_value(value.clone())
-            .map_err(|error| PayloadError {
-                event: descriptor.name().to_owned(),
-                type_name: Some(descriptor.type_name()),
-                field: missing_field(&error),
-                reason: error.to_string(),
-            })
+        match descriptor.decode_value(value.clone()) {
+            Ok(event) => Ok(event),
+            // Again, tracing the path, to say which field does not fit.
+            Err(_) => descriptor.decode_value_traced(value).map_err(|mismatch| {
+                payload_error(descriptor.name(), descriptor.type_name(), value, &mismatch)
+            }),
+        }
     }
 
     fn payload_or_error(
@@ -274,16 +272,33 @@ impl TaskMessage {
     }
 }
 
-fn value_at<'v>(mut value: &'v Value, path: &serde_path_to_error::Path) -> Option<&'v Value> {
-    use serde_path_to_error::Segment;
-    for segment in path.iter() {
-        value = match segment {
-            Segment::Seq { index } => value.get(*index)?,
-            Segment::Map { key } => value.get(key)?,
-            Segment::Enum { .. } | Segment::Unknown => return None,
-        };
+/// The error for a payload that does not fit its event type: the field's path (or the
+/// missing field's), and serde's reason, made explicit for a number too wide for its field.
+fn payload_error(
+    event: &str,
+    type_name: &'static str,
+    payload: &Value,
+    mismatch: &events_core::PayloadMismatch,
+) -> PayloadError {
+    let path = mismatch.path();
+    let mut reason = mismatch.error().to_string();
+    if reason == "invalid number" {
+        // serde_json's whole message for an integer too wide for the field's type.
+        if let Some(number) = mismatch.value_in(payload) {
+            reason = format!("{number} does not fit the field's type (invalid number)");
+        }
     }
-    Some(value)
+    let field = match (path.as_str(), missing_field(mismatch.error())) {
+        (".", missing) => missing,
+        (path, Some(missing)) => Some(format!("{path}.{missing}")),
+        (path, None) => Some(path.to_owned()),
+    };
+    PayloadError {
+        event: event.to_owned(),
+        type_name: Some(type_name),
+        field,
+        reason,
+    }
 }
 
 fn missing_field(error: &serde_json::Error) -> Option<String> {
