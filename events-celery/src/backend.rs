@@ -148,7 +148,10 @@ impl CeleryBackend {
                     max_priority: config.max_priority(),
                 },
             )),
-            BrokerKind::Redis => Publisher::Redis(RedisPublisher::new(config.broker().clone())),
+            BrokerKind::Redis => Publisher::Redis(RedisPublisher::new(
+                config.broker().clone(),
+                config.timeout(),
+            )),
         };
         let (jobs, queued) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {

@@ -30,14 +30,17 @@ pub(crate) struct RedisOutgoing {
 /// Publishes to Redis over one multiplexed connection: concurrent publishes are pipelined.
 pub(crate) struct RedisPublisher {
     url: BrokerUrl,
+    /// How long the client waits for a reply: the publish time limit, which also bounds it.
+    response_timeout: std::time::Duration,
     connection: Mutex<Option<MultiplexedConnection>>,
     bound: std::sync::Mutex<HashSet<String>>,
 }
 
 impl RedisPublisher {
-    pub(crate) fn new(url: BrokerUrl) -> Self {
+    pub(crate) fn new(url: BrokerUrl, response_timeout: std::time::Duration) -> Self {
         Self {
             url,
+            response_timeout,
             connection: Mutex::new(None),
             bound: std::sync::Mutex::new(HashSet::new()),
         }
@@ -48,7 +51,7 @@ impl RedisPublisher {
         if let Some(connection) = guard.as_ref() {
             return Ok(connection.clone());
         }
-        let connection = connect(&self.url).await?;
+        let connection = connect_with_timeout(&self.url, self.response_timeout).await?;
         tracing::info!(broker = %self.url, "connected to Redis");
         *guard = Some(connection.clone());
         Ok(connection)
