@@ -433,8 +433,7 @@ static STARTED: AtomicUsize = AtomicUsize::new(0);
 /// A `fault_worker` process, killed (SIGKILL) and reaped when dropped.
 #[derive(Debug)]
 pub struct WorkerProcess {
-    child: Option<Child>,
-    log: PathBuf,
+    process: crate::LoggedChild,
 }
 
 impl WorkerProcess {
@@ -442,8 +441,6 @@ impl WorkerProcess {
     pub fn start(exe: &str, spec: &WorkerSpec) -> Self {
         let n = STARTED.fetch_add(1, Ordering::SeqCst);
         let log = std::env::temp_dir().join(format!("{}.{n}.fault-worker.log", spec.queue));
-        let out = std::fs::File::create(&log).expect("create the worker log");
-        let err = out.try_clone().expect("clone the log file");
         let mut command = Command::new(exe);
         command
             .env("FAULT_BROKER_URL", &spec.broker_url)
@@ -455,90 +452,42 @@ impl WorkerProcess {
             .env(
                 "FAULT_RECONNECT_MAX_MS",
                 spec.reconnect_max_delay.as_millis().to_string(),
-            )
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+            );
         if let Some(v) = spec.visibility_timeout {
             command.env("FAULT_VISIBILITY_MS", v.as_millis().to_string());
         }
         if let Some(r) = spec.restore_interval {
             command.env("FAULT_RESTORE_MS", r.as_millis().to_string());
         }
-        let child = command.spawn().expect("start fault_worker");
         Self {
-            child: Some(child),
-            log,
+            process: crate::LoggedChild::spawn("fault_worker", &mut command, log),
         }
     }
 
     /// The process id.
     pub fn id(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.process.id()
     }
 
     /// Its output so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     /// Panics with its output if it has exited.
     pub fn assert_running(&mut self) {
-        if let Some(child) = self.child.as_mut()
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            panic!(
-                "fault_worker exited ({status}); its output:\n{}",
-                self.log()
-            );
-        }
+        self.process.assert_running();
     }
 
     /// `kill -9`: the worker dies with whatever it holds.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let status = Command::new("kill")
-                .args(["-9", &child.id().to_string()])
-                .status()
-                .expect("run kill");
-            assert!(status.success(), "kill -9 failed");
-            let _ = child.wait();
-        }
+        self.process.kill9();
     }
 
     /// SIGTERM (a graceful shutdown), SIGKILL after `grace`; returns whether it exited by
     /// itself, successfully.
     pub fn terminate(&mut self, grace: Duration) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return false;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        } else {
-            eprintln!("fault_worker log kept at {}", self.log.display());
-        }
+        self.process.terminate(grace)
     }
 }
 

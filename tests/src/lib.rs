@@ -111,8 +111,102 @@ pub fn python() -> std::path::PathBuf {
 /// stopped (SIGTERM, then SIGKILL) when dropped, so a failing test never leaves one behind.
 #[derive(Debug)]
 pub struct PythonWorker {
+    process: LoggedChild,
+}
+
+/// A child process whose output goes to a log file: checked, killed or stopped by the tests,
+/// killed and reaped when dropped (its log kept if the test is failing).
+#[derive(Debug)]
+pub struct LoggedChild {
+    name: &'static str,
     child: Option<std::process::Child>,
     log: std::path::PathBuf,
+}
+
+impl LoggedChild {
+    /// Starts `command` with its stdout and stderr going to `log`.
+    pub fn spawn(
+        name: &'static str,
+        command: &mut std::process::Command,
+        log: std::path::PathBuf,
+    ) -> Self {
+        let out = std::fs::File::create(&log).expect("create the process log");
+        let err = out.try_clone().expect("clone the log file");
+        let child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Self {
+            name,
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// The process id (0 once it is gone).
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    /// Its output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics with its output if it has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!(
+                "{} exited ({status}); its output:\n{}",
+                self.name,
+                self.log()
+            );
+        }
+    }
+
+    /// `kill -9`: it dies with whatever it holds.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM (a graceful shutdown), SIGKILL after `grace`; returns whether it exited by
+    /// itself, successfully.
+    pub fn terminate(&mut self, grace: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for LoggedChild {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("{} log kept at {}", self.name, self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
 }
 
 /// How to start a [`PythonWorker`].
@@ -203,8 +297,6 @@ impl PythonWorker {
     pub fn start(spec: PythonWorkerSpec) -> Self {
         let python = python();
         let log = std::env::temp_dir().join(format!("{}.celery-worker.log", spec.queue));
-        let out = std::fs::File::create(&log).expect("create the worker log");
-        let err = out.try_clone().expect("clone the log file");
         let mut command = std::process::Command::new(python);
         command
             .args(["-m", "celery", "-A", "domain_events_app", "worker"])
@@ -224,10 +316,7 @@ impl PythonWorker {
             .env("EVENTS_TASK_NAMES", spec.events.join(","))
             .env("EVENTS_REMOTE_CONTROL", "0")
             .env("PYTHONUNBUFFERED", "1")
-            .env_remove("EVENTS_CELERY_QUEUE_MAX_PRIORITY")
-            .stdin(std::process::Stdio::null())
-            .stdout(out)
-            .stderr(err);
+            .env_remove("EVENTS_CELERY_QUEUE_MAX_PRIORITY");
         if let Some(max) = spec.queue_max_priority {
             command.env("EVENTS_CELERY_QUEUE_MAX_PRIORITY", max.to_string());
         }
@@ -250,28 +339,19 @@ impl PythonWorker {
                 timeout.as_secs_f64().to_string(),
             );
         }
-        let child = command.spawn().expect("start the Python Celery worker");
         Self {
-            child: Some(child),
-            log,
+            process: LoggedChild::spawn("the Python Celery worker", &mut command, log),
         }
     }
 
     /// The worker's output so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     /// Panics with the worker's output if it has exited.
     pub fn assert_running(&mut self) {
-        if let Some(child) = self.child.as_mut()
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            panic!(
-                "the Python Celery worker exited ({status}); its output:\n{}",
-                self.log()
-            );
-        }
+        self.process.assert_running();
     }
 
     /// Waits until Celery logs `ready.` (it consumes from then on); panics with the worker's
@@ -292,40 +372,19 @@ impl PythonWorker {
     /// Kills the worker with SIGKILL at once, as a crash would: no warm shutdown, so what it
     /// holds unacknowledged stays in kombu's `unacked` hash.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill9();
     }
 
     /// Stops the worker: SIGTERM (Celery's warm shutdown), SIGKILL after 5 s.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Ok(None) = child.try_wait() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while std::time::Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        self.process.terminate(Duration::from_secs(5));
     }
 }
 
 impl Drop for PythonWorker {
     fn drop(&mut self) {
+        // A warm shutdown first; the process's own drop then removes the log.
         self.stop();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        }
     }
 }
 
