@@ -24,8 +24,10 @@ use crate::error::CeleryError;
 const UNACKED: &str = "unacked";
 const UNACKED_INDEX: &str = "unacked_index";
 const UNACKED_MUTEX: &str = "unacked_mutex";
-/// kombu's `unacked_mutex_expire`.
-const MUTEX_EXPIRE: Duration = Duration::from_secs(300);
+/// How long this worker may hold kombu's `unacked_mutex` (kombu's own is 300 s). Each restore
+/// moves one message atomically, so the mutex only saves duplicate scans: a short hold means a
+/// worker killed mid-scan delays the others' restores by seconds, not five minutes.
+const MUTEX_EXPIRE: Duration = Duration::from_secs(5);
 /// How long one wait for messages (`BLMOVE`) lasts before looking at the stop flag again.
 const BRPOP_TIMEOUT_SECS: f64 = 1.0;
 
@@ -573,8 +575,15 @@ async fn restore_visible(core: &Core, link: &Link) -> Result<(), CeleryError> {
     let outcome = match result {
         Ok((tags,)) => {
             let mut restored = 0;
+            let mut failed = Ok(());
             for tag in tags {
-                restored += restore_by_tag(link, &tag).await?;
+                match restore_by_tag(link, &tag).await {
+                    Ok(n) => restored += n,
+                    Err(error) => {
+                        failed = Err(error);
+                        break;
+                    }
+                }
             }
             if restored > 0 {
                 tracing::warn!(
@@ -582,7 +591,7 @@ async fn restore_visible(core: &Core, link: &Link) -> Result<(), CeleryError> {
                     "restored messages unacknowledged past the visibility timeout"
                 );
             }
-            Ok(())
+            failed
         }
         Err(error) => Err(error),
     };
