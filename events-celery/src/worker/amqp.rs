@@ -83,12 +83,34 @@ async fn session(
             source: Box::new(e),
         }
     };
-    let connection = Connection::connect(&url.amqp_uri(), ConnectionProperties::default())
-        .await
-        .map_err(|e| CeleryError::Connect {
-            broker: url.clone(),
-            source: Box::new(e),
-        })?;
+    // Connecting is bounded in time and gives way to a stop: a broker that accepts the socket
+    // but never completes the handshake must not wedge the worker.
+    let limit = core.config.publish_timeout;
+    let uri = url.amqp_uri();
+    let connecting = tokio::time::timeout(
+        limit,
+        Connection::connect(&uri, ConnectionProperties::default()),
+    );
+    let connection = tokio::select! {
+        biased;
+        () = stopped(stopping) => return Ok(()),
+        connected = connecting => match connected {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(e)) => {
+                return Err(CeleryError::Connect {
+                    broker: url.clone(),
+                    source: Box::new(e),
+                });
+            }
+            Err(_) => {
+                return Err(CeleryError::Timeout {
+                    broker: url.clone(),
+                    operation: "connecting",
+                    after: limit,
+                });
+            }
+        },
+    };
     let channel = connection
         .create_channel()
         .await
