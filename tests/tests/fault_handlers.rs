@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use events_celery::{CeleryBackend, CeleryConfig, RetryPolicy, Worker, WorkerConfig};
 use events_core::{Backend, EventRef, domain_event, handler};
-use tests::fault::{Counts, Published, cleanup_redis_queue_at, command, fault_redis_url};
-use tests::{amqp_channel, amqp_url, cleanup_amqp_queue, eventually, unique_queue};
+use tests::fault::{
+    Counts, Published, cleanup_redis_queue_at, command, dead_letter_reasons, fault_redis_url,
+};
+use tests::{amqp_url, cleanup_amqp_queue, eventually, unique_queue};
 
 /// Handler runs: (run, what).
 static RUNS: Mutex<Vec<(String, &'static str)>> = Mutex::new(Vec::new());
@@ -122,49 +124,9 @@ fn quick(event: &Quick) {
 
 /// The dead-letter reasons of `queue`.
 async fn reasons(url: &str, queue: &str, expected: usize) -> Vec<String> {
-    let dead = format!("{queue}.dead_letter");
-    let found = eventually(Duration::from_secs(30), || {
-        let dead = dead.clone();
-        async move {
-            let reasons: Vec<String> = if url.starts_with("redis") {
-                let client = redis::Client::open(url).ok()?;
-                let mut connection = client.get_multiplexed_async_connection().await.ok()?;
-                let raw: Vec<String> = redis::cmd("LRANGE")
-                    .arg(&dead)
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut connection)
-                    .await
-                    .ok()?;
-                raw.iter()
-                    .map(|r| {
-                        serde_json::from_str::<serde_json::Value>(r).unwrap()["reason"].to_string()
-                    })
-                    .collect()
-            } else {
-                let (connection, channel) = amqp_channel().await;
-                let mut reasons = Vec::new();
-                while let Ok(Some(m)) = channel
-                    .basic_get(
-                        dead.as_str().into(),
-                        lapin::options::BasicGetOptions { no_ack: false },
-                    )
-                    .await
-                {
-                    let headers = m.delivery.properties.headers().clone().unwrap_or_default();
-                    reasons.push(match headers.inner().get("x-dead-letter-reason") {
-                        Some(lapin::types::AMQPValue::LongString(s)) => {
-                            String::from_utf8_lossy(s.as_bytes()).into_owned()
-                        }
-                        other => format!("{other:?}"),
-                    });
-                }
-                // Closing without acknowledging returns them: the next look sees them all.
-                let _ = connection.close(200, "peeked".into()).await;
-                reasons
-            };
-            (reasons.len() >= expected).then_some(reasons)
-        }
+    let found = eventually(Duration::from_secs(30), || async move {
+        let reasons = dead_letter_reasons(url, queue).await?;
+        (reasons.len() >= expected).then_some(reasons)
     })
     .await;
     found.unwrap_or_default()

@@ -10,7 +10,8 @@ use std::time::Duration;
 use events_celery::{BrokerUrl, CeleryBackend, CeleryConfig, Worker, WorkerConfig};
 use events_core::{Backend, EventRef, domain_event, handler};
 use tests::fault::{
-    Counts, PrivateRedis, Published, cleanup_redis_queue_at, command, fault_redis_url, rabbitmqctl,
+    Counts, PrivateRedis, Published, cleanup_redis_queue_at, command, dead_letter_reasons,
+    fault_redis_url, rabbitmqctl,
 };
 use tests::{amqp_url, cleanup_amqp_queue, eventually, unique_queue};
 
@@ -290,50 +291,9 @@ async fn size_limit(url: &str) -> (String, Vec<String>) {
         .await
         .is_some()
     );
-    let dead = format!("{queue}.dead_letter");
-    let reasons: Vec<String> = eventually(Duration::from_secs(20), || {
-        let dead = dead.clone();
-        async move {
-            let reasons: Vec<String> = if url.starts_with("redis") {
-                let client = redis::Client::open(url).ok()?;
-                let mut connection = client.get_multiplexed_async_connection().await.ok()?;
-                let raw: Vec<String> = redis::cmd("LRANGE")
-                    .arg(&dead)
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut connection)
-                    .await
-                    .ok()?;
-                raw.iter()
-                    .map(|r| {
-                        serde_json::from_str::<serde_json::Value>(r).unwrap()["reason"].to_string()
-                    })
-                    .collect()
-            } else {
-                let (connection, channel) = tests::amqp_channel().await;
-                let got = channel
-                    .basic_get(
-                        dead.as_str().into(),
-                        lapin::options::BasicGetOptions { no_ack: true },
-                    )
-                    .await
-                    .ok()
-                    .flatten();
-                let _ = connection.close(200, "done".into()).await;
-                got.map(|m| {
-                    let headers = m.delivery.properties.headers().clone().unwrap_or_default();
-                    match headers.inner().get("x-dead-letter-reason") {
-                        Some(lapin::types::AMQPValue::LongString(s)) => {
-                            String::from_utf8_lossy(s.as_bytes()).into_owned()
-                        }
-                        other => format!("{other:?}"),
-                    }
-                })
-                .into_iter()
-                .collect()
-            };
-            (!reasons.is_empty()).then_some(reasons)
-        }
+    let reasons: Vec<String> = eventually(Duration::from_secs(20), || async {
+        let reasons = dead_letter_reasons(url, &queue).await?;
+        (!reasons.is_empty()).then_some(reasons)
     })
     .await
     .expect("the big message was dead-lettered");
