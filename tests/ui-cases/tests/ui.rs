@@ -1,7 +1,7 @@
 //! Compile-fail and compile-pass tests of `#[domain_event]` and `#[handler]`.
 //!
 //! Regenerate the `.stderr` snapshots with
-//! `TRYBUILD=overwrite cargo test -p tests --test ui` and read the diff before committing.
+//! `TRYBUILD=overwrite cargo test -p ui-cases --test ui` and read the diff before committing.
 
 #[test]
 fn ui() {
