@@ -1,7 +1,8 @@
 //! Fault scenario 5, handler faults: a handler that panics, one that returns an error, async
 //! handlers that never return (ended by `#[handler(time_limit_ms)]` or
 //! `WorkerConfig::time_limit`), a sync handler that overruns its limit, and a sync handler
-//! that blocks its thread while other messages keep flowing. Each failure is retried, then
+//! that blocks its thread while other messages keep flowing, and an async handler that blocks
+//! its runtime thread (reported by the worker, and the other messages still flow). Each failure is retried, then
 //! dead-lettered with its reason; the worker keeps running everything else.
 
 use std::collections::HashMap;
@@ -111,6 +112,19 @@ fn blocks_its_thread(event: &Blocks) {
     record(&event.run, "unblocked");
 }
 
+#[domain_event(name = "fault.blocks_runtime")]
+#[derive(Debug, Clone)]
+struct BlocksRuntime {
+    run: String,
+}
+
+/// The mistake the worker reports: blocking inside an `async fn`, without yielding.
+#[handler(time_limit_ms = 10000)]
+async fn blocks_its_runtime_thread(event: &BlocksRuntime) {
+    record(&event.run, "blocks_runtime");
+    std::thread::sleep(Duration::from_millis(400));
+}
+
 #[domain_event(name = "fault.quick")]
 #[derive(Debug, Clone)]
 struct Quick {
@@ -143,6 +157,7 @@ async fn handler_faults(broker: &str, url: &str, test: &str) -> String {
         .queues([queue.clone()])
         .concurrency(4)
         .time_limit(Duration::from_millis(300))
+        .blocking_poll_warning(Duration::from_millis(250))
         .retry(RetryPolicy {
             max_retries: 1,
             base_delay: Duration::from_millis(100),
@@ -168,6 +183,10 @@ async fn handler_faults(broker: &str, url: &str, test: &str) -> String {
         .is_some(),
         "the blocking handler did not start"
     );
+    backend
+        .publish(EventRef::new(&BlocksRuntime { run: r() }))
+        .await
+        .unwrap();
     for _ in 0..20 {
         backend
             .publish(EventRef::new(&Quick { run: r() }))
@@ -241,6 +260,7 @@ async fn handler_faults(broker: &str, url: &str, test: &str) -> String {
     assert_eq!(count(&run, "hangs"), 2);
     assert_eq!(count(&run, "hangs_unlimited"), 1);
     assert_eq!(count(&run, "overruns"), 1);
+    assert_eq!(count(&run, "blocks_runtime"), 1);
 
     // Let the blocked handler go: its message completes, and the worker stops cleanly.
     HOLD.store(false, Ordering::SeqCst);
@@ -256,15 +276,19 @@ async fn handler_faults(broker: &str, url: &str, test: &str) -> String {
     let stats = done.await.unwrap().unwrap();
     let snapshot: HashMap<_, _> = stats.snapshot().into_iter().collect();
     assert_eq!(snapshot["dead_lettered"], 5, "{snapshot:?}");
-    assert_eq!(snapshot["succeeded"], 21, "{snapshot:?}");
+    assert_eq!(snapshot["succeeded"], 22, "{snapshot:?}");
+    // Only the async handler that slept in `std::thread::sleep` blocked a runtime thread: the
+    // ones that wait in `.await` yield, and sync handlers run on the blocking pool.
+    assert_eq!(snapshot["blocking_polls"], 1, "{snapshot:?}");
 
-    let total = 26u64;
+    let total = 27u64;
     let mut published = Published::default();
     published.confirmed.extend(0..total);
     let runs: HashMap<u64, u64> = (0..total).map(|i| (i, 1)).collect();
     Counts::new(
         &format!("5. handler faults, {broker}"),
-        "1 handler blocking its thread + 20 quick messages (all ran meanwhile); a panic, an error, \
+        "1 handler blocking its thread, 1 async handler blocking its runtime thread 400 ms \
+         (reported as a blocking poll) + 20 quick messages (all ran meanwhile); a panic, an error, \
          2 async handlers that never return (`time_limit_ms = 300`; `WorkerConfig::time_limit`), \
          a sync handler over its 200 ms limit: each retried as configured, then dead-lettered \
          with its reason (\"processed\" = ran to success or dead-lettered)",

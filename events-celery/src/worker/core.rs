@@ -346,7 +346,12 @@ impl Core {
     ) -> Result<(), HandlerFailure> {
         let limit = handler.options().time_limit.or(self.config.time_limit);
         if handler.is_async() {
-            let run = handler.run(&**event);
+            let run = PollWatch {
+                inner: std::pin::pin!(handler.run(&**event)),
+                handler: handler.name(),
+                threshold: self.config.blocking_poll,
+                stats: &self.stats,
+            };
             return match limit {
                 Some(limit) => tokio::time::timeout(limit, run)
                     .await
@@ -443,6 +448,41 @@ enum Examined {
     Ready(Box<Job>),
 }
 
+/// An async handler's future, timed poll by poll: a poll longer than `threshold` held a runtime
+/// thread (nothing else ran on it meanwhile, and no time limit could fire), which is reported.
+struct PollWatch<'a, F> {
+    inner: F,
+    handler: &'a str,
+    threshold: Duration,
+    stats: &'a WorkerStats,
+}
+
+impl<F: Future + Unpin> Future for PollWatch<'_, F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.get_mut();
+        let started = std::time::Instant::now();
+        let polled = std::pin::Pin::new(&mut this.inner).poll(cx);
+        let took = started.elapsed();
+        if took >= this.threshold {
+            this.stats.blocking_polls.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                handler = this.handler,
+                blocked_ms = took.as_millis() as u64,
+                "async handler blocked its runtime thread for {took:?} without yielding: other \
+                 messages on that thread waited and its time limit could not interrupt it; do \
+                 blocking work in a sync handler (run on the blocking pool) or in \
+                 tokio::task::spawn_blocking"
+            );
+        }
+        polled
+    }
+}
+
 fn timed_out(handler: &Handler, limit: Duration) -> HandlerFailure {
     HandlerFailure::new(handler, FailureCause::TimedOut(limit))
 }
@@ -496,11 +536,14 @@ pub struct WorkerStats {
     pub postponed: AtomicU64,
     /// Messages returned to the queue (shutdown, or a failure to settle them).
     pub requeued: AtomicU64,
+    /// Polls of async handlers that ran longer than
+    /// [`WorkerConfig::blocking_poll_warning`]: each blocked a runtime thread.
+    pub blocking_polls: AtomicU64,
 }
 
 impl WorkerStats {
     /// A snapshot of the counters as `(name, value)` pairs.
-    pub fn snapshot(&self) -> [(&'static str, u64); 7] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 8] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("processed", get(&self.processed)),
@@ -510,6 +553,7 @@ impl WorkerStats {
             ("expired", get(&self.expired)),
             ("postponed", get(&self.postponed)),
             ("requeued", get(&self.requeued)),
+            ("blocking_polls", get(&self.blocking_polls)),
         ]
     }
 }

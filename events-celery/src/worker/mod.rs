@@ -42,6 +42,7 @@ pub struct WorkerConfig {
     pub(crate) prefetch: u16,
     pub(crate) retry: RetryPolicy,
     pub(crate) time_limit: Option<Duration>,
+    pub(crate) blocking_poll: Duration,
     pub(crate) grace_period: Duration,
     pub(crate) visibility_timeout: Duration,
     pub(crate) restore_interval: Duration,
@@ -66,6 +67,7 @@ impl WorkerConfig {
             prefetch: 256,
             retry: RetryPolicy::default(),
             time_limit: None,
+            blocking_poll: Duration::from_millis(100),
             grace_period: Duration::from_secs(30),
             visibility_timeout: Duration::from_secs(3600),
             restore_interval: Duration::from_secs(10),
@@ -116,6 +118,19 @@ impl WorkerConfig {
     /// say; an overrun counts as a failure (default: no limit).
     pub fn time_limit(mut self, limit: Duration) -> Self {
         self.time_limit = Some(limit);
+        self
+    }
+
+    /// How long one poll of an async handler may run before the worker reports that the
+    /// handler blocked its runtime thread (default 100 ms).
+    ///
+    /// An `async fn` handler that blocks (a synchronous client, `std::thread::sleep`, heavy
+    /// computation) holds a runtime thread: the messages queued on that thread wait, and its
+    /// time limit cannot interrupt it until it yields. Each such poll is logged at `WARN` with
+    /// the handler's name and counted in [`WorkerStats::blocking_polls`]; the fix is a sync
+    /// handler (the worker runs those on the blocking pool) or `tokio::task::spawn_blocking`.
+    pub fn blocking_poll_warning(mut self, threshold: Duration) -> Self {
+        self.blocking_poll = threshold;
         self
     }
 
