@@ -8,7 +8,7 @@
 //! cargo bench -p events-celery --bench celery_publish
 //! ```
 //!
-//! Environment: `BENCH_BROKERS` (`redis,amqp`), `BENCH_COUNT` (messages per Rust/raw phase,
+//! Environment: `BENCH_BROKERS` (`redis,amqp,amqp-transient`), `BENCH_COUNT` (messages per Rust/raw phase,
 //! default 100000 on Redis and 50000 on RabbitMQ), `BENCH_PY_COUNT` (default 3000),
 //! `BENCH_CONCURRENCY` (publishes in flight, default 256 on Redis and 2000 on RabbitMQ),
 //! `BENCH_THREADS` (the publishers' tokio worker threads, default one per core; 0 for a
@@ -23,7 +23,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use events_celery::{CeleryBackend, CeleryConfig, EncodeOptions, TaskMessage};
+use events_celery::{CeleryBackend, CeleryConfig, DeliveryMode, EncodeOptions, TaskMessage};
 use events_core::{EventBus, domain_event};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -72,6 +72,9 @@ fn event() -> OrderPlaced {
 enum Broker {
     Redis,
     Amqp,
+    /// RabbitMQ with transient messages (`task_default_delivery_mode = "transient"`): still
+    /// confirmed, but not written to disk.
+    AmqpTransient,
 }
 
 impl Broker {
@@ -79,6 +82,18 @@ impl Broker {
         match self {
             Broker::Redis => "redis",
             Broker::Amqp => "amqp",
+            Broker::AmqpTransient => "amqp-transient",
+        }
+    }
+
+    fn is_amqp(self) -> bool {
+        matches!(self, Broker::Amqp | Broker::AmqpTransient)
+    }
+
+    fn delivery_mode(self) -> DeliveryMode {
+        match self {
+            Broker::AmqpTransient => DeliveryMode::Transient,
+            Broker::Redis | Broker::Amqp => DeliveryMode::Persistent,
         }
     }
 
@@ -86,7 +101,7 @@ impl Broker {
         match self {
             Broker::Redis => std::env::var("EVENTS_TEST_REDIS_URL")
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into()),
-            Broker::Amqp => std::env::var("EVENTS_TEST_AMQP_URL")
+            Broker::Amqp | Broker::AmqpTransient => std::env::var("EVENTS_TEST_AMQP_URL")
                 .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672//".into()),
         }
     }
@@ -94,14 +109,14 @@ impl Broker {
     fn count(self) -> usize {
         env_usize("BENCH_COUNT").unwrap_or(match self {
             Broker::Redis => 100_000,
-            Broker::Amqp => 50_000,
+            Broker::Amqp | Broker::AmqpTransient => 50_000,
         })
     }
 
     fn concurrency(self) -> usize {
         env_usize("BENCH_CONCURRENCY").unwrap_or(match self {
             Broker::Redis => 256,
-            Broker::Amqp => 2_000,
+            Broker::Amqp | Broker::AmqpTransient => 2_000,
         })
     }
 }
@@ -142,6 +157,9 @@ fn python_send_task(broker: Broker, queue: &str, payload: &str, confirm: bool) -
         .args(["--payload", payload, "--count", &count.to_string()]);
     if !confirm {
         command.arg("--no-confirm");
+    }
+    if broker.delivery_mode() == DeliveryMode::Transient {
+        command.arg("--transient");
     }
     let output = command.output().expect("run bench_send_task.py");
     assert!(
@@ -213,7 +231,7 @@ async fn raw_redis(
 }
 
 /// The raw AMQP client: `lapin` with publisher confirms on one channel, the backend's body and
-/// headers, persistent, `concurrency` in flight; msg/s.
+/// headers and delivery mode, `concurrency` in flight; msg/s.
 async fn raw_amqp(
     channel: &lapin::Channel,
     queue: &str,
@@ -270,7 +288,7 @@ fn lapin_properties(message: &events_celery::AmqpMessage) -> lapin::BasicPropert
         .with_content_encoding(ShortString::from(
             p.content_encoding.clone().unwrap_or_default(),
         ))
-        .with_delivery_mode(2)
+        .with_delivery_mode(p.delivery_mode.unwrap_or(2))
         .with_priority(0)
         .with_correlation_id(ShortString::from(
             p.correlation_id.clone().unwrap_or_default(),
@@ -297,14 +315,20 @@ async fn bench(broker: Broker) -> Row {
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     let payload = serde_json::to_string(&event()).unwrap();
-    let message =
-        TaskMessage::from_event(&event(), &EncodeOptions::new().queue(queue.clone())).unwrap();
+    let message = TaskMessage::from_event(
+        &event(),
+        &EncodeOptions::new()
+            .queue(queue.clone())
+            .delivery_mode(broker.delivery_mode()),
+    )
+    .unwrap();
 
     // The queue exists (and Python declares it the same way) before anyone measures.
     let backend = CeleryBackend::connect(
         CeleryConfig::new(&url)
             .unwrap()
-            .default_queue(queue.clone()),
+            .default_queue(queue.clone())
+            .delivery_mode(broker.delivery_mode()),
     )
     .await
     .unwrap();
@@ -318,8 +342,9 @@ async fn bench(broker: Broker) -> Row {
     bus.publish(&event()).await.unwrap();
 
     let python = python_send_task(broker, &queue, &payload, true);
-    let python_no_confirm =
-        (broker == Broker::Amqp).then(|| python_send_task(broker, &queue, &payload, false));
+    let python_no_confirm = broker
+        .is_amqp()
+        .then(|| python_send_task(broker, &queue, &payload, false));
     let mut cleanup = Cleanup::new(broker, &url, &queue).await;
     cleanup.purge().await;
 
@@ -342,7 +367,7 @@ async fn bench(broker: Broker) -> Row {
         async move {
             match broker {
                 Broker::Redis => raw_redis(url, queue, envelope, count, concurrency).await,
-                Broker::Amqp => {
+                Broker::Amqp | Broker::AmqpTransient => {
                     let channel = channel.as_ref().unwrap();
                     raw_amqp(channel, queue, amqp, count, concurrency).await
                 }
@@ -361,7 +386,7 @@ async fn bench(broker: Broker) -> Row {
     let message_bytes = match broker {
         Broker::Redis => envelope.len(),
         // The body plus the headers and properties, roughly.
-        Broker::Amqp => amqp.body.len() + 600,
+        Broker::Amqp | Broker::AmqpTransient => amqp.body.len() + 600,
     };
     cleanup.finish().await;
     Row {
@@ -396,7 +421,7 @@ impl Cleanup {
                 let client = redis::Client::open(url).unwrap();
                 cleanup.redis = Some(client.get_multiplexed_async_connection().await.unwrap());
             }
-            Broker::Amqp => {
+            Broker::Amqp | Broker::AmqpTransient => {
                 let connection = lapin::Connection::connect(
                     &url.replace("5672//", "5672/%2f"),
                     lapin::ConnectionProperties::default(),
@@ -453,11 +478,12 @@ impl Cleanup {
 
 fn main() {
     let brokers: Vec<Broker> = std::env::var("BENCH_BROKERS")
-        .unwrap_or_else(|_| "redis,amqp".into())
+        .unwrap_or_else(|_| "redis,amqp,amqp-transient".into())
         .split(',')
         .filter_map(|b| match b.trim() {
             "redis" => Some(Broker::Redis),
             "amqp" | "rabbitmq" => Some(Broker::Amqp),
+            "amqp-transient" => Some(Broker::AmqpTransient),
             _ => None,
         })
         .collect();
@@ -486,7 +512,7 @@ fn main() {
 
     println!();
     println!(
-        "{:<8} {:>9} {:>22} {:>14} {:>14} {:>11} {:>9}",
+        "{:<14} {:>9} {:>22} {:>14} {:>14} {:>11} {:>9}",
         "broker",
         "msg bytes",
         "Python send_task",
@@ -501,7 +527,7 @@ fn main() {
             None => format!("{:.0}", row.python),
         };
         println!(
-            "{:<8} {:>9} {:>22} {:>14.0} {:>14.0} {:>10.1}x {:>8.0}%",
+            "{:<14} {:>9} {:>22} {:>14.0} {:>14.0} {:>10.1}x {:>8.0}%",
             row.broker.name(),
             row.message_bytes,
             python,
@@ -511,5 +537,8 @@ fn main() {
             100.0 * row.rust / row.raw
         );
     }
-    println!("(msg/s; RabbitMQ: persistent, with publisher confirms, unless noted)");
+    println!(
+        "(msg/s; RabbitMQ: with publisher confirms unless noted; `amqp` persistent, Celery's \
+         default; `amqp-transient`: delivery_mode 1, not written to disk)"
+    );
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::broker::BrokerUrl;
-use crate::codec::{DEFAULT_TASK_PREFIX, EncodeOptions, KwargsRepr};
+use crate::codec::{DEFAULT_TASK_PREFIX, DeliveryMode, EncodeOptions, KwargsRepr};
 use crate::error::CeleryError;
 
 /// Where one event's messages go.
@@ -24,6 +24,7 @@ pub struct Route {
     exchange: String,
     routing_key: String,
     priority: Option<u8>,
+    delivery_mode: Option<DeliveryMode>,
 }
 
 impl Route {
@@ -35,6 +36,7 @@ impl Route {
             exchange: String::new(),
             queue,
             priority: None,
+            delivery_mode: None,
         }
     }
 
@@ -52,6 +54,13 @@ impl Route {
     /// A default priority (0–9) for this event's messages.
     pub fn priority(mut self, priority: u8) -> Self {
         self.priority = Some(priority);
+        self
+    }
+
+    /// Persistent or transient messages for this event, over the configuration's default
+    /// ([`CeleryConfig::delivery_mode`]).
+    pub fn delivery_mode(mut self, mode: DeliveryMode) -> Self {
+        self.delivery_mode = Some(mode);
         self
     }
 
@@ -84,6 +93,7 @@ pub struct CeleryConfig {
     publish_timeout: Duration,
     queue_max_priority: Option<u8>,
     kwargs_repr: KwargsRepr,
+    delivery_mode: DeliveryMode,
 }
 
 /// The environment variables [`CeleryConfig::from_env`] reads.
@@ -102,6 +112,8 @@ pub mod env {
     pub const QUEUE_MAX_PRIORITY: &str = "EVENTS_CELERY_QUEUE_MAX_PRIORITY";
     /// `redacted` to keep payloads out of the `kwargsrepr` header.
     pub const KWARGSREPR: &str = "EVENTS_CELERY_KWARGSREPR";
+    /// `persistent` (default) or `transient` (Celery's `task_default_delivery_mode`).
+    pub const DELIVERY_MODE: &str = "EVENTS_CELERY_DELIVERY_MODE";
 }
 
 impl CeleryConfig {
@@ -116,13 +128,22 @@ impl CeleryConfig {
             publish_timeout: Duration::from_secs(10),
             queue_max_priority: None,
             kwargs_repr: KwargsRepr::Python,
+            delivery_mode: DeliveryMode::Persistent,
         })
     }
 
     /// From the environment variables in [`env`](mod@env); `broker_url` overrides
     /// `CELERY_BROKER_URL` when given.
     pub fn from_env(broker_url: Option<&str>) -> Result<Self, CeleryError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Self::from_vars(broker_url, |name| std::env::var(name).ok())
+    }
+
+    /// [`from_env`](Self::from_env) over any source of variables (tests read a map).
+    fn from_vars(
+        broker_url: Option<&str>,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, CeleryError> {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let url = match broker_url {
             Some(url) => url.to_owned(),
             None => var(env::BROKER_URL).ok_or_else(|| {
@@ -181,6 +202,12 @@ impl CeleryConfig {
                 }
             });
         }
+        if let Some(mode) = var(env::DELIVERY_MODE) {
+            let mode = mode
+                .parse()
+                .map_err(|e| CeleryError::Config(format!("{}: {e}", env::DELIVERY_MODE)))?;
+            config = config.delivery_mode(mode);
+        }
         Ok(config)
     }
 
@@ -222,6 +249,14 @@ impl CeleryConfig {
         self
     }
 
+    /// Persistent (the default, as Celery's `task_default_delivery_mode`) or transient
+    /// messages; a [`Route::delivery_mode`] overrides it per event. See [`DeliveryMode`] for
+    /// what transient gives up.
+    pub fn delivery_mode(mut self, mode: DeliveryMode) -> Self {
+        self.delivery_mode = mode;
+        self
+    }
+
     /// The broker.
     pub fn broker(&self) -> &BrokerUrl {
         &self.broker
@@ -252,10 +287,75 @@ impl CeleryConfig {
         let mut options = EncodeOptions::new()
             .task_prefix(self.task_prefix.clone())
             .routing(route.exchange.clone(), route.routing_key.clone())
-            .kwargs_repr(self.kwargs_repr.clone());
+            .kwargs_repr(self.kwargs_repr.clone())
+            .delivery_mode(route.delivery_mode.unwrap_or(self.delivery_mode));
         if let Some(priority) = route.priority {
             options = options.priority(priority);
         }
         options
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(vars: &[(&str, &str)]) -> Result<CeleryConfig, CeleryError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        CeleryConfig::from_vars(None, |name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn delivery_mode_defaults_to_persistent_and_routes_override_it() {
+        let config = CeleryConfig::new("amqp://localhost//").unwrap().route(
+            "metrics.sampled",
+            Route::queue("metrics").delivery_mode(DeliveryMode::Transient),
+        );
+        let mode = |event: &str| {
+            let options = config.encode_options(event);
+            let message =
+                crate::codec::TaskMessage::from_payload(event, serde_json::json!({}), &options)
+                    .unwrap();
+            message.properties.delivery_mode
+        };
+        assert_eq!(mode("orders.placed"), Some(2));
+        assert_eq!(mode("metrics.sampled"), Some(1));
+        let transient = config.delivery_mode(DeliveryMode::Transient);
+        assert_eq!(
+            transient.encode_options("orders.placed"),
+            EncodeOptions::new()
+                .routing("", "celery")
+                .delivery_mode(DeliveryMode::Transient)
+        );
+    }
+
+    #[test]
+    fn environment_variables_are_read_and_bad_values_named() {
+        let config = from(&[
+            (env::BROKER_URL, "redis://127.0.0.1:6379/3"),
+            (env::DEFAULT_QUEUE, "default"),
+            (env::DELIVERY_MODE, "Transient"),
+            (env::PUBLISH_TIMEOUT_MS, "2500"),
+        ])
+        .unwrap();
+        assert_eq!(config.route_for("anything").queue_name(), "default");
+        assert_eq!(config.timeout(), Duration::from_millis(2500));
+        assert_eq!(config.delivery_mode, DeliveryMode::Transient);
+
+        let err = from(&[
+            (env::BROKER_URL, "redis://127.0.0.1:6379/3"),
+            (env::DELIVERY_MODE, "durable"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("EVENTS_CELERY_DELIVERY_MODE") && err.contains("`durable`"),
+            "{err}"
+        );
+        let err = from(&[]).unwrap_err().to_string();
+        assert!(err.contains("CELERY_BROKER_URL"), "{err}");
     }
 }

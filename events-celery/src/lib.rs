@@ -25,8 +25,8 @@
 pub mod codec;
 
 pub use codec::{
-    AmqpMessage, DecodeError, DecodeOptions, EncodeError, EncodeOptions, KwargsRepr, PayloadError,
-    RedisMessage, TaskMessage,
+    AmqpMessage, DecodeError, DecodeOptions, DeliveryMode, EncodeError, EncodeOptions, KwargsRepr,
+    PayloadError, RedisMessage, TaskMessage,
 };
 
 mod backend;

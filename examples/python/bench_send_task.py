@@ -7,7 +7,8 @@ the same broker, queue and payload in the same run).
 
 Prints one JSON line: {"count", "seconds", "msg_per_s"}. On RabbitMQ, publisher confirms are on
 (`confirm_publish`), as the Rust publisher always waits for them; `--no-confirm` measures
-Celery's default (no confirms). Messages stay in the queue;
+Celery's default (no confirms); `--transient` sets `task_default_delivery_mode = "transient"`.
+Messages stay in the queue;
 the caller purges it.
 """
 
@@ -30,6 +31,9 @@ def main():
     parser.add_argument(
         "--no-confirm", action="store_true", help="RabbitMQ: Celery's default, no confirms"
     )
+    parser.add_argument(
+        "--transient", action="store_true", help="task_default_delivery_mode = 'transient'"
+    )
     args = parser.parse_args()
 
     app = Celery("bench_send_task", broker=args.broker)
@@ -38,6 +42,7 @@ def main():
         accept_content=["json"],
         task_default_queue=args.queue,
         broker_transport_options={"confirm_publish": not args.no_confirm},
+        task_default_delivery_mode="transient" if args.transient else "persistent",
     )
     payload = json.loads(args.payload)
     kwargs = {"payload": payload}

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use events_celery::codec::{AmqpMessage, DecodeOptions, TaskMessage};
-use events_celery::{CeleryBackend, CeleryConfig, CeleryError, Route};
+use events_celery::{CeleryBackend, CeleryConfig, CeleryError, DeliveryMode, Route};
 use events_core::{Backend, Error, EventBus, EventRef, Receipt, domain_event};
 use lapin::options::BasicGetOptions;
 use redis::AsyncCommands;
@@ -108,6 +108,38 @@ async fn amqp_publish_is_confirmed_into_a_durable_queue() {
     .unwrap();
     assert_eq!(decoded.payload::<ParcelShipped>().unwrap(), parcel());
     assert!(matches!(receipt, Receipt::Enqueued { ref task_id, .. } if *task_id == decoded.id));
+    delete_amqp_queue(&channel, &queue).await;
+}
+
+/// Celery's `task_default_delivery_mode = "transient"`, per event: the broker holds the message
+/// with `delivery_mode = 1`, everything else as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_transient_route_publishes_delivery_mode_1() {
+    let queue = unique_queue("publish_amqp_transient");
+    let config = CeleryConfig::new(&amqp_url()).unwrap().route(
+        "publish.parcel_shipped",
+        Route::queue(queue.clone()).delivery_mode(DeliveryMode::Transient),
+    );
+    let bus = EventBus::new(CeleryBackend::new(config).unwrap()).unwrap();
+    bus.publish(&parcel()).await.unwrap();
+    let (_connection, channel) = amqp_channel().await;
+    let message = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the confirmed message is in the queue");
+    assert_eq!(*message.delivery.properties.delivery_mode(), Some(1));
+    let decoded = TaskMessage::decode_amqp(
+        &AmqpMessage::from_lapin(
+            "",
+            &queue,
+            &message.delivery.properties,
+            message.delivery.data.clone(),
+        ),
+        &DecodeOptions::new(),
+    )
+    .unwrap();
+    assert_eq!(decoded.payload::<ParcelShipped>().unwrap(), parcel());
     delete_amqp_queue(&channel, &queue).await;
 }
 

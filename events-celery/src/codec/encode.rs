@@ -44,6 +44,48 @@ pub enum KwargsRepr {
     Custom(String),
 }
 
+/// Whether RabbitMQ keeps a message on disk: Celery's `task_default_delivery_mode` (or a
+/// route's `delivery_mode`), written to the `delivery_mode` property.
+///
+/// [`Persistent`](DeliveryMode::Persistent), Celery's default, survives a broker restart and is
+/// confirmed only once written; [`Transient`](DeliveryMode::Transient) lives in memory, is
+/// confirmed sooner (about twice the publish rate on RabbitMQ here) and is lost if the broker
+/// restarts before a worker takes it. Redis ignores the property (its own persistence settings
+/// decide).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliveryMode {
+    /// `delivery_mode = 2`: written to disk before the confirm.
+    #[default]
+    Persistent,
+    /// `delivery_mode = 1`: memory only.
+    Transient,
+}
+
+impl DeliveryMode {
+    /// The AMQP property value: 2 or 1.
+    pub fn as_amqp(self) -> u8 {
+        match self {
+            DeliveryMode::Persistent => 2,
+            DeliveryMode::Transient => 1,
+        }
+    }
+}
+
+impl std::str::FromStr for DeliveryMode {
+    type Err = String;
+
+    /// Celery's spellings: `persistent` / `transient`, or the numbers `2` / `1`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "persistent" | "2" => Ok(DeliveryMode::Persistent),
+            "transient" | "1" => Ok(DeliveryMode::Transient),
+            other => Err(format!(
+                "`{other}` is not a delivery mode: write `persistent` (2) or `transient` (1)"
+            )),
+        }
+    }
+}
+
 /// When a task may run (`eta`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Schedule {
@@ -90,6 +132,7 @@ pub struct EncodeOptions {
     time_limit: TimeLimit,
     reply_to: Option<String>,
     origin: Option<String>,
+    delivery_mode: DeliveryMode,
 }
 
 impl Default for EncodeOptions {
@@ -117,7 +160,14 @@ impl EncodeOptions {
             time_limit: TimeLimit::default(),
             reply_to: None,
             origin: None,
+            delivery_mode: DeliveryMode::Persistent,
         }
+    }
+
+    /// Persistent (Celery's default) or transient messages; see [`DeliveryMode`].
+    pub fn delivery_mode(mut self, mode: DeliveryMode) -> Self {
+        self.delivery_mode = mode;
+        self
     }
 
     /// The task-name prefix (`domain_events.` by default; may be empty).
@@ -370,7 +420,7 @@ impl TaskMessage {
                 ),
                 content_type: JSON_CONTENT_TYPE.to_owned(),
                 content_encoding: UTF8_CONTENT_ENCODING.to_owned(),
-                delivery_mode: Some(2),
+                delivery_mode: Some(options.delivery_mode.as_amqp()),
                 priority: Some(options.priority.unwrap_or(0)),
                 expiration: expiration.map(|ms| ms.to_string()),
                 origin: None,

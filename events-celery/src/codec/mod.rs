@@ -69,8 +69,8 @@ mod uuid4;
 pub use amqp::{AmqpMessage, AmqpProperties, AmqpTable, AmqpValue};
 pub use decode::{DEFAULT_MAX_MESSAGE_BYTES, DecodeOptions};
 pub use encode::{
-    DEFAULT_TASK_PREFIX, EncodeOptions, JSON_CONTENT_TYPE, KwargsRepr, REDACTED_KWARGS_REPR,
-    UTF8_CONTENT_ENCODING,
+    DEFAULT_TASK_PREFIX, DeliveryMode, EncodeOptions, JSON_CONTENT_TYPE, KwargsRepr,
+    REDACTED_KWARGS_REPR, UTF8_CONTENT_ENCODING,
 };
 pub use error::{DecodeError, EncodeError, PayloadError};
 pub use message::{
