@@ -27,6 +27,13 @@ fn outage() -> Duration {
     Duration::from_secs(sized(2, 8))
 }
 
+/// How long the consuming scenarios' handler sleeps: slow enough that half the quick run
+/// (500 messages, 4 at a time) outlasts a `rabbitmqctl stop_app` on a loaded machine (10 ms
+/// let a CI run finish the queue before the broker was down).
+fn handler_sleep() -> Duration {
+    Duration::from_millis(sized(40, 10))
+}
+
 /// How many restarts a scenario goes through.
 fn restarts() -> usize {
     sized(1, 3)
@@ -121,7 +128,7 @@ where
         published.errors
     );
     let spec = WorkerSpec {
-        sleep: Duration::from_millis(10),
+        sleep: handler_sleep(),
         concurrency: 4,
         prefetch: 32,
         visibility_timeout: Some(Duration::from_secs(3)),
@@ -203,8 +210,9 @@ async fn amqp_restart_while_consuming() {
     Counts::new(
         "2. broker restart while consuming, RabbitMQ",
         &format!(
-            "{n} msgs, handler sleeps 10 ms; `rabbitmqctl stop_app`, {} s down, `start_app` ×{} \
+            "{n} msgs, handler sleeps {} ms; `rabbitmqctl stop_app`, {} s down, `start_app` ×{} \
              mid-way; the worker reconnects",
+            handler_sleep().as_millis(),
             outage().as_secs(),
             restarts()
         ),
@@ -263,9 +271,10 @@ async fn redis_restart_while_consuming() {
     Counts::new(
         "2. broker restart while consuming, Redis",
         &format!(
-            "{n} msgs, handler sleeps 10 ms, private persistent `redis-server`; `redis-cli \
+            "{n} msgs, handler sleeps {} ms, private persistent `redis-server`; `redis-cli \
              shutdown`, {} s down, restart ×{} mid-way; the worker reconnects (visibility \
              timeout 3 s)",
+            handler_sleep().as_millis(),
             outage().as_secs(),
             restarts()
         ),
