@@ -2,6 +2,7 @@
 
 use std::any::{Any, TypeId};
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -67,6 +68,9 @@ pub struct EventDescriptor {
     from_str: fn(&str) -> Result<AnyEvent, serde_json::Error>,
     from_value_traced: fn(&serde_json::Value) -> Result<AnyEvent, PayloadMismatch>,
     as_serialize: fn(&(dyn Any + Send + Sync)) -> Option<&dyn erased_serde::Serialize>,
+    /// Its position in the program's event slice, once something looked it up
+    /// ([`slot`](Self::slot)); `u32::MAX` until then.
+    slot: AtomicU32,
 }
 
 impl EventDescriptor {
@@ -82,7 +86,31 @@ impl EventDescriptor {
             from_str: from_str::<E>,
             from_value_traced: from_value_traced::<E>,
             as_serialize: as_serialize::<E>,
+            slot: AtomicU32::new(u32::MAX),
         }
+    }
+
+    /// A dense index for this event type, fixed for the life of the program: its position in
+    /// the link-time slice of every `#[domain_event]`. Backends index tables by it instead of
+    /// hashing a `TypeId`. Found once per descriptor (a scan of the slice), then one load.
+    /// `None` for a descriptor outside the slice (one not made by `#[domain_event]`).
+    #[inline]
+    pub fn slot(&'static self) -> Option<usize> {
+        match self.slot.load(Ordering::Relaxed) {
+            u32::MAX => self.find_slot(),
+            slot => Some(slot as usize),
+        }
+    }
+
+    #[cold]
+    fn find_slot(&'static self) -> Option<usize> {
+        let slot = crate::__private::EVENTS
+            .iter()
+            .position(|descriptor| std::ptr::eq(descriptor, self))?;
+        // Racing finders store the same value.
+        self.slot
+            .store(u32::try_from(slot).ok()?, Ordering::Relaxed);
+        Some(slot)
     }
 
     /// The event's stable name.

@@ -372,3 +372,57 @@ fn registry_lists_events_handlers_and_unhandled_events() {
     assert_eq!(unhandled, ["memory.nobody_listens"]);
     assert_eq!(registry.handlers().count(), 6);
 }
+
+/// Every `#[domain_event]` has its own dense slot (its place in the link-time slice), and the
+/// backend dispatches by it.
+#[test]
+fn each_event_type_has_a_distinct_stable_slot() {
+    use events_core::DomainEvent;
+    let sent = InvoiceSent::descriptor().slot().expect("in the slice");
+    let paid = InvoicePaid::descriptor().slot().expect("in the slice");
+    assert_ne!(sent, paid);
+    assert_eq!(InvoiceSent::descriptor().slot(), Some(sent));
+    assert!(std::ptr::eq(
+        &events_core::__private::EVENTS[sent],
+        InvoiceSent::descriptor()
+    ));
+}
+
+/// A `DomainEvent` implemented by hand, its descriptor outside the slice: no slot, and the
+/// backend still finds its subscribers (by type).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HandMade {
+    n: u32,
+}
+
+impl events_core::DomainEvent for HandMade {
+    const NAME: &'static str = "memory.hand_made";
+
+    fn descriptor() -> &'static events_core::EventDescriptor {
+        static DESCRIPTOR: events_core::EventDescriptor =
+            events_core::EventDescriptor::new::<HandMade>(
+                events_core::SourceLocation {
+                    file: file!(),
+                    line: line!(),
+                },
+                "memory_backend",
+            );
+        &DESCRIPTOR
+    }
+}
+
+#[test]
+fn a_descriptor_outside_the_slice_is_dispatched_by_type() {
+    use events_core::DomainEvent;
+    assert_eq!(HandMade::descriptor().slot(), None);
+    let bus = EventBus::new(MemoryBackend::new()).unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&seen);
+    bus.subscribe(move |event: &HandMade| {
+        counter.fetch_add(event.n as usize, Ordering::SeqCst);
+    })
+    .unwrap();
+    let receipt = bus.publish_blocking(&HandMade { n: 7 }).unwrap();
+    assert!(matches!(receipt, Receipt::Handled { handlers: 1, .. }));
+    assert_eq!(seen.load(Ordering::SeqCst), 7);
+}
