@@ -1,9 +1,9 @@
 //! Fault scenario 5, handler faults: a handler that panics, one that returns an error, async
 //! handlers that never return (ended by `#[handler(time_limit_ms)]` or
-//! `WorkerConfig::time_limit`), a sync handler that overruns its limit, and a sync handler
-//! that blocks its thread while other messages keep flowing, and an async handler that blocks
-//! its runtime thread (reported by the worker, and the other messages still flow). Each failure is retried, then
-//! dead-lettered with its reason; the worker keeps running everything else.
+//! `WorkerConfig::time_limit`), a sync handler that overruns its limit, a sync handler that
+//! blocks its thread while other messages keep flowing, and an async handler that blocks its
+//! runtime thread (reported by the worker). Each failure is retried, then dead-lettered with
+//! its reason; the worker keeps running everything else.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
