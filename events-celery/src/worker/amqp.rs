@@ -236,6 +236,13 @@ async fn handle(
     );
     let decoded = TaskMessage::decode_amqp(&original, &core.config.decode);
     let verdict = core.process(decoded).await;
+    if matches!(verdict, Verdict::Ack) {
+        // The common case, kept out of the settling future: this task stays small (it is
+        // allocated per message), and nothing is published.
+        drop(permit);
+        acks.ack(tag);
+        return;
+    }
     let raw = AmqpOutgoing {
         exchange: String::new(),
         routing_key: queue.to_string(),
@@ -243,10 +250,12 @@ async fn handle(
         properties: delivery.properties,
         body: original.body,
     };
-    let settled = tokio::time::timeout(
+    // Boxed: retries, dead letters and postponements are the rare case, and their publishing
+    // futures would otherwise make every message's task several times larger.
+    let settled = Box::pin(tokio::time::timeout(
         core.config.publish_timeout * 2,
         settle(&core, &publisher, &queue, raw, verdict, permit),
-    )
+    ))
     .await
     .unwrap_or_else(|_| {
         Err(CeleryError::Config(
