@@ -76,39 +76,44 @@ async fn redis_publish_lpushes_kombus_envelope_with_bindings() {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn amqp_publish_is_confirmed_into_a_durable_queue() {
-    let queue = unique_queue("publish_amqp");
+/// Publishes `parcel()` through a backend routing it to `queue` as `route` says, takes the
+/// message off RabbitMQ and decodes it: the receipt, the broker's properties, the message.
+async fn publish_and_take(
+    queue: &str,
+    route: Route,
+) -> (Receipt, lapin::BasicProperties, TaskMessage) {
     let config = CeleryConfig::new(&amqp_url())
         .unwrap()
-        .route("publish.parcel_shipped", Route::queue(queue.clone()));
+        .route("publish.parcel_shipped", route);
     let bus = EventBus::new(CeleryBackend::new(config).unwrap()).unwrap();
     let receipt = bus.publish(&parcel()).await.unwrap();
     let (_connection, channel) = amqp_channel().await;
     let message = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
         .await
         .unwrap()
         .expect("the confirmed message is in the queue");
-    let props = &message.delivery.properties;
+    let properties = message.delivery.properties.clone();
+    let decoded = TaskMessage::decode_amqp(
+        &AmqpMessage::from_lapin("", queue, &properties, message.delivery.data.clone()),
+        &DecodeOptions::new(),
+    )
+    .unwrap();
+    delete_amqp_queue(&channel, queue).await;
+    (receipt, properties, decoded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_publish_is_confirmed_into_a_durable_queue() {
+    let queue = unique_queue("publish_amqp");
+    let (receipt, props, decoded) = publish_and_take(&queue, Route::queue(queue.clone())).await;
     assert_eq!(
         props.content_type().as_ref().map(|s| s.as_str()),
         Some("application/json")
     );
     assert_eq!(*props.delivery_mode(), Some(2));
-    let decoded = TaskMessage::decode_amqp(
-        &AmqpMessage::from_lapin(
-            "",
-            &queue,
-            &message.delivery.properties,
-            message.delivery.data.clone(),
-        ),
-        &DecodeOptions::new(),
-    )
-    .unwrap();
     assert_eq!(decoded.payload::<ParcelShipped>().unwrap(), parcel());
     assert!(matches!(receipt, Receipt::Enqueued { ref task_id, .. } if *task_id == decoded.id));
-    delete_amqp_queue(&channel, &queue).await;
 }
 
 /// Celery's `task_default_delivery_mode = "transient"`, per event: the broker holds the message
@@ -116,31 +121,10 @@ async fn amqp_publish_is_confirmed_into_a_durable_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_transient_route_publishes_delivery_mode_1() {
     let queue = unique_queue("publish_amqp_transient");
-    let config = CeleryConfig::new(&amqp_url()).unwrap().route(
-        "publish.parcel_shipped",
-        Route::queue(queue.clone()).delivery_mode(DeliveryMode::Transient),
-    );
-    let bus = EventBus::new(CeleryBackend::new(config).unwrap()).unwrap();
-    bus.publish(&parcel()).await.unwrap();
-    let (_connection, channel) = amqp_channel().await;
-    let message = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .expect("the confirmed message is in the queue");
-    assert_eq!(*message.delivery.properties.delivery_mode(), Some(1));
-    let decoded = TaskMessage::decode_amqp(
-        &AmqpMessage::from_lapin(
-            "",
-            &queue,
-            &message.delivery.properties,
-            message.delivery.data.clone(),
-        ),
-        &DecodeOptions::new(),
-    )
-    .unwrap();
+    let route = Route::queue(queue.clone()).delivery_mode(DeliveryMode::Transient);
+    let (_, props, decoded) = publish_and_take(&queue, route).await;
+    assert_eq!(*props.delivery_mode(), Some(1));
     assert_eq!(decoded.payload::<ParcelShipped>().unwrap(), parcel());
-    delete_amqp_queue(&channel, &queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
