@@ -8,6 +8,7 @@
 
 use std::io;
 
+use super::scan;
 use serde::Serialize;
 use serde_json::ser::Formatter;
 use serde_json::{Number, Value};
@@ -218,20 +219,10 @@ pub(crate) fn push_json_map(
 /// Whether every byte is printable ASCII other than `"` and the backslash (written as it is).
 /// Eight bytes at a time; a false "no" only sends the text to the exact, slower path.
 fn is_plain_ascii(bytes: &[u8]) -> bool {
-    const ONES: u64 = u64::MAX / 255;
-    const HIGH: u64 = ONES << 7;
-    let has_zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     let mut chunks = bytes.chunks_exact(8);
     for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word);
-        let special = (x & HIGH)
-            | (x.wrapping_sub(ONES * 0x20) & !x & HIGH)
-            | has_zero_byte(x ^ (ONES * u64::from(b'"')))
-            | has_zero_byte(x ^ (ONES * u64::from(b'\\')))
-            | has_zero_byte(x ^ (ONES * 0x7f));
-        if special != 0 {
+        let x = scan::word(chunk);
+        if scan::json_special(x) | scan::non_ascii_or_del(x) != 0 {
             return false;
         }
     }

@@ -139,21 +139,46 @@ impl<'a> Scanner<'a> {
     }
 }
 
+const ONES: u64 = u64::MAX / 255;
+const HIGH: u64 = ONES << 7;
+
+/// The high bit of each zero byte of `v`. The lowest flagged byte is exact (a borrow only
+/// flags bytes above it), so "any flag" and "the first flag" are both exact.
+#[inline]
+fn zero_bytes(v: u64) -> u64 {
+    v.wrapping_sub(ONES) & !v & HIGH
+}
+
+/// Eight bytes as one little-endian word.
+#[inline]
+pub(crate) fn word(chunk: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(chunk);
+    u64::from_le_bytes(bytes)
+}
+
+/// Flags the bytes of `x` that a JSON string cannot hold as they are: `"`, the backslash and
+/// control characters (below 0x20).
+#[inline]
+pub(crate) fn json_special(x: u64) -> u64 {
+    (x.wrapping_sub(ONES * 0x20) & !x & HIGH)
+        | zero_bytes(x ^ (ONES * u64::from(b'"')))
+        | zero_bytes(x ^ (ONES * u64::from(b'\\')))
+}
+
+/// Flags the bytes of `x` that are not printable ASCII (0x80 and above, and DEL) besides
+/// those [`json_special`] flags.
+#[inline]
+pub(crate) fn non_ascii_or_del(x: u64) -> u64 {
+    (x & HIGH) | zero_bytes(x ^ (ONES * 0x7f))
+}
+
 /// The index of the first `"`, backslash or control character, eight bytes at a time.
 fn special_byte(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::MAX / 255;
-    const HIGH: u64 = ONES << 7;
-    // The lowest flagged byte of each test is exact (a borrow only flags bytes above it).
-    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     let mut chunks = bytes.chunks_exact(8);
     let mut offset = 0;
     for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word);
-        let flags = (x.wrapping_sub(ONES * 0x20) & !x & HIGH)
-            | zero_bytes(x ^ (ONES * u64::from(b'"')))
-            | zero_bytes(x ^ (ONES * u64::from(b'\\')));
+        let flags = json_special(word(chunk));
         if flags != 0 {
             // At most 7: a byte index within the word.
             return Some(offset + (flags.trailing_zeros() / 8) as usize);
