@@ -444,3 +444,38 @@ pub async fn cleanup_amqp_queue(queue: &str) {
         .await;
     let _ = connection.close(200, "done".into()).await;
 }
+
+/// A [`Worker`](events_celery::Worker) running on the current tokio runtime until
+/// [`stop`](Self::stop).
+pub struct InProcessWorker {
+    /// Its live counters.
+    pub stats: std::sync::Arc<events_celery::WorkerStats>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<
+        Result<std::sync::Arc<events_celery::WorkerStats>, events_celery::CeleryError>,
+    >,
+}
+
+impl InProcessWorker {
+    /// Builds the worker and spawns it.
+    pub fn start(config: events_celery::WorkerConfig) -> Self {
+        let worker = events_celery::Worker::new(config).unwrap();
+        let stats = worker.stats();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(worker.run_until(async {
+            let _ = stopped.await;
+        }));
+        Self { stats, stop, done }
+    }
+
+    /// Whether it has returned (it should not before [`stop`](Self::stop)).
+    pub fn is_finished(&self) -> bool {
+        self.done.is_finished()
+    }
+
+    /// Stops it and waits for it: its final counters. Panics if it failed.
+    pub async fn stop(self) -> std::sync::Arc<events_celery::WorkerStats> {
+        let _ = self.stop.send(());
+        self.done.await.unwrap().unwrap()
+    }
+}

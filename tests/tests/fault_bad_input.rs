@@ -9,14 +9,16 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine;
-use events_celery::{RetryPolicy, Worker, WorkerConfig};
+use events_celery::{RetryPolicy, WorkerConfig};
 use events_core::{domain_event, handler};
 use lapin::BasicProperties;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
 use serde_json::{Value, json};
 use tests::fault::{Counts, Published, cleanup_redis_queue_at, command, fault_redis_url};
-use tests::{amqp_channel, amqp_url, cleanup_amqp_queue, eventually, unique_queue};
+use tests::{
+    InProcessWorker, amqp_channel, amqp_url, cleanup_amqp_queue, eventually, unique_queue,
+};
 
 /// Runs of the probe handler, by run id.
 static RUNS: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
@@ -328,14 +330,7 @@ fn amqp_table(map: &serde_json::Map<String, Value>) -> FieldTable {
     table
 }
 
-struct Running {
-    stop: tokio::sync::oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<
-        Result<std::sync::Arc<events_celery::WorkerStats>, events_celery::CeleryError>,
-    >,
-}
-
-fn start_worker(url: &str, queue: &str) -> Running {
+fn start_worker(url: &str, queue: &str) -> InProcessWorker {
     let config = WorkerConfig::new(url)
         .unwrap()
         .queues([queue])
@@ -344,12 +339,7 @@ fn start_worker(url: &str, queue: &str) -> Running {
             max_retries: 0,
             ..RetryPolicy::default()
         });
-    let worker = Worker::new(config).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(worker.run_until(async {
-        let _ = stopped.await;
-    }));
-    Running { stop, done }
+    InProcessWorker::start(config)
 }
 
 /// Checks every dead letter against its case, then that a good message still runs, and
@@ -359,7 +349,7 @@ async fn check(
     cases: &[Case],
     letters: &HashMap<String, Vec<String>>,
     run: &str,
-    worker: &Running,
+    worker: &InProcessWorker,
     test: &str,
 ) {
     let mut problems = Vec::new();
@@ -394,7 +384,7 @@ async fn check(
         problems.join("\n")
     );
     assert!(!pickle_canary().exists(), "a pickle was loaded");
-    assert!(!worker.done.is_finished(), "the worker stopped");
+    assert!(!worker.is_finished(), "the worker stopped");
     // The corpus' messages carrying this run's payload never ran a handler.
     assert_eq!(runs_of(run), vec![1_000_000], "only the good message ran");
     let total = cases.len() + 1;
@@ -510,8 +500,7 @@ async fn redis_bad_input_is_dead_lettered() {
         "redis_bad_input_is_dead_lettered",
     )
     .await;
-    let _ = worker.stop.send(());
-    worker.done.await.unwrap().unwrap();
+    worker.stop().await;
     cleanup_redis_queue_at(&url, &queue).await;
 }
 
@@ -634,8 +623,7 @@ async fn amqp_bad_input_is_dead_lettered() {
         "amqp_bad_input_is_dead_lettered",
     )
     .await;
-    let _ = worker.stop.send(());
-    worker.done.await.unwrap().unwrap();
+    worker.stop().await;
     let _ = connection.close(200, "done".into()).await;
     cleanup_amqp_queue(&queue).await;
     cleanup_amqp_queue(&dead).await;
@@ -686,8 +674,7 @@ async fn redis_far_future_eta_is_postponed_not_lost() {
         .unwrap();
     assert_eq!(dead, 0);
     assert!(runs_of(&run).is_empty());
-    let _ = worker.stop.send(());
-    worker.done.await.unwrap().unwrap();
+    worker.stop().await;
     cleanup_redis_queue_at(&url, &queue).await;
 }
 
@@ -775,8 +762,7 @@ async fn amqp_far_future_eta_is_postponed_not_lost() {
         .ok()
         .flatten();
     assert!(dead.is_none(), "dead-lettered");
-    let _ = worker.stop.send(());
-    worker.done.await.unwrap().unwrap();
+    worker.stop().await;
     let _ = connection.close(200, "done".into()).await;
     cleanup_amqp_queue(&queue).await;
 }

@@ -10,12 +10,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use events_celery::{CeleryBackend, CeleryConfig, RetryPolicy, Worker, WorkerConfig};
+use events_celery::{CeleryBackend, CeleryConfig, RetryPolicy, WorkerConfig};
 use events_core::{Backend, EventRef, domain_event, handler};
 use tests::fault::{
     Counts, Published, cleanup_redis_queue_at, command, dead_letter_reasons, fault_redis_url,
 };
-use tests::{amqp_url, cleanup_amqp_queue, eventually, unique_queue};
+use tests::{InProcessWorker, amqp_url, cleanup_amqp_queue, eventually, unique_queue};
 
 /// Handler runs: (run, what).
 static RUNS: Mutex<Vec<(String, &'static str)>> = Mutex::new(Vec::new());
@@ -163,11 +163,7 @@ async fn handler_faults(broker: &str, url: &str, test: &str) -> String {
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_millis(200),
         });
-    let worker = Worker::new(config).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(worker.run_until(async {
-        let _ = stopped.await;
-    }));
+    let worker = InProcessWorker::start(config);
 
     let r = || run.clone();
     // A handler that blocks its thread, then messages that must flow meanwhile.
@@ -271,9 +267,8 @@ async fn handler_faults(broker: &str, url: &str, test: &str) -> String {
         .await
         .is_some()
     );
-    assert!(!done.is_finished(), "the worker stopped");
-    let _ = stop.send(());
-    let stats = done.await.unwrap().unwrap();
+    assert!(!worker.is_finished(), "the worker stopped");
+    let stats = worker.stop().await;
     let snapshot: HashMap<_, _> = stats.snapshot().into_iter().collect();
     assert_eq!(snapshot["dead_lettered"], 5, "{snapshot:?}");
     assert_eq!(snapshot["succeeded"], 22, "{snapshot:?}");

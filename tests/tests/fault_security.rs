@@ -13,7 +13,7 @@ use tests::fault::{
     Counts, PrivateRedis, Published, cleanup_redis_queue_at, command, dead_letter_reasons,
     fault_redis_url, rabbitmqctl,
 };
-use tests::{amqp_url, cleanup_amqp_queue, eventually, unique_queue};
+use tests::{InProcessWorker, amqp_url, cleanup_amqp_queue, eventually, unique_queue};
 
 /// Everything logged in this test binary, at every level.
 static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
@@ -98,18 +98,13 @@ async fn round_trip(url: &str) -> Vec<String> {
         .unwrap();
     let config = WorkerConfig::new(url).unwrap().queues([queue.clone()]);
     texts.push(format!("{config:?}"));
-    let worker = Worker::new(config).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(worker.run_until(async {
-        let _ = stopped.await;
-    }));
+    let worker = InProcessWorker::start(config);
     let done_running = eventually(Duration::from_secs(20), || async {
         (ran(&queue) == 1).then_some(())
     })
     .await;
     assert!(done_running.is_some(), "the event did not run");
-    let _ = stop.send(());
-    done.await.unwrap().unwrap();
+    worker.stop().await;
     if url.starts_with("amqp") {
         cleanup_amqp_queue(&queue).await;
     }
@@ -272,18 +267,13 @@ async fn size_limit(url: &str) -> (String, Vec<String>) {
             .await
             .unwrap();
     }
-    let worker = Worker::new(
+    let worker = InProcessWorker::start(
         WorkerConfig::new(url)
             .unwrap()
             .queues([queue.clone()])
             .concurrency(1)
             .max_message_bytes(16 * 1024),
-    )
-    .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(worker.run_until(async {
-        let _ = stopped.await;
-    }));
+    );
     assert!(
         eventually(Duration::from_secs(20), || async {
             (ran(&run) == 1).then_some(())
@@ -297,8 +287,7 @@ async fn size_limit(url: &str) -> (String, Vec<String>) {
     })
     .await
     .expect("the big message was dead-lettered");
-    let _ = stop.send(());
-    done.await.unwrap().unwrap();
+    worker.stop().await;
     assert_eq!(ran(&run), 1, "the big message ran");
     (queue, reasons)
 }

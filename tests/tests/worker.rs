@@ -6,16 +6,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use events_celery::{
-    CeleryBackend, CeleryConfig, RetryPolicy, Worker, WorkerConfig, WorkerStats,
-    replay_dead_letters,
-};
+use events_celery::{CeleryBackend, CeleryConfig, RetryPolicy, WorkerConfig, replay_dead_letters};
 use events_core::{Backend, EventRef, domain_event, handler};
 use redis::AsyncCommands;
 use tests::{
-    amqp_channel, amqp_url, delete_amqp_queue, eventually, redis, redis_url, unique_queue,
+    InProcessWorker, amqp_channel, amqp_url, delete_amqp_queue, eventually, redis, redis_url,
+    unique_queue,
 };
-use tokio::sync::oneshot;
 
 /// Handler runs, by (handler, run id).
 static RUNS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
@@ -83,35 +80,7 @@ async fn build_report(event: &SlowReport) {
     record("build_report", &event.run);
 }
 
-struct Running {
-    stats: std::sync::Arc<WorkerStats>,
-    stop: oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<std::sync::Arc<WorkerStats>>,
-}
-
-impl Running {
-    async fn stop(self) -> std::sync::Arc<WorkerStats> {
-        let _ = self.stop.send(());
-        self.done.await.unwrap()
-    }
-}
-
-fn start(config: WorkerConfig) -> Running {
-    let worker = Worker::new(config).unwrap();
-    let stats = worker.stats();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(async move {
-        worker
-            .run_until(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap()
-    });
-    Running { stats, stop, done }
-}
-
-fn worker_expired(worker: &Running) -> u64 {
+fn worker_expired(worker: &InProcessWorker) -> u64 {
     worker
         .stats
         .expired
@@ -153,7 +122,7 @@ async fn every_handler_runs_once(url: &str) {
             .await
             .unwrap();
     }
-    let worker = start(
+    let worker = InProcessWorker::start(
         WorkerConfig::new(url)
             .unwrap()
             .queues([queue.clone()])
@@ -196,7 +165,7 @@ async fn failed_handlers_are_retried_alone_then_dead_lettered(url: &str) -> Stri
         .publish(EventRef::new(&InvoiceDue { run: run.clone() }))
         .await
         .unwrap();
-    let worker = start(
+    let worker = InProcessWorker::start(
         WorkerConfig::new(url)
             .unwrap()
             .queues([queue.clone()])
@@ -241,7 +210,7 @@ async fn redis_retries_dead_letters_and_replays() {
 
     // Replaying runs the exhausted handler alone, with fresh retries.
     assert_eq!(replay_dead_letters(&url, &queue, 10).await.unwrap(), 1);
-    let worker = start(
+    let worker = InProcessWorker::start(
         WorkerConfig::new(&url)
             .unwrap()
             .queues([queue.clone()])
@@ -289,7 +258,7 @@ async fn amqp_retries_dead_letters_and_replays() {
         .await
         .unwrap();
     assert_eq!(replay_dead_letters(&url, &queue, 10).await.unwrap(), 1);
-    let worker = start(
+    let worker = InProcessWorker::start(
         WorkerConfig::new(&url)
             .unwrap()
             .queues([queue.clone()])
@@ -329,7 +298,7 @@ async fn eta_is_honoured_and_expired_messages_do_not_run(url: &str) {
         })
         .await
         .unwrap();
-    let worker = start(WorkerConfig::new(url).unwrap().queues([queue.clone()]));
+    let worker = InProcessWorker::start(WorkerConfig::new(url).unwrap().queues([queue.clone()]));
     assert!(wait_for(&run, "send_receipt", 1).await);
     assert!(
         published.elapsed() >= Duration::from_secs(2),
@@ -371,7 +340,7 @@ async fn shutdown_finishes_running_messages_and_returns_the_rest(url: &str) -> S
             .await
             .unwrap();
     }
-    let worker = start(
+    let worker = InProcessWorker::start(
         WorkerConfig::new(url)
             .unwrap()
             .queues([queue.clone()])
@@ -393,7 +362,7 @@ async fn shutdown_finishes_running_messages_and_returns_the_rest(url: &str) -> S
         "a started message was not finished"
     );
     // The rest is back in the queue: a second worker finishes it, and nothing is lost.
-    let worker = start(
+    let worker = InProcessWorker::start(
         WorkerConfig::new(url)
             .unwrap()
             .queues([queue.clone()])
@@ -428,7 +397,7 @@ async fn bad_messages_are_dead_lettered_and_the_worker_keeps_going() {
     let run = queue.clone();
     let mut redis = redis().await;
     let good = backend(&url, &queue).await;
-    let worker = start(WorkerConfig::new(&url).unwrap().queues([queue.clone()]));
+    let worker = InProcessWorker::start(WorkerConfig::new(&url).unwrap().queues([queue.clone()]));
     for bad in [
         "not json at all",
         "{\"body\": \"e30=\", \"content-type\": \"application/x-python-serialize\", \"content-encoding\": \"binary\", \"headers\": {\"task\": \"domain_events.worker.order_paid\", \"id\": \"1\"}, \"properties\": {\"body_encoding\": \"base64\", \"delivery_tag\": \"bad-1\"}}",

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, Utc};
-use events_celery::{CeleryBackend, CeleryConfig, Worker, WorkerConfig, WorkerStats};
+use events_celery::{CeleryBackend, CeleryConfig, WorkerConfig};
 use events_core::{domain_event, handler};
 use serde::Serialize;
 use serde_json::Value;
@@ -27,10 +27,9 @@ use tests::fault::{
     python_runs, rust_runs,
 };
 use tests::{
-    PythonWorkerSpec, amqp_url, cleanup_amqp_queue, cleanup_redis_queue, eventually, python,
-    redis_url, unique_queue, workspace_dir,
+    InProcessWorker, PythonWorkerSpec, amqp_url, cleanup_amqp_queue, cleanup_redis_queue,
+    eventually, python, redis_url, unique_queue, workspace_dir,
 };
-use tokio::sync::oneshot;
 
 // ---------------------------------------------------------------------------------------------
 // The events Python sends (`examples/python/send_events.py`), two handlers each.
@@ -219,33 +218,7 @@ fn expected_typed(run: &str) -> TypedValues {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Running the Rust worker in this process, and the Python sender.
-
-struct Running {
-    stop: oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<std::sync::Arc<WorkerStats>>,
-}
-
-impl Running {
-    fn start(config: WorkerConfig) -> Self {
-        let worker = Worker::new(config).unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(async move {
-            worker
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap()
-        });
-        Self { stop, done }
-    }
-
-    async fn stop(self) -> HashMap<&'static str, u64> {
-        let _ = self.stop.send(());
-        self.done.await.unwrap().snapshot().into_iter().collect()
-    }
-}
+// The Python sender.
 
 /// What `send_events.py` printed for one message.
 #[derive(Debug, serde::Deserialize)]
@@ -310,7 +283,7 @@ async fn python_send_task_runs_every_rust_handler(broker: Broker) {
     if let Some(max) = max_priority {
         config = config.queue_max_priority(max);
     }
-    let worker = Running::start(config);
+    let worker = InProcessWorker::start(config);
     let sent = python_sends(&url, &queue, &run, max_priority).await;
     assert_eq!(sent.len(), 5, "{sent:?}");
 
@@ -321,7 +294,7 @@ async fn python_send_task_runs_every_rust_handler(broker: Broker) {
     .await;
     // Anything that would run twice has had time to.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let stats = worker.stop().await;
+    let stats: HashMap<_, _> = worker.stop().await.snapshot().into_iter().collect();
     let runs = runs_of(&run);
     assert!(
         all_ran.is_some(),
