@@ -1,6 +1,7 @@
 //! Integration, UI (trybuild) and interop tests for the domain-events workspace, and what they
 //! share: broker URLs, unique queue names, raw broker access.
 
+pub mod amqp_raw;
 pub mod fault;
 
 use std::time::Duration;

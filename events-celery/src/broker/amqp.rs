@@ -5,13 +5,52 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use async_rs::util::RuntimeParts;
+use async_rs::{Runtime, Tokio};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::tcp::{AMQPUriTcpExt, AsyncTcpStream, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::uri::AMQPUri;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
 use tokio::sync::Mutex;
 
 use super::BrokerUrl;
+use super::amqp_guard::{FrameGuard, GuardedReactor};
 use crate::error::CeleryError;
+
+/// Opens a connection to RabbitMQ: the one way the crate connects, for publishers and workers.
+///
+/// Plain or TLS as the URL says (lapin's TLS defaults: the platform's roots, `SSL_CERT_FILE`),
+/// on the current tokio runtime, with every byte from the broker passing the frame guard
+/// (`amqp_guard`) before lapin parses it, so no message can overflow the parser's stack.
+pub(crate) async fn connect(url: &BrokerUrl) -> Result<Connection, lapin::Error> {
+    let uri: AMQPUri = url
+        .amqp_uri()
+        .parse()
+        .map_err(|e: String| lapin::Error::from(std::io::Error::other(e)))?;
+    let tokio = Tokio::current();
+    let plain = Runtime::new(tokio.clone());
+    let runtime = Runtime::new(RuntimeParts::new(tokio.clone(), GuardedReactor(tokio)));
+    Connection::connector(
+        uri,
+        runtime,
+        async move |uri: AMQPUri, _runtime| {
+            let stream = uri
+                .connect_with_config_async(OwnedTLSConfig::default().as_ref(), &plain)
+                .await
+                .map_err(|e| {
+                    if plain.is_runtime_shutdown_error(&e) {
+                        lapin::Error::from(ErrorKind::RuntimeShutdownError(Arc::new(e)))
+                    } else {
+                        lapin::Error::from(e)
+                    }
+                })?;
+            Ok(AsyncTcpStream::Plain(FrameGuard::new(stream)))
+        },
+        ConnectionProperties::default(),
+    )
+    .await
+}
 
 /// How many confirm-mode channels concurrent publishes are spread over.
 const PUBLISH_CHANNELS: usize = 2;
@@ -128,9 +167,7 @@ impl AmqpPublisher {
             broker: self.url.clone(),
             source: Box::new(source),
         };
-        let connection = Connection::connect(&self.url.amqp_uri(), ConnectionProperties::default())
-            .await
-            .map_err(connect_error)?;
+        let connection = connect(&self.url).await.map_err(connect_error)?;
         let mut channels = Vec::with_capacity(PUBLISH_CHANNELS);
         for _ in 0..PUBLISH_CHANNELS {
             let channel = connection.create_channel().await.map_err(connect_error)?;

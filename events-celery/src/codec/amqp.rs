@@ -25,6 +25,11 @@ use super::message::{HeaderValue, MessageProperties, ParsedHeaders, Routing, Tas
 use super::python_json::pythonize_floats;
 use super::timestamp::isoformat;
 
+/// The header that stands in for a header table the AMQP connection refused to parse (it
+/// nested too deep); its value says why. A message carrying it is refused by
+/// [`TaskMessage::decode_amqp`].
+pub(crate) const REFUSED_HEADER: &str = "x-events-refused-headers";
+
 /// An AMQP 0-9-1 field value (RabbitMQ's field types), as header tables hold them.
 ///
 /// This mirrors the protocol, not a client library; the broker code converts it to and from
@@ -285,6 +290,16 @@ impl TaskMessage {
         let p = &message.properties;
         check_content_type(p.content_type.as_deref())?;
         check_content_encoding(p.content_encoding.as_deref())?;
+        if let Some((_, AmqpValue::LongString(reason))) = message
+            .headers
+            .0
+            .iter()
+            .find(|(name, _)| name.as_str() == REFUSED_HEADER)
+        {
+            return Err(DecodeError::RefusedHeaders(
+                String::from_utf8_lossy(reason).into_owned(),
+            ));
+        }
         // Every conversion error comes before any header error, as in two passes.
         let mut headers = ParsedHeaders::default();
         let mut header_error = None;

@@ -145,6 +145,11 @@ pub enum DecodeError {
         /// What is wrong.
         reason: String,
     },
+
+    /// The AMQP connection refused the message's header table before it was parsed (it nests
+    /// too deep to parse safely); the text says why. The original headers are gone.
+    #[error("the message's headers were refused: {0}")]
+    RefusedHeaders(String),
 }
 
 /// The event payload of a decoded message does not fit the event type.

@@ -66,6 +66,7 @@ mod scan;
 mod timestamp;
 mod uuid4;
 
+pub(crate) use amqp::REFUSED_HEADER;
 pub use amqp::{AmqpMessage, AmqpProperties, AmqpTable, AmqpValue};
 pub use decode::{DEFAULT_MAX_MESSAGE_BYTES, DecodeOptions};
 pub use encode::{

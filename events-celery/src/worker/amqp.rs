@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::StreamExt;
+use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::core::{Core, Verdict};
@@ -86,11 +86,7 @@ async fn session(
     // Connecting is bounded in time and gives way to a stop: a broker that accepts the socket
     // but never completes the handshake must not wedge the worker.
     let limit = core.config.publish_timeout;
-    let uri = url.amqp_uri();
-    let connecting = tokio::time::timeout(
-        limit,
-        Connection::connect(&uri, ConnectionProperties::default()),
-    );
+    let connecting = tokio::time::timeout(limit, crate::broker::connect_amqp(url));
     let connection = tokio::select! {
         biased;
         () = stopped(stopping) => return Ok(()),
