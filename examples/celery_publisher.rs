@@ -19,6 +19,7 @@ const DEFAULT_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672//";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    examples::logging::init("warn", None);
     let url = std::env::var("CELERY_BROKER_URL").unwrap_or_else(|_| DEFAULT_BROKER.to_owned());
     // The other EVENTS_CELERY_* variables (queue, routes, priority…) apply too.
     let backend = CeleryBackend::connect(CeleryConfig::from_env(Some(&url))?).await?;

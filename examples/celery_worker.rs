@@ -11,10 +11,15 @@
 //! cargo run -p examples --example celery_worker -- --replay-dead-letters 100
 //! ```
 //!
+//! Logging: `RUST_LOG` (`RUST_LOG=debug`, `RUST_LOG=warn,events_celery=debug`) or
+//! `--loglevel <level>` (Celery's flag); default `info`. Colour only on a terminal.
+//!
 //! Stop it with Ctrl-C or SIGTERM: it finishes the running messages (grace period 30 s) and
 //! returns the rest to the queue.
 
 use std::time::Duration;
+
+use examples::logging;
 
 use events_celery::{Worker, WorkerConfig, replay_dead_letters};
 use events_core::handler;
@@ -67,14 +72,18 @@ const DEFAULT_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672//";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .init();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let loglevel = argv
+        .iter()
+        .position(|a| a == "--loglevel" || a == "-l")
+        .and_then(|i| argv.get(i + 1))
+        .map(String::as_str);
+    logging::init("info", loglevel);
     let url = std::env::var("CELERY_BROKER_URL").unwrap_or_else(|_| DEFAULT_BROKER.to_owned());
     let mut queues = Vec::new();
     let mut config = WorkerConfig::new(&url)?;
     let mut replay = None;
-    let mut args = std::env::args().skip(1);
+    let mut args = argv.clone().into_iter();
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
@@ -88,6 +97,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 config = config.grace_period(Duration::from_secs(value()?.parse()?))
             }
             "--replay-dead-letters" => replay = Some(value()?.parse::<usize>()?),
+            "--loglevel" | "-l" => drop(value()?),
             other => {
                 return Err(format!("unknown argument `{other}`; see the file's header").into());
             }

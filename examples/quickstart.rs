@@ -63,9 +63,31 @@ fn reserve_stock(event: &OrderPlaced) {
 }
 
 fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
+    // `RUST_LOG` chooses what is logged (default: warnings); colour only on a terminal.
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    let (filter, problem) = match filter.parse::<tracing_subscriber::filter::Targets>() {
+        Ok(targets) => (targets, None),
+        Err(e) => (
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::WARN),
+            Some(format!(
+                "log filter `{filter}` is not valid ({e}); using `warn`"
+            )),
+        ),
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .with(filter)
         .init();
+    if let Some(problem) = problem {
+        tracing::warn!("{problem}");
+    }
 
     events_core::init(MemoryBackend::new())?;
 

@@ -92,6 +92,30 @@ impl From<CeleryError> for events_core::Error {
 }
 
 impl CeleryError {
+    /// The broker could not be reached: the client's error as short text, with the URL's
+    /// password removed wherever the client echoed it (the clients' own `Debug` forms are raw
+    /// structures, and some repeat the URL they were given).
+    pub(crate) fn connect(broker: &BrokerUrl, error: &dyn std::fmt::Display) -> Self {
+        CeleryError::Connect {
+            broker: broker.clone(),
+            source: Box::new(ErrorText(broker.scrub(&error.to_string()))),
+        }
+    }
+
+    /// The broker failed during `operation`: the client's error as for
+    /// [`connect`](Self::connect).
+    pub(crate) fn broker(
+        broker: &BrokerUrl,
+        operation: &'static str,
+        error: &dyn std::fmt::Display,
+    ) -> Self {
+        CeleryError::Broker {
+            broker: broker.clone(),
+            operation,
+            source: Box::new(ErrorText(broker.scrub(&error.to_string()))),
+        }
+    }
+
     /// The same failure for another publish of a batch that failed as a whole (the client's
     /// error is kept as its text: it cannot be cloned).
     pub(crate) fn duplicate(&self) -> Self {
@@ -143,9 +167,14 @@ impl CeleryError {
     }
 }
 
-/// A client error kept as text.
-#[derive(Debug)]
+/// A client error kept as text (without the URL's password).
 struct ErrorText(String);
+
+impl std::fmt::Debug for ErrorText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
 
 impl std::fmt::Display for ErrorText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

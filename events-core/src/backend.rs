@@ -138,11 +138,21 @@ impl FromStr for BackendKind {
     }
 }
 
-/// Replaces the password of a URL (`scheme://user:password@host`) with `***`, for messages.
+/// Replaces the password of a URL (`scheme://user:password@host`) and the values of
+/// secret-looking query parameters (`password`, `token`, `secret`, …) with `***`, for
+/// messages.
+///
+/// Whatever the password holds: a password with an unencoded `/`, `?`, `#` or `@` (which URL
+/// parsers would read as the end of the host part) is still hidden, up to the last `@` of the
+/// URL.
 ///
 /// ```
 /// assert_eq!(
 ///     events_core::redact_url("amqp://guest:secret@host:5672//"),
+///     "amqp://guest:***@host:5672//"
+/// );
+/// assert_eq!(
+///     events_core::redact_url("amqp://guest:se/cr@t@host:5672//"),
 ///     "amqp://guest:***@host:5672//"
 /// );
 /// ```
@@ -150,21 +160,53 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
+    // Where URL parsers end the host part; a password holding one of these characters moves
+    // that end into the password, so then everything up to the last `@` is credentials.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@').or_else(|| rest.rfind('@'));
+    let mut redacted = format!("{scheme}://");
+    let after = match at {
         Some(at) => {
-            let userinfo = &authority[..at];
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let redacted = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
-            format!("{scheme}://{redacted}{}", &rest[at..])
+            let userinfo = &rest[..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    redacted.push_str(user);
+                    redacted.push_str(":***");
+                }
+                None => redacted.push_str(userinfo),
+            }
+            &rest[at..]
         }
-        None => url.to_owned(),
+        None => rest,
+    };
+    match after.split_once('?') {
+        Some((before, query)) => {
+            redacted.push_str(before);
+            redacted.push('?');
+            for (i, pair) in query.split('&').enumerate() {
+                if i > 0 {
+                    redacted.push('&');
+                }
+                match pair.split_once('=') {
+                    Some((key, _)) if is_secret_key(key) => {
+                        redacted.push_str(key);
+                        redacted.push_str("=***");
+                    }
+                    _ => redacted.push_str(pair),
+                }
+            }
+        }
+        None => redacted.push_str(after),
     }
+    redacted
+}
+
+/// Whether a URL query parameter's value is a secret.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token", "credential", "auth"]
+        .iter()
+        .any(|secret| key.contains(secret))
 }
 
 /// A backend that can be built from configuration text, registered at link time by the crate
@@ -233,6 +275,50 @@ mod tests {
         assert_eq!(redact_url("amqp://h/v"), "amqp://h/v");
         assert_eq!(redact_url("amqp://u:p@ss@h/v"), "amqp://u:***@h/v");
         assert_eq!(redact_url("memory"), "memory");
+        assert_eq!(redact_url("amqp://u:p@h/v@x"), "amqp://u:***@h/v@x");
+        assert_eq!(
+            redact_url("redis://h:6379/0?password=hunter2&db=1&auth_token=t0k"),
+            "redis://h:6379/0?password=***&db=1&auth_token=***"
+        );
+    }
+
+    /// Passwords holding every character a generated password may hold, unencoded, in every
+    /// place of the URL: never shown.
+    #[test]
+    fn odd_passwords_are_never_shown() {
+        let passwords = [
+            "pa/ss",
+            "p@ss",
+            "p:ss",
+            "p#ss",
+            "p?ss",
+            "p%ss",
+            "p%2Fss",
+            "p ss",
+            "pässwörd",
+            "/",
+            "@",
+            "//@@::",
+            "?#",
+            "a/b@c",
+            "x?y=z&w",
+            "密码/🔑",
+        ];
+        for odd in passwords {
+            // Marked at both ends: neither end may show.
+            let password = format!("Zq{odd}Zq");
+            for user in ["u", "", "user.name"] {
+                for tail in ["h:5672//", "h", "h/v@x", "h:6379/0?db=1", "[::1]:5672/%2f"] {
+                    for scheme in ["amqp", "amqps", "redis", "rediss"] {
+                        let url = format!("{scheme}://{user}:{password}@{tail}");
+                        let shown = redact_url(&url);
+                        assert!(!shown.contains("Zq"), "{url:?} was shown as {shown:?}");
+                        assert!(shown.contains(":***"), "{url:?} -> {shown:?}");
+                        assert!(shown.starts_with(&format!("{scheme}://{user}:")), "{shown}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Events shared by the examples: the Celery publisher sends them, the Celery worker (Rust or
 //! Python, `examples/python/domain_events_app.py`) runs their handlers.
 
+pub mod logging;
+
 pub mod shop {
     //! A shop's domain events.
 

@@ -409,6 +409,8 @@ pub struct WorkerSpec {
     pub restore_interval: Option<Duration>,
     /// The longest wait between reconnection attempts.
     pub reconnect_max_delay: Duration,
+    /// More environment variables for the process.
+    pub env: Vec<(String, String)>,
 }
 
 impl WorkerSpec {
@@ -424,6 +426,7 @@ impl WorkerSpec {
             visibility_timeout: None,
             restore_interval: None,
             reconnect_max_delay: Duration::from_secs(1),
+            env: Vec::new(),
         }
     }
 }
@@ -453,6 +456,7 @@ impl WorkerProcess {
                 "FAULT_RECONNECT_MAX_MS",
                 spec.reconnect_max_delay.as_millis().to_string(),
             );
+        command.envs(spec.env.iter().map(|(k, v)| (k, v)));
         if let Some(v) = spec.visibility_timeout {
             command.env("FAULT_VISIBILITY_MS", v.as_millis().to_string());
         }

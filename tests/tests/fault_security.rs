@@ -10,10 +10,12 @@ use std::time::Duration;
 use events_celery::{BrokerUrl, CeleryBackend, CeleryConfig, Worker, WorkerConfig};
 use events_core::{Backend, EventRef, domain_event, handler};
 use tests::fault::{
-    Counts, PrivateRedis, Published, cleanup_redis_queue_at, command, dead_letter_reasons,
-    fault_redis_url, rabbitmqctl,
+    Counts, PrivateRedis, Published, WorkerProcess, WorkerSpec, cleanup_redis_queue_at, command,
+    dead_letter_reasons, fault_redis_url, rabbitmqctl,
 };
 use tests::{InProcessWorker, amqp_url, cleanup_amqp_queue, eventually, unique_queue};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_fault_worker");
 
 /// Everything logged in this test binary, at every level.
 static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
@@ -321,5 +323,121 @@ async fn size_limit_is_enforced_before_decoding() {
             cleanup_amqp_queue(&queue).await;
             cleanup_amqp_queue(&format!("{queue}.dead_letter")).await;
         }
+    }
+}
+
+/// Generated passwords hold any character. Unencoded in a URL, each is either read as URL
+/// parsers read it (`@`, `:`, `%`, spaces, unicode) or refused because it moves the end of the
+/// host part (`/`, `?`, `#`); either way it never appears in an error, a `Debug` form or a log
+/// line — the publisher's errors, the worker's `worker starting` line and its reconnect
+/// errors. Percent-encoded, each one logs in to RabbitMQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_passwords_are_never_shown() {
+    capture_logs();
+    let odd = [
+        "pa/ss",
+        "p@ss",
+        "p:ss",
+        "p#ss",
+        "p?ss",
+        "p%ss",
+        "p%2Fss",
+        "p ss",
+        "pässwörd",
+        "a/b@c",
+        "x?y=z&w",
+        "//@@::",
+    ];
+    let mut texts = Vec::new();
+    for password in odd {
+        // Marked at both ends: neither end may show.
+        let secret = format!("Zq7{password}Zq7");
+        for base in [
+            "amqp://fault_odd_user:{}@127.0.0.1:1//",
+            "redis://user:{}@127.0.0.1:1/0",
+            "redis://:{}@127.0.0.1:1/0",
+        ] {
+            let url = base.replace("{}", &secret);
+            let config = match CeleryConfig::new(&url) {
+                Ok(config) => config.publish_timeout(Duration::from_secs(2)),
+                Err(refused) => {
+                    texts.push(format!("{refused} {refused:?}"));
+                    assert!(
+                        password.contains(['/', '?', '#']),
+                        "{password:?} refused: {refused}"
+                    );
+                    continue;
+                }
+            };
+            texts.push(format!("{config:?}"));
+            let Err(error) = CeleryBackend::connect(config).await else {
+                panic!("nothing listens on port 1");
+            };
+            texts.push(format!("{error} {error:?}"));
+            let worker = Worker::new(
+                WorkerConfig::new(&url)
+                    .unwrap()
+                    .queues([unique_queue("fault_odd")])
+                    .reconnect_max_delay(Duration::from_millis(100)),
+            )
+            .unwrap();
+            let result = worker
+                .run_until(tokio::time::sleep(Duration::from_millis(300)))
+                .await;
+            texts.push(format!("{result:?}"));
+        }
+    }
+    assert!(logs().contains("worker starting"), "the worker logged");
+    assert_secret_kept("Zq7", &texts);
+
+    // Percent-encoded, the same passwords log in.
+    let encoded = |p: &str| {
+        p.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    for password in ["pa/ss", "p@ss:#?", "pässwörd %"] {
+        let _user = RabbitUser::create("fault_odd_user", password);
+        let url = format!(
+            "amqp://fault_odd_user:{}@127.0.0.1:5672//",
+            encoded(password)
+        );
+        round_trip(&url).await;
+    }
+}
+
+/// A CA file that cannot be read is named, on both brokers (RabbitMQ used to report only an
+/// untrusted certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_ca_file_is_named() {
+    for url in [
+        "amqps://guest:guest@127.0.0.1:5671//",
+        "rediss://127.0.0.1:6380/0",
+    ] {
+        let mut spec = WorkerSpec::new(url, &unique_queue("fault_cafile"));
+        spec.env
+            .push(("SSL_CERT_FILE".into(), "/nonexistent/ca-bundle.pem".into()));
+        let mut worker = WorkerProcess::start(WORKER, &spec);
+        let said = eventually(Duration::from_secs(20), || {
+            let log = worker.log();
+            async move {
+                log.contains(
+                    "SSL_CERT_FILE names `/nonexistent/ca-bundle.pem`, which cannot be read",
+                )
+                .then_some(())
+            }
+        })
+        .await;
+        worker.assert_running();
+        assert!(
+            said.is_some(),
+            "{url}: the missing file is not named:\n{}",
+            worker.log()
+        );
     }
 }

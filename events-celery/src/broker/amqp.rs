@@ -24,6 +24,8 @@ use crate::error::CeleryError;
 /// on the current tokio runtime, with every byte from the broker passing the frame guard
 /// (`amqp_guard`) before lapin parses it, so no message can overflow the parser's stack.
 pub(crate) async fn connect(url: &BrokerUrl) -> Result<Connection, lapin::Error> {
+    url.check_tls_files()
+        .map_err(|problem| lapin::Error::from(std::io::Error::other(problem)))?;
     let uri: AMQPUri = url
         .amqp_uri()
         .parse()
@@ -122,11 +124,7 @@ impl AmqpPublisher {
     }
 
     fn broker_error(&self, operation: &'static str, source: lapin::Error) -> CeleryError {
-        CeleryError::Broker {
-            broker: self.url.clone(),
-            operation,
-            source: Box::new(source),
-        }
+        CeleryError::broker(&self.url, operation, &source)
     }
 
     /// The current link, connecting (again) if there is none or it broke.
@@ -163,10 +161,7 @@ impl AmqpPublisher {
     }
 
     async fn connect(&self) -> Result<Link, CeleryError> {
-        let connect_error = |source: lapin::Error| CeleryError::Connect {
-            broker: self.url.clone(),
-            source: Box::new(source),
-        };
+        let connect_error = |source: lapin::Error| CeleryError::connect(&self.url, &source);
         let connection = connect(&self.url).await.map_err(connect_error)?;
         let mut channels = Vec::with_capacity(PUBLISH_CHANNELS);
         for _ in 0..PUBLISH_CHANNELS {

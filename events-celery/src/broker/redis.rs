@@ -63,10 +63,7 @@ impl RedisPublisher {
         let pong: redis::RedisResult<()> = redis::cmd("PING").exec_async(&mut connection).await;
         if let Err(error) = pong {
             self.reset().await;
-            return Err(CeleryError::Connect {
-                broker: self.url.clone(),
-                source: Box::new(error),
-            });
+            return Err(CeleryError::connect(&self.url, &error));
         }
         Ok(())
     }
@@ -92,19 +89,12 @@ impl RedisPublisher {
         {
             self.reset().await;
         }
-        let results = result.map_err(|source| CeleryError::Broker {
-            broker: self.url.clone(),
-            operation: "LPUSH",
-            source: Box::new(source),
-        })?;
+        let results = result.map_err(|source| CeleryError::broker(&self.url, "LPUSH", &source))?;
         Ok(results
             .into_iter()
             .map(|r| {
-                r.map(drop).map_err(|source| CeleryError::Broker {
-                    broker: self.url.clone(),
-                    operation: "LPUSH",
-                    source: Box::new(source),
-                })
+                r.map(drop)
+                    .map_err(|source| CeleryError::broker(&self.url, "LPUSH", &source))
             })
             .collect())
     }
@@ -162,12 +152,9 @@ pub(crate) async fn connect_with_timeout(
     url: &BrokerUrl,
     response_timeout: std::time::Duration,
 ) -> Result<MultiplexedConnection, CeleryError> {
-    let connect_error = |source: redis::RedisError| CeleryError::Connect {
-        broker: url.clone(),
-        source: Box::new(Redacted(
-            source.to_string().replace(url.expose(), &url.to_string()),
-        )),
-    };
+    let connect_error = |source: redis::RedisError| CeleryError::connect(url, &source);
+    url.check_tls_files()
+        .map_err(|problem| CeleryError::connect(url, &problem))?;
     let client = redis::Client::open(url.expose()).map_err(connect_error)?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
@@ -186,15 +173,3 @@ pub(crate) fn is_connection_error(error: &redis::RedisError) -> bool {
         || error.is_timeout()
         || error.is_unrecoverable_error()
 }
-
-/// A client error whose text had the URL's password removed.
-#[derive(Debug)]
-struct Redacted(String);
-
-impl std::fmt::Display for Redacted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Redacted {}

@@ -76,13 +76,8 @@ async fn session(
     backoff: &mut Duration,
 ) -> Result<(), CeleryError> {
     let url = &core.config.broker;
-    let broker_error = |operation: &'static str| {
-        move |e: lapin::Error| CeleryError::Broker {
-            broker: url.clone(),
-            operation,
-            source: Box::new(e),
-        }
-    };
+    let broker_error =
+        |operation: &'static str| move |e: lapin::Error| CeleryError::broker(url, operation, &e);
     // Connecting is bounded in time and gives way to a stop: a broker that accepts the socket
     // but never completes the handshake must not wedge the worker.
     let limit = core.config.publish_timeout;
@@ -93,10 +88,7 @@ async fn session(
         connected = connecting => match connected {
             Ok(Ok(connection)) => connection,
             Ok(Err(e)) => {
-                return Err(CeleryError::Connect {
-                    broker: url.clone(),
-                    source: Box::new(e),
-                });
+                return Err(CeleryError::connect(url, &e));
             }
             Err(_) => {
                 return Err(CeleryError::Timeout {

@@ -174,11 +174,7 @@ async fn replay_redis(url: &BrokerUrl, queue: &str, limit: usize) -> Result<usiz
             .key(queue)
             .invoke_async(&mut connection)
             .await
-            .map_err(|e| CeleryError::Broker {
-                broker: url.clone(),
-                operation: "replaying dead letters",
-                source: Box::new(e),
-            })?;
+            .map_err(|e| CeleryError::broker(url, "replaying dead letters", &e))?;
         match result {
             1 => moved += 1,
             0 => break,
@@ -197,11 +193,7 @@ async fn replay_redis(url: &BrokerUrl, queue: &str, limit: usize) -> Result<usiz
 async fn replay_amqp(url: &BrokerUrl, queue: &str, limit: usize) -> Result<usize, CeleryError> {
     let publisher = AmqpPublisher::new(url.clone(), QueueArguments::default());
     let channel = publisher.consumer_channel().await?;
-    let broker_error = |operation, e: lapin::Error| CeleryError::Broker {
-        broker: url.clone(),
-        operation,
-        source: Box::new(e),
-    };
+    let broker_error = |operation, e: lapin::Error| CeleryError::broker(url, operation, &e);
     let mut moved = 0;
     while moved < limit {
         let Some(message) = channel

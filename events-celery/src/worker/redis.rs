@@ -115,11 +115,7 @@ impl Link {
                 if is_connection_error(&error) {
                     self.connection.lock().await.take();
                 }
-                Err(CeleryError::Broker {
-                    broker: self.url.clone(),
-                    operation,
-                    source: Box::new(error),
-                })
+                Err(CeleryError::broker(&self.url, operation, &error))
             }
         }
     }
