@@ -316,7 +316,7 @@ impl Handler {
         tracing::error!(
             handler = %failure.handler,
             event = failure.event,
-            error = %failure.chain(),
+            error = %crate::text::OneLine(failure.chain()),
             "event handler failed"
         );
         Err(failure)

@@ -52,6 +52,7 @@ mod event;
 mod handler;
 mod memory;
 mod registry;
+pub mod text;
 
 #[doc(hidden)]
 #[path = "private.rs"]

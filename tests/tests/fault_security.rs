@@ -441,3 +441,164 @@ async fn a_missing_ca_file_is_named() {
         );
     }
 }
+
+#[domain_event(name = "fault.echo")]
+#[derive(Debug, Clone)]
+struct Echo {
+    text: String,
+}
+
+/// Fails with the event's own text: a handler error quoting what the message held.
+#[handler(max_retries = 0)]
+fn echo(event: &Echo) -> Result<(), std::io::Error> {
+    Err(std::io::Error::other(format!("refused {}", event.text)))
+}
+
+/// What a log line forged inside a message looks like.
+const FORGED: &str = "2026-12-01T00:00:00.000000Z  INFO FORGED: admin logged in";
+
+/// A message whose content type, task name, id and payload each carry a newline, a carriage
+/// return, an ANSI escape or a Unicode line separator followed by a fake log line: every log
+/// line and dead-letter reason stays one line (the fake one never starts a line), on both
+/// brokers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_message_forges_a_log_line() {
+    use base64::Engine as _;
+    use lapin::options::BasicPublishOptions;
+    use lapin::types::{AMQPValue, FieldTable};
+    capture_logs();
+    let breaks = ["\n", "\r\n", "\r", "\u{1b}[2K\r", "\u{2028}", "\u{85}"];
+    let body = |text: &str| {
+        serde_json::to_vec(&serde_json::json!([[], {"payload": {"text": text}}, {}])).unwrap()
+    };
+    for url in [amqp_url(), fault_redis_url()] {
+        let queue = unique_queue("fault_forge");
+        // (content type, task, id, payload text)
+        let mut messages = Vec::new();
+        for b in breaks {
+            let forged = format!("{b}{FORGED}");
+            let task = "domain_events.fault.echo".to_owned();
+            let id = uuid::Uuid::new_v4().to_string();
+            messages.push((
+                format!("application/json{forged}"),
+                task.clone(),
+                id.clone(),
+                "x".to_owned(),
+            ));
+            messages.push((
+                "application/json".to_owned(),
+                format!("{task}{forged}"),
+                id.clone(),
+                "x".to_owned(),
+            ));
+            messages.push((
+                "application/json".to_owned(),
+                task.clone(),
+                format!("{id}{forged}"),
+                "x".to_owned(),
+            ));
+            messages.push((
+                "application/json".to_owned(),
+                task,
+                id,
+                format!("payload{forged}"),
+            ));
+        }
+        if url.starts_with("amqp") {
+            let (connection, channel) = tests::amqp_channel().await;
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            for (content_type, task, id, text) in &messages {
+                let mut headers = FieldTable::default();
+                headers.insert("task".into(), AMQPValue::LongString(task.as_str().into()));
+                headers.insert("id".into(), AMQPValue::LongString(id.as_str().into()));
+                let properties = lapin::BasicProperties::default()
+                    .with_content_type(content_type.as_str().into())
+                    .with_content_encoding("utf-8".into())
+                    .with_headers(headers);
+                channel
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body(text),
+                        properties,
+                    )
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+            let _ = connection.close(200, "done".into()).await;
+        } else {
+            let client = redis::Client::open(url.as_str()).unwrap();
+            let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+            for (content_type, task, id, text) in &messages {
+                let envelope = serde_json::json!({
+                    "body": base64::engine::general_purpose::STANDARD.encode(body(text)),
+                    "content-type": content_type, "content-encoding": "utf-8",
+                    "headers": {"task": task, "id": id},
+                    "properties": {
+                        "delivery_info": {"exchange": "", "routing_key": queue},
+                        "priority": 0, "body_encoding": "base64",
+                        "delivery_tag": uuid::Uuid::new_v4().to_string()
+                    }
+                });
+                redis::cmd("LPUSH")
+                    .arg(&queue)
+                    .arg(envelope.to_string())
+                    .exec_async(&mut redis)
+                    .await
+                    .unwrap();
+            }
+        }
+        let worker =
+            InProcessWorker::start(WorkerConfig::new(&url).unwrap().queues([queue.clone()]));
+        let reasons = eventually(Duration::from_secs(30), || async {
+            dead_letter_reasons(&url, &queue)
+                .await
+                .filter(|r| r.len() >= messages.len())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{url}: not every message was dead-lettered"));
+        worker.stop().await;
+        for reason in &reasons {
+            assert!(
+                !reason.contains(['\n', '\r', '\u{1b}', '\u{2028}', '\u{85}']),
+                "{reason:?}"
+            );
+        }
+        if url.starts_with("amqp") {
+            cleanup_amqp_queue(&queue).await;
+            cleanup_amqp_queue(&format!("{queue}.dead_letter")).await;
+        } else {
+            cleanup_redis_queue_at(&url, &queue).await;
+        }
+    }
+    let logs = logs();
+    let mut seen = 0;
+    for line in logs.split(['\n', '\r', '\u{2028}', '\u{85}']) {
+        if line.contains("FORGED") {
+            seen += 1;
+            assert!(
+                !line
+                    .trim_start_matches('\u{1b}')
+                    .starts_with("2026-12-01T00:00:00"),
+                "a forged line: {line:?}"
+            );
+        }
+    }
+    assert!(
+        seen > 0,
+        "the hostile text was never logged: the test proves nothing"
+    );
+}

@@ -43,7 +43,7 @@ pub(crate) async fn run(
             Ok(()) => return Ok(()),
             Err(error) => {
                 tracing::error!(
-                    error = %error,
+                    error = %events_core::text::OneLine(&error),
                     retry_in = ?backoff,
                     "consuming from RabbitMQ failed; reconnecting"
                 );
@@ -254,7 +254,7 @@ async fn handle(
         Ok(()) => acks.ack(tag),
         Err(error) => {
             tracing::error!(
-                error = %error,
+                error = %events_core::text::OneLine(&error),
                 "could not publish what this message leads to; returning it to the queue"
             );
             core.stats
@@ -317,7 +317,11 @@ async fn settle(
                     None => raw.clone(),
                 };
                 publish(amqp_dead_letter(base, letter, queue)).await?;
-                tracing::error!(reason = %letter.reason, queue, "message dead-lettered");
+                tracing::error!(
+                    reason = letter.reason.as_str(),
+                    queue,
+                    "message dead-lettered"
+                );
             }
             drop(permit);
             Ok(())

@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::WorkerConfig;
 use crate::codec::{DecodeError, TaskMessage};
+use events_core::text::OneLine;
 
 /// The custom header a retry carries: the names of the handlers still to run.
 pub const PENDING_HANDLERS_HEADER: &str = "x-events-handlers";
@@ -47,6 +48,8 @@ const MAX_REASON_BYTES: usize = 1024;
 /// `reason`, at most about [`MAX_REASON_BYTES`]: its beginning and its end (where serde
 /// says what it expected), with the middle replaced by a note of how much was cut.
 fn bounded(reason: String) -> String {
+    // One line first: the reason is logged and kept, and quotes what the message held.
+    let reason = events_core::text::one_line(reason);
     if reason.len() <= MAX_REASON_BYTES {
         return reason;
     }
@@ -163,8 +166,8 @@ impl Core {
             },
             Examined::Expired(message) => {
                 tracing::warn!(
-                    task_id = %message.id,
-                    task = %message.task,
+                    task_id = message.id.as_str(),
+                    task = message.task.as_str(),
                     expires = ?message.headers.expires,
                     "task expired before it could run; discarding it as Celery does"
                 );
@@ -175,7 +178,7 @@ impl Core {
             Examined::Ready(job) => {
                 let span = tracing::info_span!(
                     "task",
-                    task_id = %job.message.id,
+                    task_id = job.message.id.as_str(),
                     task = job.message.task.as_str(),
                     retries = job.message.headers.retries,
                 );
@@ -314,7 +317,7 @@ impl Core {
                 tracing::error!(
                     handler = handler.name(),
                     retries = message.headers.retries,
-                    error = %failure.chain(),
+                    error = %OneLine(failure.chain()),
                     "handler exhausted its retries; dead-lettering"
                 );
                 dead.push(DeadLetter {

@@ -189,7 +189,7 @@ pub(crate) async fn run(
                 core.stats.requeued.fetch_add(1, Ordering::Relaxed);
             }
             Err(error) => tracing::error!(
-                error = %error,
+                error = %events_core::text::OneLine(&error),
                 tag,
                 "could not return a message to its queue; it stays in `unacked` and will be \
                  restored after the visibility timeout"
@@ -316,7 +316,7 @@ async fn fetch_loop(
                     backoff = Duration::from_millis(200);
                 }
                 Err(error) => {
-                    tracing::error!(error = %error, retry_in = ?backoff, "cannot reach Redis");
+                    tracing::error!(error = %events_core::text::OneLine(&error), retry_in = ?backoff, "cannot reach Redis");
                     drop(taken_permits);
                     if pause(&mut stopping, backoff).await {
                         return;
@@ -371,11 +371,11 @@ async fn fetch_loop(
                     Ok(_) => {}
                     Err(error) if !is_connection_error(&error) => {
                         // A Redis before 6.2 (or a list key of another type): poll instead.
-                        tracing::debug!(error = %error, "BLMOVE refused; polling instead");
+                        tracing::debug!(error = %events_core::text::OneLine(&error), "BLMOVE refused; polling instead");
                         can_block = false;
                     }
                     Err(error) => {
-                        tracing::error!(error = %error, retry_in = ?backoff, "waiting for messages failed; reconnecting");
+                        tracing::error!(error = %events_core::text::OneLine(&error), retry_in = ?backoff, "waiting for messages failed; reconnecting");
                         connection = None;
                         if pause(&mut stopping, backoff).await {
                             return;
@@ -392,7 +392,7 @@ async fn fetch_loop(
             Err(error) => {
                 // If the script ran before the connection broke, what it took is in `unacked`
                 // and comes back after the visibility timeout.
-                tracing::error!(error = %error, retry_in = ?backoff, "taking messages failed; reconnecting");
+                tracing::error!(error = %events_core::text::OneLine(&error), retry_in = ?backoff, "taking messages failed; reconnecting");
                 drop(taken_permits);
                 if is_connection_error(&error) {
                     connection = None;
@@ -496,7 +496,11 @@ async fn handle(fetched: Fetched, tag: String, envelope: Vec<u8>, window: OwnedS
                         }
                         pipe.lpush(dead_letter_queue(&queue), record.to_json())
                             .ignore();
-                        tracing::error!(reason = %letter.reason, queue, "message dead-lettered");
+                        tracing::error!(
+                            reason = letter.reason.as_str(),
+                            queue,
+                            "message dead-lettered"
+                        );
                     }
                     Err(error) => follow_up = Err(CeleryError::from(error)),
                 }
@@ -515,13 +519,13 @@ async fn handle(fetched: Fetched, tag: String, envelope: Vec<u8>, window: OwnedS
     held.lock().expect("not poisoned").remove(&tag);
     if let Err(error) = settled {
         tracing::error!(
-            error = %error,
+            error = %events_core::text::OneLine(&error),
             "could not settle the message; returning it to its queue"
         );
         core.stats.requeued.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = restore(&link, &tag, &list, "LPUSH", &envelope).await {
             tracing::error!(
-                error = %error,
+                error = %events_core::text::OneLine(&error),
                 "it stays in `unacked` and will be restored after the visibility timeout"
             );
         }
@@ -534,7 +538,7 @@ async fn handle(fetched: Fetched, tag: String, envelope: Vec<u8>, window: OwnedS
 async fn restore_loop(core: Arc<Core>, link: Arc<Link>, mut stopping: watch::Receiver<bool>) {
     loop {
         if let Err(error) = restore_visible(&core, &link).await {
-            tracing::warn!(error = %error, "restoring unacknowledged messages failed");
+            tracing::warn!(error = %events_core::text::OneLine(&error), "restoring unacknowledged messages failed");
         }
         if pause(&mut stopping, core.config.restore_interval).await {
             return;
@@ -670,7 +674,7 @@ async fn move_due_loop(
             let mut invocation = script.prepare_invoke();
             invocation.key(delayed_key(list)).key(list).arg(now);
             if let Err(error) = link.script("moving due messages", &invocation).await {
-                tracing::warn!(error = %error, "moving due postponed messages failed");
+                tracing::warn!(error = %events_core::text::OneLine(&error), "moving due postponed messages failed");
                 break;
             }
         }
