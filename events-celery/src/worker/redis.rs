@@ -36,13 +36,37 @@ fn delayed_key(list: &str) -> String {
     format!("_events.delayed.{list}")
 }
 
+/// What starts a member of the postponed set: [`DELAYED_MARK`], a unique id, `:`, then the
+/// envelope. A sorted set holds each member once, so identical envelopes with the same eta
+/// (an envelope pushed twice) would collapse into one and run once; the id keeps each
+/// postponed message its own member. (An envelope is a JSON object, so it never starts with
+/// the mark: members written before the mark existed are moved back as they are.)
+const DELAYED_MARK: &str = "events-delayed:";
+
+/// The member of the postponed set for `envelope`: see [`DELAYED_MARK`].
+fn delayed_member(envelope: &[u8]) -> Vec<u8> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut member = Vec::with_capacity(DELAYED_MARK.len() + id.len() + 1 + envelope.len());
+    member.extend_from_slice(DELAYED_MARK.as_bytes());
+    member.extend_from_slice(id.as_bytes());
+    member.push(b':');
+    member.extend_from_slice(envelope);
+    member
+}
+
 /// Moves due postponed messages back onto their list, atomically: at most one worker moves
-/// each.
+/// each. `ARGV[2]` is [`DELAYED_MARK`]; the mark and id are stripped, the envelope pushed.
 const MOVE_DUE: &str = r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
-for _, message in ipairs(due) do
-  if redis.call('ZREM', KEYS[1], message) == 1 then
-    redis.call('RPUSH', KEYS[2], message)
+local mark = ARGV[2]
+for _, member in ipairs(due) do
+  if redis.call('ZREM', KEYS[1], member) == 1 then
+    local envelope = member
+    if string.sub(member, 1, #mark) == mark then
+      local colon = string.find(member, ':', #mark + 1, true)
+      if colon then envelope = string.sub(member, colon + 1) end
+    end
+    redis.call('RPUSH', KEYS[2], envelope)
   end
 end
 return #due
@@ -471,8 +495,12 @@ async fn handle(fetched: Fetched, tag: String, envelope: Vec<u8>, window: OwnedS
         Verdict::Ack => {}
         Verdict::Postpone(eta) => {
             core.stats.postponed.fetch_add(1, Ordering::Relaxed);
-            pipe.zadd(delayed_key(&list), &envelope[..], eta.timestamp_millis())
-                .ignore();
+            pipe.zadd(
+                delayed_key(&list),
+                delayed_member(&envelope),
+                eta.timestamp_millis(),
+            )
+            .ignore();
         }
         Verdict::Forward { retry, dead } => {
             if let Some(mut retry) = retry {
@@ -639,9 +667,10 @@ async fn restore_by_tag(link: &Link, tag: &str) -> Result<i64, CeleryError> {
     if let Some(headers) = envelope.get_mut("headers").and_then(|h| h.as_object_mut()) {
         headers.insert("redelivered".to_owned(), true.into());
     }
+    // kombu's `_get_message_priority`, as the codec reads it.
     let priority = envelope
         .pointer("/properties/priority")
-        .and_then(serde_json::Value::as_u64)
+        .and_then(crate::codec::kombu_priority)
         .unwrap_or(0);
     if let Some(info) = envelope
         .pointer_mut("/properties/delivery_info")
@@ -655,7 +684,7 @@ async fn restore_by_tag(link: &Link, tag: &str) -> Result<i64, CeleryError> {
             "restoring through the routing key of a named exchange"
         );
     }
-    let list = redis_queue_key(&routing_key, u8::try_from(priority.min(9)).unwrap_or(0));
+    let list = redis_queue_key(&routing_key, priority);
     let restored =
         crate::codec::to_python_json(&envelope).map_err(|e| CeleryError::Config(e.to_string()))?;
     restore(link, tag, &list, "RPUSH", restored.as_bytes()).await
@@ -672,7 +701,11 @@ async fn move_due_loop(
         let now = Utc::now().timestamp_millis();
         for list in keys.iter() {
             let mut invocation = script.prepare_invoke();
-            invocation.key(delayed_key(list)).key(list).arg(now);
+            invocation
+                .key(delayed_key(list))
+                .key(list)
+                .arg(now)
+                .arg(DELAYED_MARK);
             if let Err(error) = link.script("moving due messages", &invocation).await {
                 tracing::warn!(error = %error, "moving due postponed messages failed");
                 break;
