@@ -409,6 +409,8 @@ pub struct WorkerSpec {
     pub restore_interval: Option<Duration>,
     /// The longest wait between reconnection attempts.
     pub reconnect_max_delay: Duration,
+    /// `WorkerConfig::max_message_bytes`, when not the default.
+    pub max_message_bytes: Option<usize>,
 }
 
 impl WorkerSpec {
@@ -424,6 +426,7 @@ impl WorkerSpec {
             visibility_timeout: None,
             restore_interval: None,
             reconnect_max_delay: Duration::from_secs(1),
+            max_message_bytes: None,
         }
     }
 }
@@ -459,6 +462,9 @@ impl WorkerProcess {
         if let Some(r) = spec.restore_interval {
             command.env("FAULT_RESTORE_MS", r.as_millis().to_string());
         }
+        if let Some(limit) = spec.max_message_bytes {
+            command.env("FAULT_MAX_BYTES", limit.to_string());
+        }
         Self {
             process: crate::LoggedChild::spawn("fault_worker", &mut command, log),
         }
@@ -477,6 +483,22 @@ impl WorkerProcess {
     /// Panics with its output if it has exited.
     pub fn assert_running(&mut self) {
         self.process.assert_running();
+    }
+
+    /// Its memory from `/proc/<pid>/status`: (`VmRSS`, `VmHWM` — the peak), in bytes.
+    pub fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.id()))
+            .expect("read /proc/<pid>/status of the worker (Linux only)");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.trim().strip_suffix("kB"))
+                .and_then(|kb| kb.trim().parse::<u64>().ok())
+                .map(|kb| kb * 1024)
+                .unwrap_or_else(|| panic!("no {name} in /proc status:\n{status}"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     /// `kill -9`: the worker dies with whatever it holds.

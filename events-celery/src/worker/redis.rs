@@ -17,7 +17,7 @@ use super::core::{Core, Verdict};
 use super::dead_letter::{RedisRecord, dead_letter_queue};
 use super::pause;
 use crate::broker::{KOMBU_SEP, is_connection_error, redis_connect, redis_connect_with_timeout};
-use crate::codec::{REDIS_PRIORITY_STEPS, Routing, TaskMessage, redis_queue_key};
+use crate::codec::{DecodeError, REDIS_PRIORITY_STEPS, Routing, TaskMessage, redis_queue_key};
 use crate::error::CeleryError;
 
 /// kombu's key names (`unacked_key`, `unacked_index_key`, `unacked_mutex_key`).
@@ -247,64 +247,93 @@ async fn restore(
     link.script("restoring a message", &invocation).await
 }
 
-/// Takes up to `ARGV[2]` messages from the first non-empty list of `KEYS[3..]` (kombu's
-/// priority order, as `BRPOP` reads them) and records each in kombu's `unacked` hash
-/// (`[envelope, exchange, routing_key]` under its delivery tag) and `unacked_index` sorted set,
-/// in one atomic step: a message is always in its list or in `unacked`, never only in a
-/// worker's memory, so a worker killed at any moment loses nothing (a `BRPOP` followed by the
+/// Takes up to `ARGV[2]` messages from the first non-empty list of the `n` lists
+/// `KEYS[3..2+n]` (kombu's priority order, as `BRPOP` reads them) and records each in kombu's
+/// `unacked` hash (`[envelope, exchange, routing_key]`) and `unacked_index` sorted set, in one
+/// atomic step: a message is always in its list or in `unacked`, never only in a worker's
+/// memory, so a worker killed at any moment loses nothing (a `BRPOP` followed by the
 /// bookkeeping, as kombu does it, loses what was popped when the worker dies in between).
 ///
+/// Each message taken is recorded under a tag of its own (`ARGV[3]-<j>`, `ARGV[3]` unique per
+/// call), never under the envelope's `delivery_tag`: two messages carrying the same tag (an
+/// envelope pushed twice, a publisher re-sending the same bytes) would share one entry, and the
+/// first ack would remove the other's backup. kombu's `restore_by_tag` reads whatever tag the
+/// index names, so Python workers restore these entries as ours; the envelope itself is
+/// recorded unchanged.
+///
+/// A message over `ARGV[4]` bytes (the worker's size limit) never leaves Redis: it goes, in the
+/// same step, to the dead-letter list of its queue (`KEYS[2+n+k]` for the list `KEYS[2+k]`) as
+/// the record the worker writes, with the envelope kept byte for byte (as a JSON string:
+/// `"`, `\` and control characters escaped, other bytes as they are), and only its size is
+/// returned. A stream of oversize messages costs the worker nothing but their sizes.
+///
 /// `KEYS[1]` `unacked`, `KEYS[2]` `unacked_index`; `ARGV[1]` the time (s), `ARGV[2]` how many,
-/// `ARGV[3]` a unique prefix for the tags of messages that have none, `ARGV[4..]` the queue of
-/// each list. Returns `[list, envelopes, tags]`, or nil when every list is empty. Envelopes
-/// that are not JSON (or too big to parse here) are recorded as a JSON string, which a
-/// restore pushes back unchanged.
-const TAKE: &str = r"
+/// `ARGV[3]` the tag prefix, `ARGV[4]` the size limit, `ARGV[5]` the time as RFC 3339 and
+/// `ARGV[6]` the worker's name (for dead letters), `ARGV[6+k]` the queue of list `k`. Returns
+/// `[list, envelopes, tags, sizes refused]`, or nil when every list is empty. Envelopes that
+/// are not JSON (or too big to parse here) are recorded as a JSON string, which a restore
+/// pushes back unchanged.
+const TAKE: &str = r#"
 local count = tonumber(ARGV[2])
-for i = 3, #KEYS do
-  local items = redis.call('RPOP', KEYS[i], count)
+local limit = tonumber(ARGV[4])
+local n = (#KEYS - 2) / 2
+for k = 1, n do
+  local items = redis.call('RPOP', KEYS[2 + k], count)
   if items then
-    local tags = {}
+    local queue = ARGV[6 + k]
+    local kept, tags, refused = {}, {}, {}
     for j, raw in ipairs(items) do
-      local tag = nil
-      local exchange = ''
-      local routing_key = ARGV[i + 1]
-      local ok, message = false, nil
-      if #raw <= 1048576 then
-        ok, message = pcall(cjson.decode, raw)
-      end
-      local entry
-      if ok and type(message) == 'table' then
-        local properties = message['properties']
-        if type(properties) == 'table' then
-          local given = properties['delivery_tag']
-          if type(given) == 'string' and given ~= '' then tag = given end
-          local info = properties['delivery_info']
-          if type(info) == 'table' then
-            if type(info['exchange']) == 'string' then exchange = info['exchange'] end
-            if type(info['routing_key']) == 'string' then routing_key = info['routing_key'] end
-          end
-        end
-        entry = '[' .. raw .. ', ' .. cjson.encode(exchange) .. ', ' .. cjson.encode(routing_key) .. ']'
+      if #raw > limit then
+        local escapes = {['"'] = '\\"', ['\\'] = '\\\\'}
+        for c = 0, 31 do escapes[string.char(c)] = string.format('\\u%04x', c) end
+        local reason = 'undecodable message: message of ' .. #raw .. ' bytes is over the '
+          .. ARGV[4] .. '-byte limit (refused before it reached the worker)'
+        local record = '{"reason":' .. cjson.encode(reason) .. ',"handler":null,"queue":'
+          .. cjson.encode(queue) .. ',"failed_at":' .. cjson.encode(ARGV[5]) .. ',"worker":'
+          .. cjson.encode(ARGV[6]) .. ',"task":null,"id":null,"envelope":"'
+          .. string.gsub(raw, '[%z\1-\31"\\]', escapes) .. '","envelope_base64":null}'
+        redis.call('LPUSH', KEYS[2 + n + k], record)
+        refused[#refused + 1] = #raw
       else
-        entry = cjson.encode({raw, exchange, routing_key})
+        local exchange = ''
+        local routing_key = queue
+        local ok, message = false, nil
+        if #raw <= 1048576 then
+          ok, message = pcall(cjson.decode, raw)
+        end
+        local entry
+        if ok and type(message) == 'table' then
+          local properties = message['properties']
+          if type(properties) == 'table' then
+            local info = properties['delivery_info']
+            if type(info) == 'table' then
+              if type(info['exchange']) == 'string' then exchange = info['exchange'] end
+              if type(info['routing_key']) == 'string' then routing_key = info['routing_key'] end
+            end
+          end
+          entry = '[' .. raw .. ', ' .. cjson.encode(exchange) .. ', ' .. cjson.encode(routing_key) .. ']'
+        else
+          entry = cjson.encode({raw, exchange, routing_key})
+        end
+        local tag = ARGV[3] .. '-' .. j
+        redis.call('ZADD', KEYS[2], ARGV[1], tag)
+        redis.call('HSET', KEYS[1], tag, entry)
+        kept[#kept + 1] = raw
+        tags[#tags + 1] = tag
       end
-      if not tag then tag = ARGV[3] .. '-' .. j end
-      redis.call('ZADD', KEYS[2], ARGV[1], tag)
-      redis.call('HSET', KEYS[1], tag, entry)
-      tags[j] = tag
     end
-    return {KEYS[i], items, tags}
+    return {KEYS[2 + k], kept, tags, refused}
   end
 end
 return false
-";
+"#;
 
 /// Most messages taken at once (`RPOP key count`).
 const FETCH_BATCH: usize = 64;
 
-/// What [`TAKE`] returns: the list, the envelopes and their delivery tags.
-type Taken = Option<(String, Vec<Vec<u8>>, Vec<String>)>;
+/// What [`TAKE`] returns: the list, the envelopes and the tags they are recorded under, and
+/// the sizes of the envelopes it dead-lettered as over the size limit.
+type Taken = Option<(String, Vec<Vec<u8>>, Vec<String>, Vec<u64>)>;
 
 #[allow(
     clippy::too_many_arguments,
@@ -327,6 +356,7 @@ async fn fetch_loop(
         .collect();
     // Each fetcher waits on one of the lists; together they watch all of them.
     let watched = &keys[index % keys.len()];
+    let identity = super::worker_identity();
     let mut can_block = true;
     let mut connection: Option<MultiplexedConnection> = None;
     let mut backoff = Duration::from_millis(200);
@@ -365,19 +395,25 @@ async fn fetch_loop(
         {
             taken_permits.merge(more);
         }
-        let now = Utc::now().timestamp_micros() as f64 / 1e6;
+        let now = Utc::now();
         let mut invocation = take.prepare_invoke();
         invocation.key(UNACKED).key(UNACKED_INDEX);
         for key in keys.iter() {
             invocation.key(key);
         }
+        for queue in &queues {
+            invocation.key(dead_letter_queue(queue));
+        }
         invocation
-            .arg(now)
+            .arg(now.timestamp_micros() as f64 / 1e6)
             .arg(taken_permits.num_permits())
             .arg(uuid::Uuid::new_v4().simple().to_string())
+            .arg(core.config.decode.limit())
+            .arg(now.to_rfc3339())
+            .arg(&identity)
             .arg(&queues);
         let taken: redis::RedisResult<Taken> = invocation.invoke_async(conn).await;
-        let (list, envelopes, tags) = match taken {
+        let (list, envelopes, tags, refused) = match taken {
             Ok(Some(taken)) => taken,
             Ok(None) => {
                 drop(taken_permits);
@@ -433,6 +469,15 @@ async fn fetch_loop(
             }
         };
         let queue = list.split(KOMBU_SEP).next().unwrap_or(&list).to_owned();
+        for size in refused {
+            core.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                reason = %DecodeError::TooLarge { size: usize::try_from(size).unwrap_or(usize::MAX), limit: core.config.decode.limit() },
+                queue,
+                "message dead-lettered without being read: raise `WorkerConfig::max_message_bytes` \
+                 and replay it if it should run"
+            );
+        }
         for (envelope, tag) in envelopes.into_iter().zip(tags) {
             let Some(permit) = taken_permits.split(1) else {
                 unreachable!("the script takes at most one message per permit")
