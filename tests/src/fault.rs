@@ -485,20 +485,9 @@ impl WorkerProcess {
         self.process.assert_running();
     }
 
-    /// Its memory from `/proc/<pid>/status`: (`VmRSS`, `VmHWM` — the peak), in bytes.
+    /// Its memory: see [`process_memory`].
     pub fn memory(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.id()))
-            .expect("read /proc/<pid>/status of the worker (Linux only)");
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| rest.trim().strip_suffix("kB"))
-                .and_then(|kb| kb.trim().parse::<u64>().ok())
-                .map(|kb| kb * 1024)
-                .unwrap_or_else(|| panic!("no {name} in /proc status:\n{status}"))
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        process_memory(self.id())
     }
 
     /// `kill -9`: the worker dies with whatever it holds.
@@ -511,6 +500,23 @@ impl WorkerProcess {
     pub fn terminate(&mut self, grace: Duration) -> bool {
         self.process.terminate(grace)
     }
+}
+
+/// The memory of process `pid` from `/proc/<pid>/status`: (`VmRSS`, `VmHWM` — its peak
+/// resident size), in bytes.
+pub fn process_memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("read /proc/<pid>/status of the worker (Linux only)");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().strip_suffix("kB"))
+            .and_then(|kb| kb.trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status:\n{status}"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// Runs `rabbitmqctl` with `args`; panics with its output if it fails.

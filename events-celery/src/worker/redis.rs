@@ -2,6 +2,12 @@
 //! order, every message taken recorded — atomically, in the same step — in kombu's `unacked`
 //! hash and `unacked_index` sorted set, and messages left unacknowledged past the visibility
 //! timeout restored — ours or a Python worker's.
+//!
+//! Every message is taken by one script ([`TAKE`]), which never hands the worker an envelope
+//! over the size limit (it dead-letters it in Redis) and gives each message taken an `unacked`
+//! entry of its own. No blocking pop waits for messages (it would return the envelope it woke
+//! up for, whatever its size): an idle fetcher takes again after a pause of 1 ms growing to
+//! 100 ms.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -28,8 +34,13 @@ const UNACKED_MUTEX: &str = "unacked_mutex";
 /// moves one message atomically, so the mutex only saves duplicate scans: a short hold means a
 /// worker killed mid-scan delays the others' restores by seconds, not five minutes.
 const MUTEX_EXPIRE: Duration = Duration::from_secs(5);
-/// How long one wait for messages (`BLMOVE`) lasts before looking at the stop flag again.
-const BRPOP_TIMEOUT_SECS: f64 = 1.0;
+/// How long a connection waits for a reply to a take: the script never blocks.
+const TAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pause after the first take that found every list empty; it doubles while they stay
+/// empty, up to [`IDLE_POLL_MAX`] (the most a message pushed to an idle worker waits).
+const IDLE_POLL_MIN: Duration = Duration::from_millis(1);
+/// The longest pause between takes of an idle fetcher.
+const IDLE_POLL_MAX: Duration = Duration::from_millis(100);
 
 /// Messages this worker postponed: a sorted set per list key, scored by eta (ms).
 fn delayed_key(list: &str) -> String {
@@ -185,9 +196,8 @@ pub(crate) async fn run(
         stopping.clone(),
     ));
     let mut fetchers = tokio::task::JoinSet::new();
-    for index in 0..core.config.redis_fetchers {
+    for _ in 0..core.config.redis_fetchers {
         fetchers.spawn(fetch_loop(
-            index,
             Arc::clone(&core),
             Arc::clone(&link),
             Arc::clone(&window),
@@ -340,7 +350,6 @@ type Taken = Option<(String, Vec<Vec<u8>>, Vec<String>, Vec<u64>)>;
     reason = "the fetcher's shared state, passed once at start"
 )]
 async fn fetch_loop(
-    index: usize,
     core: Arc<Core>,
     link: Arc<Link>,
     window: Arc<Semaphore>,
@@ -354,10 +363,8 @@ async fn fetch_loop(
         .iter()
         .map(|key| key.split(KOMBU_SEP).next().unwrap_or(key).to_owned())
         .collect();
-    // Each fetcher waits on one of the lists; together they watch all of them.
-    let watched = &keys[index % keys.len()];
     let identity = super::worker_identity();
-    let mut can_block = true;
+    let mut idle = IDLE_POLL_MIN;
     let mut connection: Option<MultiplexedConnection> = None;
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -367,7 +374,7 @@ async fn fetch_loop(
             permit = Arc::clone(&window).acquire_owned() => permit.expect("never closed"),
         };
         if connection.is_none() {
-            let timeout = Duration::from_secs_f64(BRPOP_TIMEOUT_SECS) + Duration::from_secs(10);
+            let timeout = TAKE_TIMEOUT;
             match redis_connect_with_timeout(&core.config.broker, timeout).await {
                 Ok(c) => {
                     connection = Some(c);
@@ -414,43 +421,21 @@ async fn fetch_loop(
             .arg(&queues);
         let taken: redis::RedisResult<Taken> = invocation.invoke_async(conn).await;
         let (list, envelopes, tags, refused) = match taken {
-            Ok(Some(taken)) => taken,
+            Ok(Some(taken)) => {
+                idle = IDLE_POLL_MIN;
+                taken
+            }
             Ok(None) => {
                 drop(taken_permits);
-                // Nothing there: wait until the watched list has something. `BLMOVE l l RIGHT
-                // RIGHT` blocks like `BRPOP` but leaves the list as it was.
-                let waited: redis::RedisResult<Option<Vec<u8>>> = if can_block {
-                    redis::cmd("BLMOVE")
-                        .arg(watched)
-                        .arg(watched)
-                        .arg("RIGHT")
-                        .arg("RIGHT")
-                        .arg(BRPOP_TIMEOUT_SECS)
-                        .query_async(conn)
-                        .await
-                } else {
-                    Ok(None)
-                };
-                match waited {
-                    Ok(_) => {}
-                    Err(error) if !is_connection_error(&error) => {
-                        // A Redis before 6.2 (or a list key of another type): poll instead.
-                        tracing::debug!(error = %error, "BLMOVE refused; polling instead");
-                        can_block = false;
-                    }
-                    Err(error) => {
-                        tracing::error!(error = %error, retry_in = ?backoff, "waiting for messages failed; reconnecting");
-                        connection = None;
-                        if pause(&mut stopping, backoff).await {
-                            return;
-                        }
-                        backoff = (backoff * 2).min(core.config.reconnect_max_delay);
-                        continue;
-                    }
-                }
-                if !can_block && pause(&mut stopping, Duration::from_millis(100)).await {
+                // Nothing there: look again after a pause that grows while the lists stay
+                // empty. No blocking command waits here: `BRPOP`/`BLMOVE` return the message
+                // they wake up for, whatever its size, so an oversize envelope would reach the
+                // worker before `TAKE` could refuse it.
+                let jitter = idle.mul_f64(fastrand::f64() * 0.25);
+                if pause(&mut stopping, idle + jitter).await {
                     return;
                 }
+                idle = (idle * 2).min(IDLE_POLL_MAX);
                 continue;
             }
             Err(error) => {
