@@ -669,7 +669,8 @@ async fn redis_kombu_tolerated_input_runs() {
             serde_json::to_vec(&envelope).unwrap(),
         ));
     }
-    let spaced: [(&str, fn(&str) -> String); 4] = [
+    type Spacing = fn(&str) -> String;
+    let spaced: [(&str, Spacing); 4] = [
         ("base64 in 76-character lines (base64.encodebytes)", |b| {
             lines(b, 76, "\n") + "\n"
         }),

@@ -536,7 +536,7 @@ pub(crate) fn kombu_priority(value: &Value) -> Option<u8> {
             0
         } else if let Some(f) = number.as_f64() {
             // `int()` truncates toward zero: -0.5 is 0.
-            clamp(f <= -1.0, Some(f.trunc().max(0.0).min(9.0) as u64))
+            clamp(f <= -1.0, Some(f.trunc().clamp(0.0, 9.0) as u64))
         } else {
             // An integer beyond f64 (`arbitrary_precision` keeps its digits).
             clamp(number.to_string().starts_with('-'), None)
