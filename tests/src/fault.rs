@@ -411,6 +411,8 @@ pub struct WorkerSpec {
     pub reconnect_max_delay: Duration,
     /// More environment variables for the process.
     pub env: Vec<(String, String)>,
+    /// `WorkerConfig::max_message_bytes`, when not the default.
+    pub max_message_bytes: Option<usize>,
 }
 
 impl WorkerSpec {
@@ -427,6 +429,7 @@ impl WorkerSpec {
             restore_interval: None,
             reconnect_max_delay: Duration::from_secs(1),
             env: Vec::new(),
+            max_message_bytes: None,
         }
     }
 }
@@ -463,6 +466,9 @@ impl WorkerProcess {
         if let Some(r) = spec.restore_interval {
             command.env("FAULT_RESTORE_MS", r.as_millis().to_string());
         }
+        if let Some(limit) = spec.max_message_bytes {
+            command.env("FAULT_MAX_BYTES", limit.to_string());
+        }
         Self {
             process: crate::LoggedChild::spawn("fault_worker", &mut command, log),
         }
@@ -483,6 +489,11 @@ impl WorkerProcess {
         self.process.assert_running();
     }
 
+    /// Its memory: see [`process_memory`].
+    pub fn memory(&self) -> (u64, u64) {
+        process_memory(self.id())
+    }
+
     /// `kill -9`: the worker dies with whatever it holds.
     pub fn kill9(&mut self) {
         self.process.kill9();
@@ -493,6 +504,23 @@ impl WorkerProcess {
     pub fn terminate(&mut self, grace: Duration) -> bool {
         self.process.terminate(grace)
     }
+}
+
+/// The memory of process `pid` from `/proc/<pid>/status`: (`VmRSS`, `VmHWM` — its peak
+/// resident size), in bytes.
+pub fn process_memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("read /proc/<pid>/status of the worker (Linux only)");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().strip_suffix("kB"))
+            .and_then(|kb| kb.trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status:\n{status}"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// Runs `rabbitmqctl` with `args`; panics with its output if it fails.

@@ -10,8 +10,9 @@ use std::time::Duration;
 use events_celery::{BrokerUrl, CeleryBackend, CeleryConfig, Worker, WorkerConfig};
 use events_core::{Backend, EventRef, domain_event, handler};
 use tests::fault::{
-    Counts, PrivateRedis, Published, WorkerProcess, WorkerSpec, cleanup_redis_queue_at, command,
-    dead_letter_reasons, fault_redis_url, rabbitmqctl,
+    Counts, PrivateRedis, Published, TICK_EVENT, WorkerProcess, WorkerSpec, cleanup_redis_queue_at,
+    command, dead_letter_reasons, fault_redis_url, forget_run, process_memory, rabbitmqctl,
+    rust_count, tick,
 };
 use tests::{InProcessWorker, amqp_url, cleanup_amqp_queue, eventually, unique_queue};
 
@@ -601,4 +602,191 @@ async fn no_message_forges_a_log_line() {
         seen > 0,
         "the hostile text was never logged: the test proves nothing"
     );
+}
+
+/// Item: a stream of envelopes over the size limit never reaches the worker. A `fault_worker`
+/// process (limit 1 MiB) gets bursts of 3 oversize envelopes (quick: 2 bursts of 17 MB; full: 5
+/// of 70 MB) — a kombu envelope padded with a big header, bytes that are no JSON with quotes,
+/// backslashes, control characters and multi-byte UTF-8, and a second padded envelope. Each is
+/// dead-lettered with its size as the reason and its bytes kept exactly; the worker's resident
+/// memory, sampled from `/proc/<pid>/status` all along, grows by less than half of one envelope
+/// (before, each was read whole: one 17 MB envelope took the worker to 204 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_oversize_stream_stays_out_of_the_worker() {
+    const LIMIT: usize = 1024 * 1024;
+    let size: usize = tests::fault::sized(17_000_000, 70_000_000);
+    let bursts: u64 = tests::fault::sized(2, 5);
+    let url = fault_redis_url();
+    let queue = unique_queue("fault_oversize");
+    let run = queue.clone();
+    let backend = CeleryBackend::connect(CeleryConfig::new(&url).unwrap().default_queue(&queue))
+        .await
+        .unwrap();
+    let mut connection = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(60))),
+        )
+        .await
+        .unwrap();
+    let spec = WorkerSpec {
+        max_message_bytes: Some(LIMIT),
+        ..WorkerSpec::new(&url, &queue)
+    };
+    let mut worker = WorkerProcess::start(env!("CARGO_BIN_EXE_fault_worker"), &spec);
+    let ran = |n: usize| {
+        let run = run.clone();
+        async move {
+            eventually(Duration::from_secs(30), || async {
+                (rust_count(&run).await >= n).then_some(())
+            })
+            .await
+            .is_some()
+        }
+    };
+    backend
+        .send(TICK_EVENT, tick(&backend, &run, 0))
+        .await
+        .unwrap();
+    assert!(
+        ran(1).await,
+        "the first message did not run:\n{}",
+        worker.log()
+    );
+    let (rss_before, peak_before) = worker.memory();
+    let pid = worker.id();
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = std::sync::Arc::clone(&sampling);
+        std::thread::spawn(move || {
+            let mut highest = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                highest = highest.max(process_memory(pid).0);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            highest
+        })
+    };
+    let padded = |seq: u64| {
+        let mut message = tick(&backend, &run, 1000 + seq);
+        let bare = message.to_redis().unwrap().envelope.len();
+        let pad = size - bare - r#", "x-pad": """#.len();
+        message
+            .headers
+            .custom
+            .push(("x-pad".into(), serde_json::json!("p".repeat(pad))));
+        let envelope = message.to_redis().unwrap().envelope.into_bytes();
+        assert_eq!(envelope.len(), size);
+        envelope
+    };
+    let hostile: Vec<u8> = "\"\\\u{0}\u{1}\n\t\u{1f}é€🦀 "
+        .bytes()
+        .cycle()
+        .take(size)
+        .collect();
+    let dead = format!("{queue}.dead_letter");
+    let mut checked = 0;
+    for burst in 0..bursts {
+        let envelopes = [padded(burst * 2), hostile.clone(), padded(burst * 2 + 1)];
+        for envelope in &envelopes {
+            let _: () = redis::cmd("LPUSH")
+                .arg(&queue)
+                .arg(envelope)
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+        }
+        let records: Vec<Vec<u8>> = eventually(Duration::from_secs(60), || {
+            let (mut connection, dead) = (connection.clone(), dead.clone());
+            async move {
+                let n: usize = redis::cmd("LLEN")
+                    .arg(&dead)
+                    .query_async(&mut connection)
+                    .await
+                    .ok()?;
+                if n < 3 {
+                    return None;
+                }
+                redis::cmd("LPOP")
+                    .arg(&dead)
+                    .arg(3)
+                    .query_async(&mut connection)
+                    .await
+                    .ok()
+            }
+        })
+        .await
+        .unwrap_or_else(|| panic!("3 dead letters expected:\n{}", worker.log()));
+        for record in records {
+            let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
+            let reason = record["reason"].as_str().unwrap();
+            assert!(
+                reason.contains(&format!(
+                    "message of {size} bytes is over the {LIMIT}-byte limit"
+                )),
+                "{reason}"
+            );
+            assert_eq!(record["queue"], queue.as_str());
+            let kept = record["envelope"].as_str().unwrap().as_bytes();
+            assert!(
+                envelopes.iter().any(|e| e == kept),
+                "the dead letter does not hold the envelope byte for byte"
+            );
+            checked += 1;
+        }
+        worker.assert_running();
+    }
+    backend
+        .send(TICK_EVENT, tick(&backend, &run, 1))
+        .await
+        .unwrap();
+    assert!(
+        ran(2).await,
+        "the last message did not run:\n{}",
+        worker.log()
+    );
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let highest = sampler.join().unwrap();
+    let (rss_after, peak_after) = worker.memory();
+    assert!(
+        worker.terminate(Duration::from_secs(15)),
+        "{}",
+        worker.log()
+    );
+    cleanup_redis_queue_at(&url, &queue).await;
+    forget_run(&run, None).await;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let numbers = format!(
+        "{checked} envelopes of {size} bytes: worker RSS {:.1} MiB before, highest sampled \
+         {:.1} MiB, {:.1} MiB after; peak (VmHWM) {:.1} -> {:.1} MiB",
+        mib(rss_before),
+        mib(highest),
+        mib(rss_after),
+        mib(peak_before),
+        mib(peak_after)
+    );
+    eprintln!("{numbers}");
+    let bound = size as u64 / 2;
+    assert!(
+        peak_after.saturating_sub(peak_before) < bound
+            && highest.saturating_sub(rss_before) < bound,
+        "the worker's memory grew by half an envelope or more: {numbers}"
+    );
+    let mut published = Published::default();
+    published.confirmed.extend(0..checked + 2);
+    Counts::new(
+        "6. size limit, Redis, a stream of oversize envelopes",
+        &format!(
+            "limit 1 MiB, {bursts} bursts of 3 envelopes of {size} bytes, then a small one: \
+             each dead-lettered inside the take script, its bytes kept; {numbers}"
+        ),
+        &published,
+        &(0..checked + 2).map(|i| (i, 1)).collect(),
+        &command(
+            "fault_security",
+            "redis_oversize_stream_stays_out_of_the_worker",
+        ),
+    )
+    .report();
 }

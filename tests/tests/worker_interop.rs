@@ -566,12 +566,50 @@ async fn redis_rust_worker_restores_what_a_killed_python_worker_held() {
 /// short visibility timeout restores what it held, and runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_python_worker_restores_what_a_killed_rust_worker_held() {
+    python_restores_what_a_killed_rust_worker_held(false).await;
+}
+
+/// The same with messages that share delivery tags (one tag on 2 messages, one on 5): each
+/// has its own `unacked` entry while the Rust worker holds it, and kombu's `restore_visible`
+/// restores every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_python_worker_restores_repeated_tags_a_killed_rust_worker_held() {
+    python_restores_what_a_killed_rust_worker_held(true).await;
+}
+
+async fn python_restores_what_a_killed_rust_worker_held(repeated_tags: bool) {
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let url = shared_redis_url(7);
     let queue = unique_queue("shared_rust_dies");
     let run = queue.clone();
     let python_key = format!("{queue}.python");
-    publish_shared(&url, &queue, &run).await;
+    if repeated_tags {
+        let backend =
+            CeleryBackend::connect(CeleryConfig::new(&url).unwrap().default_queue(&queue))
+                .await
+                .unwrap();
+        let mut connection = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        for seq in 0..SHARED_MESSAGES {
+            let mut message = tests::fault::tick(&backend, &run, seq);
+            message.properties.delivery_tag = Some(match seq {
+                1 | 18 => format!("{queue}-two"),
+                2 | 6 | 10 | 14 | 19 => format!("{queue}-five"),
+                _ => format!("{queue}-{seq}"),
+            });
+            let _: () = redis::cmd("LPUSH")
+                .arg(&queue)
+                .arg(message.to_redis().unwrap().envelope)
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+        }
+    } else {
+        publish_shared(&url, &queue, &run).await;
+    }
 
     let mut spec = WorkerSpec::new(&url, &queue);
     spec.sleep = Duration::from_millis(1000);
@@ -580,8 +618,12 @@ async fn redis_python_worker_restores_what_a_killed_rust_worker_held() {
     spec.visibility_timeout = Some(Duration::from_secs(4));
     spec.restore_interval = Some(Duration::from_millis(500));
     let mut rust_worker = WorkerProcess::start(env!("CARGO_BIN_EXE_fault_worker"), &spec);
+    // With repeated tags, once the first 4 have run (and been acked): the next 4, running,
+    // include the second message of the tag on 5 (seq 6), whose backup the ack of seq 2 took
+    // before each message had an entry of its own.
+    let ran_before_kill = if repeated_tags { 4 } else { 1 };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while rust_runs(&run).await.is_empty() {
+    while rust_runs(&run).await.len() < ran_before_kill {
         rust_worker.assert_running();
         assert!(
             tokio::time::Instant::now() < deadline,

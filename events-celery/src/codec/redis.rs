@@ -132,7 +132,7 @@ struct PropertiesIn<'a> {
     expiration: Option<String>,
     #[serde(borrow, default)]
     delivery_info: Option<DeliveryInfo<'a>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "deserialize_priority")]
     priority: Option<u8>,
     #[serde(borrow, default)]
     body_encoding: Option<Cow<'a, str>>,
@@ -297,9 +297,7 @@ impl TaskMessage {
         check_content_encoding(parsed.content_encoding.as_deref())?;
         let properties = parsed.properties.unwrap_or_default();
         let body = match properties.body_encoding.as_deref() {
-            Some("base64") => STANDARD
-                .decode(parsed.body.as_bytes())
-                .map_err(DecodeError::InvalidBase64)?,
+            Some("base64") => decode_base64(&parsed.body).map_err(DecodeError::InvalidBase64)?,
             None => parsed.body.as_bytes().to_vec(),
             Some(other) => return Err(DecodeError::UnsupportedBodyEncoding(other.to_owned())),
         };
@@ -431,7 +429,14 @@ fn scan_properties<'a>(s: &mut Scanner<'a>) -> Option<Option<PropertiesIn<'a>>> 
             "origin" => p.origin = owned(s.optional_string()?),
             "delivery_mode" => p.delivery_mode = small(s)?,
             "expiration" => p.expiration = owned(s.optional_string()?),
-            "priority" => p.priority = small(s)?,
+            // A number above 9 counts as 9 (`kombu_priority`); anything else is left to serde.
+            "priority" => {
+                p.priority = if s.null() {
+                    None
+                } else {
+                    Some(u8::try_from(s.integer()?.min(9)).ok()?)
+                };
+            }
             "body_encoding" => p.body_encoding = s.optional_string()?.map(Cow::Borrowed),
             "delivery_tag" => p.delivery_tag = owned(s.optional_string()?),
             _ => {
@@ -479,6 +484,100 @@ const PROPERTY_NAMES: [&str; 9] = [
     "body_encoding",
     "delivery_tag",
 ];
+
+/// The priority of a kombu envelope as kombu's Redis transport reads it
+/// (`_get_message_priority`: `max(min(int(priority), 9), 0)`, and the default when `int()`
+/// fails): an integer is clamped into 0–9 (-1 is 0, 300 is 9, 2⁷⁰ is 9), a float truncated
+/// toward zero first (5.7 is 5), a string holding an integer in Python's `int()` syntax read as
+/// that integer (`" +7 "` is 7, `"1_0"` is 9), `true`/`false` are 1/0; anything else (`null`,
+/// a string that is no integer, a list, an object) is no priority (kombu's default, 0).
+///
+/// Python Celery runs such a message; so does this worker. A priority only picks the list a
+/// message is pushed to (kombu's steps 0, 3, 6, 9), so reading it leniently changes no value a
+/// handler sees. Strings with non-ASCII digits (which Python's `int()` also reads) count as no
+/// integer.
+pub(crate) fn kombu_priority(value: &Value) -> Option<u8> {
+    fn clamp(negative: bool, magnitude: Option<u64>) -> u8 {
+        match (negative, magnitude) {
+            (true, _) => 0,
+            (false, Some(n)) => u8::try_from(n.min(9)).unwrap_or(9),
+            (false, None) => 9,
+        }
+    }
+    fn integer_text(text: &str) -> Option<u8> {
+        let text = text.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b');
+        let (negative, digits) = match text.as_bytes().first()? {
+            b'-' => (true, &text[1..]),
+            b'+' => (false, &text[1..]),
+            _ => (false, text),
+        };
+        // Digits, with single underscores between them.
+        let bytes = digits.as_bytes();
+        let well_formed = bytes.first().is_some_and(u8::is_ascii_digit)
+            && bytes.last().is_some_and(u8::is_ascii_digit)
+            && bytes.iter().all(|b| b.is_ascii_digit() || *b == b'_')
+            && !digits.contains("__");
+        if !well_formed {
+            return None;
+        }
+        let zero = bytes.iter().all(|b| *b == b'0' || *b == b'_');
+        let magnitude = digits
+            .bytes()
+            .filter(u8::is_ascii_digit)
+            .try_fold(0u64, |n, d| {
+                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            });
+        Some(clamp(negative && !zero, magnitude))
+    }
+    match value {
+        Value::Number(number) => Some(if let Some(n) = number.as_u64() {
+            clamp(false, Some(n))
+        } else if number.as_i64().is_some() {
+            0
+        } else if let Some(f) = number.as_f64() {
+            // `int()` truncates toward zero: -0.5 is 0.
+            clamp(f <= -1.0, Some(f.trunc().clamp(0.0, 9.0) as u64))
+        } else {
+            // An integer beyond f64 (`arbitrary_precision` keeps its digits).
+            clamp(number.to_string().starts_with('-'), None)
+        }),
+        Value::String(text) => integer_text(text),
+        Value::Bool(b) => Some(u8::from(*b)),
+        Value::Null | Value::Array(_) | Value::Object(_) => None,
+    }
+}
+
+fn deserialize_priority<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u8>, D::Error> {
+    Ok(kombu_priority(&Value::deserialize(deserializer)?))
+}
+
+/// Standard base64 that, as Python's `binascii`, ignores the bits after the last whole byte.
+const KOMBU_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
+
+/// The body as kombu decodes it (`base64.b64decode`), where that is safe.
+///
+/// Python's `b64decode` (with its default `validate=False`) skips every character outside the
+/// alphabet and ignores whatever follows the padding. Skipping whitespace is safe — line
+/// breaks are how MIME base64 (`base64.encodebytes`, many tools) is written — and is done
+/// here, as is ignoring non-zero bits after the last byte (`YR==` is `a`, as in Python). Other
+/// characters are refused: skipping a `-` or `_` (of the URL-safe alphabet) or a stray
+/// character would decode other bytes than were meant, and data after the padding would be
+/// dropped unseen; such a body is reported as invalid base64, not run.
+fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    let is_space = |b: &u8| b.is_ascii_whitespace() || *b == 0x0b;
+    match KOMBU_BASE64.decode(text) {
+        Err(_) if text.bytes().any(|b| is_space(&b)) => {
+            let compact: Vec<u8> = text.bytes().filter(|b| !is_space(b)).collect();
+            KOMBU_BASE64.decode(compact)
+        }
+        decoded => decoded,
+    }
+}
 
 fn envelope_error(error: serde_path_to_error::Error<serde_json::Error>) -> DecodeError {
     let path = error.path().to_string();
@@ -613,8 +712,8 @@ mod tests {
                 "malformed redis envelope: body: invalid type: integer `1`",
             ),
             (
-                r#"{"body": "", "properties": {"priority": 300}}"#,
-                "malformed redis envelope: properties.priority: invalid value: integer `300`",
+                r#"{"body": "", "properties": {"delivery_mode": 300}}"#,
+                "malformed redis envelope: properties.delivery_mode: invalid value: integer `300`",
             ),
             (
                 r#"{"body": "", "headers": []}"#,
@@ -673,6 +772,119 @@ mod tests {
 
         let error = TaskMessage::decode_redis(b"{\"body\": \"\"} trailing", &options).unwrap_err();
         assert!(matches!(error, DecodeError::InvalidJson { .. }));
+    }
+
+    /// A real envelope with `properties.priority` replaced by `priority` (raw JSON text).
+    fn with_priority(priority: &str) -> String {
+        let message = TaskMessage::from_payload(
+            "products.product_created",
+            json!({"stock": 4}),
+            &crate::codec::EncodeOptions::new(),
+        )
+        .unwrap();
+        let envelope = message.to_redis().unwrap().envelope;
+        let replaced = envelope.replace("\"priority\": 0", &format!("\"priority\": {priority}"));
+        assert!(priority == "0" || replaced != envelope);
+        replaced
+    }
+
+    #[test]
+    fn priorities_are_read_as_kombu_reads_them() {
+        // kombu: `max(min(int(priority), 9), 0)`, the default (0) when `int()` fails.
+        let cases: [(&str, Option<u8>); 27] = [
+            ("0", Some(0)),
+            ("5", Some(5)),
+            ("9", Some(9)),
+            ("10", Some(9)),
+            ("255", Some(9)),
+            ("256", Some(9)),
+            ("18446744073709551616", Some(9)),
+            ("1180591620717411303424000000", Some(9)),
+            ("-1", Some(0)),
+            ("-300", Some(0)),
+            ("-1180591620717411303424000000", Some(0)),
+            ("5.7", Some(5)),
+            ("-0.5", Some(0)),
+            ("1e3", Some(9)),
+            ("1e400", Some(9)),
+            ("-2.5", Some(0)),
+            ("\"7\"", Some(7)),
+            ("\" +8 \"", Some(8)),
+            ("\"-3\"", Some(0)),
+            ("\"1_0\"", Some(9)),
+            ("\"high\"", None),
+            ("\"5.0\"", None),
+            ("\"1__0\"", None),
+            ("true", Some(1)),
+            ("null", None),
+            ("[1]", None),
+            ("{\"p\": 1}", None),
+        ];
+        for (priority, expected) in cases {
+            let envelope = with_priority(priority);
+            let message = TaskMessage::decode_redis(envelope.as_bytes(), &DecodeOptions::new())
+                .unwrap_or_else(|e| panic!("priority {priority}: {e}"));
+            assert_eq!(message.properties.priority, expected, "priority {priority}");
+            let expected_list = redis_queue_key("q", expected.unwrap_or(0));
+            assert_eq!(
+                redis_queue_key("q", message.properties.priority.unwrap_or(0)),
+                expected_list,
+                "priority {priority}"
+            );
+        }
+    }
+
+    #[test]
+    fn base64_bodies_follow_python_where_safe() {
+        let message = TaskMessage::from_payload(
+            "products.product_created",
+            json!({"name": "x".repeat(300), "stock": 4}),
+            &crate::codec::EncodeOptions::new(),
+        )
+        .unwrap();
+        let envelope = message.to_redis().unwrap().envelope;
+        let parsed: Value = serde_json::from_str(&envelope).unwrap();
+        let body = parsed["body"].as_str().unwrap().to_owned();
+        assert!(body.len() > 200);
+        let with_body = |body: &str| {
+            let mut changed = parsed.clone();
+            changed["body"] = json!(body);
+            TaskMessage::decode_redis(changed.to_string().as_bytes(), &DecodeOptions::new())
+        };
+        // MIME line breaks (`base64.encodebytes`: 76 characters a line), CRLF, spaces, tabs.
+        let lines = |width: usize, separator: &str| {
+            body.as_bytes()
+                .chunks(width)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect::<Vec<_>>()
+                .join(separator)
+        };
+        for spaced in [
+            lines(76, "\n") + "\n",
+            lines(64, "\r\n"),
+            lines(4, " "),
+            lines(1, "\t"),
+            format!(" \x0b\x0c{body}\n\n"),
+        ] {
+            let decoded = with_body(&spaced).unwrap_or_else(|e| panic!("{spaced:?}: {e}"));
+            assert_eq!(decoded.kwargs, message.kwargs);
+        }
+        // Bits after the last byte are ignored, as Python does: `W10=` and `W11=` are `[]`.
+        assert_eq!(decode_base64("W11=").unwrap(), b"[]");
+        assert_eq!(decode_base64("W1\n0=").unwrap(), b"[]");
+        // What Python would skip or drop silently is refused.
+        for refused in [
+            format!("{}-{}", &body[..8], &body[8..]),
+            format!("{}_{}", &body[..8], &body[8..]),
+            format!("{body}W10="),
+            format!("!{body}"),
+            body[..body.len() - 1].to_owned(),
+        ] {
+            assert!(
+                matches!(with_body(&refused), Err(DecodeError::InvalidBase64(_))),
+                "{refused:?}"
+            );
+        }
     }
 
     #[test]

@@ -2,6 +2,12 @@
 //! order, every message taken recorded — atomically, in the same step — in kombu's `unacked`
 //! hash and `unacked_index` sorted set, and messages left unacknowledged past the visibility
 //! timeout restored — ours or a Python worker's.
+//!
+//! Every message is taken by one script ([`TAKE`]), which never hands the worker an envelope
+//! over the size limit (it dead-letters it in Redis) and gives each message taken an `unacked`
+//! entry of its own. No blocking pop waits for messages (it would return the envelope it woke
+//! up for, whatever its size): an idle fetcher takes again after a pause of 1 ms growing to
+//! 100 ms.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -17,7 +23,7 @@ use super::core::{Core, Verdict};
 use super::dead_letter::{RedisRecord, dead_letter_queue};
 use super::pause;
 use crate::broker::{KOMBU_SEP, is_connection_error, redis_connect, redis_connect_with_timeout};
-use crate::codec::{REDIS_PRIORITY_STEPS, Routing, TaskMessage, redis_queue_key};
+use crate::codec::{DecodeError, REDIS_PRIORITY_STEPS, Routing, TaskMessage, redis_queue_key};
 use crate::error::CeleryError;
 
 /// kombu's key names (`unacked_key`, `unacked_index_key`, `unacked_mutex_key`).
@@ -28,21 +34,50 @@ const UNACKED_MUTEX: &str = "unacked_mutex";
 /// moves one message atomically, so the mutex only saves duplicate scans: a short hold means a
 /// worker killed mid-scan delays the others' restores by seconds, not five minutes.
 const MUTEX_EXPIRE: Duration = Duration::from_secs(5);
-/// How long one wait for messages (`BLMOVE`) lasts before looking at the stop flag again.
-const BRPOP_TIMEOUT_SECS: f64 = 1.0;
+/// How long a connection waits for a reply to a take: the script never blocks.
+const TAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pause after the first take that found every list empty; it doubles while they stay
+/// empty, up to [`IDLE_POLL_MAX`] (the most a message pushed to an idle worker waits).
+const IDLE_POLL_MIN: Duration = Duration::from_millis(1);
+/// The longest pause between takes of an idle fetcher.
+const IDLE_POLL_MAX: Duration = Duration::from_millis(100);
 
 /// Messages this worker postponed: a sorted set per list key, scored by eta (ms).
 fn delayed_key(list: &str) -> String {
     format!("_events.delayed.{list}")
 }
 
+/// What starts a member of the postponed set: [`DELAYED_MARK`], a unique id, `:`, then the
+/// envelope. A sorted set holds each member once, so identical envelopes with the same eta
+/// (an envelope pushed twice) would collapse into one and run once; the id keeps each
+/// postponed message its own member. (An envelope is a JSON object, so it never starts with
+/// the mark: members written before the mark existed are moved back as they are.)
+const DELAYED_MARK: &str = "events-delayed:";
+
+/// The member of the postponed set for `envelope`: see [`DELAYED_MARK`].
+fn delayed_member(envelope: &[u8]) -> Vec<u8> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut member = Vec::with_capacity(DELAYED_MARK.len() + id.len() + 1 + envelope.len());
+    member.extend_from_slice(DELAYED_MARK.as_bytes());
+    member.extend_from_slice(id.as_bytes());
+    member.push(b':');
+    member.extend_from_slice(envelope);
+    member
+}
+
 /// Moves due postponed messages back onto their list, atomically: at most one worker moves
-/// each.
+/// each. `ARGV[2]` is [`DELAYED_MARK`]; the mark and id are stripped, the envelope pushed.
 const MOVE_DUE: &str = r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
-for _, message in ipairs(due) do
-  if redis.call('ZREM', KEYS[1], message) == 1 then
-    redis.call('RPUSH', KEYS[2], message)
+local mark = ARGV[2]
+for _, member in ipairs(due) do
+  if redis.call('ZREM', KEYS[1], member) == 1 then
+    local envelope = member
+    if string.sub(member, 1, #mark) == mark then
+      local colon = string.find(member, ':', #mark + 1, true)
+      if colon then envelope = string.sub(member, colon + 1) end
+    end
+    redis.call('RPUSH', KEYS[2], envelope)
   end
 end
 return #due
@@ -157,9 +192,8 @@ pub(crate) async fn run(
         stopping.clone(),
     ));
     let mut fetchers = tokio::task::JoinSet::new();
-    for index in 0..core.config.redis_fetchers {
+    for _ in 0..core.config.redis_fetchers {
         fetchers.spawn(fetch_loop(
-            index,
             Arc::clone(&core),
             Arc::clone(&link),
             Arc::clone(&window),
@@ -219,71 +253,99 @@ async fn restore(
     link.script("restoring a message", &invocation).await
 }
 
-/// Takes up to `ARGV[2]` messages from the first non-empty list of `KEYS[3..]` (kombu's
-/// priority order, as `BRPOP` reads them) and records each in kombu's `unacked` hash
-/// (`[envelope, exchange, routing_key]` under its delivery tag) and `unacked_index` sorted set,
-/// in one atomic step: a message is always in its list or in `unacked`, never only in a
-/// worker's memory, so a worker killed at any moment loses nothing (a `BRPOP` followed by the
+/// Takes up to `ARGV[2]` messages from the first non-empty list of the `n` lists
+/// `KEYS[3..2+n]` (kombu's priority order, as `BRPOP` reads them) and records each in kombu's
+/// `unacked` hash (`[envelope, exchange, routing_key]`) and `unacked_index` sorted set, in one
+/// atomic step: a message is always in its list or in `unacked`, never only in a worker's
+/// memory, so a worker killed at any moment loses nothing (a `BRPOP` followed by the
 /// bookkeeping, as kombu does it, loses what was popped when the worker dies in between).
 ///
+/// Each message taken is recorded under a tag of its own (`ARGV[3]-<j>`, `ARGV[3]` unique per
+/// call), never under the envelope's `delivery_tag`: two messages carrying the same tag (an
+/// envelope pushed twice, a publisher re-sending the same bytes) would share one entry, and the
+/// first ack would remove the other's backup. kombu's `restore_by_tag` reads whatever tag the
+/// index names, so Python workers restore these entries as ours; the envelope itself is
+/// recorded unchanged.
+///
+/// A message over `ARGV[4]` bytes (the worker's size limit) never leaves Redis: it goes, in the
+/// same step, to the dead-letter list of its queue (`KEYS[2+n+k]` for the list `KEYS[2+k]`) as
+/// the record the worker writes, with the envelope kept byte for byte (as a JSON string:
+/// `"`, `\` and control characters escaped, other bytes as they are), and only its size is
+/// returned. A stream of oversize messages costs the worker nothing but their sizes.
+///
 /// `KEYS[1]` `unacked`, `KEYS[2]` `unacked_index`; `ARGV[1]` the time (s), `ARGV[2]` how many,
-/// `ARGV[3]` a unique prefix for the tags of messages that have none, `ARGV[4..]` the queue of
-/// each list. Returns `[list, envelopes, tags]`, or nil when every list is empty. Envelopes
-/// that are not JSON (or too big to parse here) are recorded as a JSON string, which a
-/// restore pushes back unchanged.
-const TAKE: &str = r"
+/// `ARGV[3]` the tag prefix, `ARGV[4]` the size limit, `ARGV[5]` the time as RFC 3339 and
+/// `ARGV[6]` the worker's name (for dead letters), `ARGV[6+k]` the queue of list `k`. Returns
+/// `[list, envelopes, tags, sizes refused]`, or nil when every list is empty. Envelopes that
+/// are not JSON (or too big to parse here) are recorded as a JSON string, which a restore
+/// pushes back unchanged.
+const TAKE: &str = r#"
 local count = tonumber(ARGV[2])
-for i = 3, #KEYS do
-  local items = redis.call('RPOP', KEYS[i], count)
+local limit = tonumber(ARGV[4])
+local n = (#KEYS - 2) / 2
+for k = 1, n do
+  local items = redis.call('RPOP', KEYS[2 + k], count)
   if items then
-    local tags = {}
+    local queue = ARGV[6 + k]
+    local kept, tags, refused = {}, {}, {}
     for j, raw in ipairs(items) do
-      local tag = nil
-      local exchange = ''
-      local routing_key = ARGV[i + 1]
-      local ok, message = false, nil
-      if #raw <= 1048576 then
-        ok, message = pcall(cjson.decode, raw)
-      end
-      local entry
-      if ok and type(message) == 'table' then
-        local properties = message['properties']
-        if type(properties) == 'table' then
-          local given = properties['delivery_tag']
-          if type(given) == 'string' and given ~= '' then tag = given end
-          local info = properties['delivery_info']
-          if type(info) == 'table' then
-            if type(info['exchange']) == 'string' then exchange = info['exchange'] end
-            if type(info['routing_key']) == 'string' then routing_key = info['routing_key'] end
-          end
-        end
-        entry = '[' .. raw .. ', ' .. cjson.encode(exchange) .. ', ' .. cjson.encode(routing_key) .. ']'
+      if #raw > limit then
+        local escapes = {['"'] = '\\"', ['\\'] = '\\\\'}
+        for c = 0, 31 do escapes[string.char(c)] = string.format('\\u%04x', c) end
+        local reason = 'undecodable message: message of ' .. #raw .. ' bytes is over the '
+          .. ARGV[4] .. '-byte limit (refused before it reached the worker)'
+        local record = '{"reason":' .. cjson.encode(reason) .. ',"handler":null,"queue":'
+          .. cjson.encode(queue) .. ',"failed_at":' .. cjson.encode(ARGV[5]) .. ',"worker":'
+          .. cjson.encode(ARGV[6]) .. ',"task":null,"id":null,"envelope":"'
+          .. string.gsub(raw, '[%z\1-\31"\\]', escapes) .. '","envelope_base64":null}'
+        redis.call('LPUSH', KEYS[2 + n + k], record)
+        refused[#refused + 1] = #raw
       else
-        entry = cjson.encode({raw, exchange, routing_key})
+        local exchange = ''
+        local routing_key = queue
+        local ok, message = false, nil
+        if #raw <= 1048576 then
+          ok, message = pcall(cjson.decode, raw)
+        end
+        local entry
+        if ok and type(message) == 'table' then
+          local properties = message['properties']
+          if type(properties) == 'table' then
+            local info = properties['delivery_info']
+            if type(info) == 'table' then
+              if type(info['exchange']) == 'string' then exchange = info['exchange'] end
+              if type(info['routing_key']) == 'string' then routing_key = info['routing_key'] end
+            end
+          end
+          entry = '[' .. raw .. ', ' .. cjson.encode(exchange) .. ', ' .. cjson.encode(routing_key) .. ']'
+        else
+          entry = cjson.encode({raw, exchange, routing_key})
+        end
+        local tag = ARGV[3] .. '-' .. j
+        redis.call('ZADD', KEYS[2], ARGV[1], tag)
+        redis.call('HSET', KEYS[1], tag, entry)
+        kept[#kept + 1] = raw
+        tags[#tags + 1] = tag
       end
-      if not tag then tag = ARGV[3] .. '-' .. j end
-      redis.call('ZADD', KEYS[2], ARGV[1], tag)
-      redis.call('HSET', KEYS[1], tag, entry)
-      tags[j] = tag
     end
-    return {KEYS[i], items, tags}
+    return {KEYS[2 + k], kept, tags, refused}
   end
 end
 return false
-";
+"#;
 
 /// Most messages taken at once (`RPOP key count`).
 const FETCH_BATCH: usize = 64;
 
-/// What [`TAKE`] returns: the list, the envelopes and their delivery tags.
-type Taken = Option<(String, Vec<Vec<u8>>, Vec<String>)>;
+/// What [`TAKE`] returns: the list, the envelopes and the tags they are recorded under, and
+/// the sizes of the envelopes it dead-lettered as over the size limit.
+type Taken = Option<(String, Vec<Vec<u8>>, Vec<String>, Vec<u64>)>;
 
 #[allow(
     clippy::too_many_arguments,
     reason = "the fetcher's shared state, passed once at start"
 )]
 async fn fetch_loop(
-    index: usize,
     core: Arc<Core>,
     link: Arc<Link>,
     window: Arc<Semaphore>,
@@ -297,9 +359,8 @@ async fn fetch_loop(
         .iter()
         .map(|key| key.split(KOMBU_SEP).next().unwrap_or(key).to_owned())
         .collect();
-    // Each fetcher waits on one of the lists; together they watch all of them.
-    let watched = &keys[index % keys.len()];
-    let mut can_block = true;
+    let identity = super::worker_identity();
+    let mut idle = IDLE_POLL_MIN;
     let mut connection: Option<MultiplexedConnection> = None;
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -309,7 +370,7 @@ async fn fetch_loop(
             permit = Arc::clone(&window).acquire_owned() => permit.expect("never closed"),
         };
         if connection.is_none() {
-            let timeout = Duration::from_secs_f64(BRPOP_TIMEOUT_SECS) + Duration::from_secs(10);
+            let timeout = TAKE_TIMEOUT;
             match redis_connect_with_timeout(&core.config.broker, timeout).await {
                 Ok(c) => {
                     connection = Some(c);
@@ -337,56 +398,40 @@ async fn fetch_loop(
         {
             taken_permits.merge(more);
         }
-        let now = Utc::now().timestamp_micros() as f64 / 1e6;
+        let now = Utc::now();
         let mut invocation = take.prepare_invoke();
         invocation.key(UNACKED).key(UNACKED_INDEX);
         for key in keys.iter() {
             invocation.key(key);
         }
+        for queue in &queues {
+            invocation.key(dead_letter_queue(queue));
+        }
         invocation
-            .arg(now)
+            .arg(now.timestamp_micros() as f64 / 1e6)
             .arg(taken_permits.num_permits())
             .arg(uuid::Uuid::new_v4().simple().to_string())
+            .arg(core.config.decode.limit())
+            .arg(now.to_rfc3339())
+            .arg(&identity)
             .arg(&queues);
         let taken: redis::RedisResult<Taken> = invocation.invoke_async(conn).await;
-        let (list, envelopes, tags) = match taken {
-            Ok(Some(taken)) => taken,
+        let (list, envelopes, tags, refused) = match taken {
+            Ok(Some(taken)) => {
+                idle = IDLE_POLL_MIN;
+                taken
+            }
             Ok(None) => {
                 drop(taken_permits);
-                // Nothing there: wait until the watched list has something. `BLMOVE l l RIGHT
-                // RIGHT` blocks like `BRPOP` but leaves the list as it was.
-                let waited: redis::RedisResult<Option<Vec<u8>>> = if can_block {
-                    redis::cmd("BLMOVE")
-                        .arg(watched)
-                        .arg(watched)
-                        .arg("RIGHT")
-                        .arg("RIGHT")
-                        .arg(BRPOP_TIMEOUT_SECS)
-                        .query_async(conn)
-                        .await
-                } else {
-                    Ok(None)
-                };
-                match waited {
-                    Ok(_) => {}
-                    Err(error) if !is_connection_error(&error) => {
-                        // A Redis before 6.2 (or a list key of another type): poll instead.
-                        tracing::debug!(error = %events_core::text::OneLine(&error), "BLMOVE refused; polling instead");
-                        can_block = false;
-                    }
-                    Err(error) => {
-                        tracing::error!(error = %events_core::text::OneLine(&error), retry_in = ?backoff, "waiting for messages failed; reconnecting");
-                        connection = None;
-                        if pause(&mut stopping, backoff).await {
-                            return;
-                        }
-                        backoff = (backoff * 2).min(core.config.reconnect_max_delay);
-                        continue;
-                    }
-                }
-                if !can_block && pause(&mut stopping, Duration::from_millis(100)).await {
+                // Nothing there: look again after a pause that grows while the lists stay
+                // empty. No blocking command waits here: `BRPOP`/`BLMOVE` return the message
+                // they wake up for, whatever its size, so an oversize envelope would reach the
+                // worker before `TAKE` could refuse it.
+                let jitter = idle.mul_f64(fastrand::f64() * 0.25);
+                if pause(&mut stopping, idle + jitter).await {
                     return;
                 }
+                idle = (idle * 2).min(IDLE_POLL_MAX);
                 continue;
             }
             Err(error) => {
@@ -405,6 +450,15 @@ async fn fetch_loop(
             }
         };
         let queue = list.split(KOMBU_SEP).next().unwrap_or(&list).to_owned();
+        for size in refused {
+            core.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                reason = %DecodeError::TooLarge { size: usize::try_from(size).unwrap_or(usize::MAX), limit: core.config.decode.limit() },
+                queue,
+                "message dead-lettered without being read: raise `WorkerConfig::max_message_bytes` \
+                 and replay it if it should run"
+            );
+        }
         for (envelope, tag) in envelopes.into_iter().zip(tags) {
             let Some(permit) = taken_permits.split(1) else {
                 unreachable!("the script takes at most one message per permit")
@@ -467,8 +521,12 @@ async fn handle(fetched: Fetched, tag: String, envelope: Vec<u8>, window: OwnedS
         Verdict::Ack => {}
         Verdict::Postpone(eta) => {
             core.stats.postponed.fetch_add(1, Ordering::Relaxed);
-            pipe.zadd(delayed_key(&list), &envelope[..], eta.timestamp_millis())
-                .ignore();
+            pipe.zadd(
+                delayed_key(&list),
+                delayed_member(&envelope),
+                eta.timestamp_millis(),
+            )
+            .ignore();
         }
         Verdict::Forward { retry, dead } => {
             if let Some(mut retry) = retry {
@@ -639,9 +697,10 @@ async fn restore_by_tag(link: &Link, tag: &str) -> Result<i64, CeleryError> {
     if let Some(headers) = envelope.get_mut("headers").and_then(|h| h.as_object_mut()) {
         headers.insert("redelivered".to_owned(), true.into());
     }
+    // kombu's `_get_message_priority`, as the codec reads it.
     let priority = envelope
         .pointer("/properties/priority")
-        .and_then(serde_json::Value::as_u64)
+        .and_then(crate::codec::kombu_priority)
         .unwrap_or(0);
     if let Some(info) = envelope
         .pointer_mut("/properties/delivery_info")
@@ -655,7 +714,7 @@ async fn restore_by_tag(link: &Link, tag: &str) -> Result<i64, CeleryError> {
             "restoring through the routing key of a named exchange"
         );
     }
-    let list = redis_queue_key(&routing_key, u8::try_from(priority.min(9)).unwrap_or(0));
+    let list = redis_queue_key(&routing_key, priority);
     let restored =
         crate::codec::to_python_json(&envelope).map_err(|e| CeleryError::Config(e.to_string()))?;
     restore(link, tag, &list, "RPUSH", restored.as_bytes()).await
@@ -672,7 +731,11 @@ async fn move_due_loop(
         let now = Utc::now().timestamp_millis();
         for list in keys.iter() {
             let mut invocation = script.prepare_invoke();
-            invocation.key(delayed_key(list)).key(list).arg(now);
+            invocation
+                .key(delayed_key(list))
+                .key(list)
+                .arg(now)
+                .arg(DELAYED_MARK);
             if let Err(error) = link.script("moving due messages", &invocation).await {
                 tracing::warn!(error = %events_core::text::OneLine(&error), "moving due postponed messages failed");
                 break;

@@ -6,7 +6,8 @@
 //! Environment: `FAULT_BROKER_URL` (required), `FAULT_QUEUE` (default `celery`),
 //! `FAULT_RECORD_URL` (the Redis to record on, default `redis://127.0.0.1:6379/0`),
 //! `FAULT_SLEEP_MS`, `FAULT_CONCURRENCY`, `FAULT_PREFETCH`, `FAULT_VISIBILITY_MS`,
-//! `FAULT_RESTORE_MS`, `FAULT_RECONNECT_MAX_MS`. Stops gracefully on SIGTERM.
+//! `FAULT_RESTORE_MS`, `FAULT_RECONNECT_MAX_MS`, `FAULT_MAX_BYTES`. Stops gracefully on
+//! SIGTERM.
 
 use std::time::Duration;
 
@@ -80,6 +81,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(ms) = env_u64("FAULT_RECONNECT_MAX_MS") {
         config = config.reconnect_max_delay(Duration::from_millis(ms));
+    }
+    if let Some(n) = env_u64("FAULT_MAX_BYTES") {
+        config = config.max_message_bytes(usize::try_from(n)?);
     }
     let stats = Worker::new(config)?.run().await?;
     eprintln!("fault_worker stopped: {:?}", stats.snapshot());
