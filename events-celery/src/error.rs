@@ -80,6 +80,20 @@ pub enum CeleryError {
     /// A message could not be decoded.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+
+    /// The link-time registry of events and handlers is unusable (two events or two handlers
+    /// with one name, …): the core error says which and where.
+    #[error(transparent)]
+    Registry(events_core::Error),
+
+    /// A worker was run outside a tokio runtime: it needs tokio's I/O, timers and blocking
+    /// pool (the publishing backend works under any executor).
+    #[error(
+        "`Worker::{0}` must be awaited inside a tokio runtime (it uses tokio's I/O, timers and \
+         blocking pool): run it from `#[tokio::main]` (tokio features `rt-multi-thread` and \
+         `macros`) or `tokio::runtime::Runtime::block_on`"
+    )]
+    NoRuntime(&'static str),
 }
 
 impl From<CeleryError> for events_core::Error {
@@ -162,6 +176,7 @@ impl CeleryError {
                 exchange: exchange.clone(),
                 routing_key: routing_key.clone(),
             },
+            CeleryError::NoRuntime(method) => CeleryError::NoRuntime(method),
             other => CeleryError::Config(other.to_string()),
         }
     }

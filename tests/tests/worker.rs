@@ -443,3 +443,29 @@ async fn bad_messages_are_dead_lettered_and_the_worker_keeps_going() {
     );
     let _: () = redis.del(format!("{queue}.dead_letter")).await.unwrap();
 }
+
+/// Awaited outside a tokio runtime (here: polled by hand, as another executor would), a
+/// worker says what it needs instead of panicking with "there is no reactor running".
+#[test]
+fn a_worker_outside_tokio_is_an_error_not_a_panic() {
+    use std::future::Future;
+    let poll_once = |future: std::pin::Pin<&mut dyn Future<Output = _>>| {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.poll(&mut cx) {
+            std::task::Poll::Ready(result) => result,
+            std::task::Poll::Pending => panic!("the worker started outside tokio"),
+        }
+    };
+    for until in [false, true] {
+        let worker = events_celery::Worker::new(WorkerConfig::new(&amqp_url()).unwrap()).unwrap();
+        assert!(format!("{worker:?}").contains("Worker"));
+        let result: Result<_, events_celery::CeleryError> = if until {
+            poll_once(std::pin::pin!(worker.run_until(std::future::pending())))
+        } else {
+            poll_once(std::pin::pin!(worker.run()))
+        };
+        let error = result.expect_err("no runtime").to_string();
+        assert!(error.contains("inside a tokio runtime"), "{error}");
+        assert!(error.contains("#[tokio::main]"), "{error}");
+    }
+}

@@ -205,6 +205,12 @@ impl WorkerConfig {
 /// `<queue>.dead_letter` with the reason. Messages with a future `eta` wait in the broker, not
 /// in a prefetch slot; expired messages are discarded and logged.
 ///
+/// **Runtime.** [`run`](Self::run) and [`run_until`](Self::run_until) must be awaited inside a
+/// tokio runtime (tokio's I/O, timers and blocking pool; `#[tokio::main]` with the
+/// `rt-multi-thread` and `macros` features, or `Runtime::block_on`); awaited elsewhere they
+/// return [`CeleryError::NoRuntime`] instead of panicking. The publishing side,
+/// [`CeleryBackend`](crate::CeleryBackend), works under any executor.
+///
 /// ```no_run
 /// use events_celery::{Worker, WorkerConfig};
 ///
@@ -222,10 +228,20 @@ pub struct Worker {
     stats: Arc<WorkerStats>,
 }
 
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("config", &self.config)
+            .field("handlers", &self.handlers.len())
+            .field("stats", &self.stats.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Worker {
     /// A worker running the collected `#[handler]`s.
     pub fn new(config: WorkerConfig) -> Result<Self, CeleryError> {
-        let registry = Registry::collected().map_err(|e| CeleryError::Config(e.to_string()))?;
+        let registry = Registry::collected().map_err(CeleryError::Registry)?;
         let handlers = registry.handlers().map(Handler::from_descriptor).collect();
         Self::with_handlers(config, handlers)
     }
@@ -242,7 +258,7 @@ impl Worker {
                 "the worker has no queue to consume".to_owned(),
             ));
         }
-        let registry = Registry::collected().map_err(|e| CeleryError::Config(e.to_string()))?;
+        let registry = Registry::collected().map_err(CeleryError::Registry)?;
         Ok(Self {
             config,
             registry,
@@ -256,8 +272,12 @@ impl Worker {
         Arc::clone(&self.stats)
     }
 
-    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully. Inside a tokio runtime only
+    /// (see the type's docs).
     pub async fn run(self) -> Result<Arc<WorkerStats>, CeleryError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(CeleryError::NoRuntime("run"));
+        }
         self.run_until(shutdown_signal()).await
     }
 
@@ -267,6 +287,9 @@ impl Worker {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Arc<WorkerStats>, CeleryError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(CeleryError::NoRuntime("run_until"));
+        }
         let core = Arc::new(core::Core::new(
             self.config,
             self.registry,
