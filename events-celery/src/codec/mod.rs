@@ -54,6 +54,7 @@
 //! [`DecodeError`] that names the problem.
 
 mod amqp;
+mod compression;
 mod decode;
 mod encode;
 mod error;
@@ -67,6 +68,7 @@ mod timestamp;
 mod uuid4;
 
 pub use amqp::{AmqpMessage, AmqpProperties, AmqpTable, AmqpValue};
+pub use compression::{COMPRESSION_HEADER, Compression};
 pub use decode::{DEFAULT_MAX_MESSAGE_BYTES, DecodeOptions};
 pub use encode::{
     DEFAULT_TASK_PREFIX, DeliveryMode, EncodeOptions, JSON_CONTENT_TYPE, KwargsRepr,
