@@ -181,8 +181,10 @@ pub(crate) fn method_of(value: &str) -> Result<Compression, DecodeError> {
 /// Compresses `data` as kombu's encoder for `method` does with its default settings (zlib
 /// level 6, bzip2 level 9, xz preset 6 with a CRC64 check, brotli quality 11 / window 22;
 /// zstd at the pure-Rust encoder's `Fastest` level).
+#[allow(unused_variables)] // with every codec feature off
 pub(crate) fn compress(method: Compression, data: &[u8]) -> Result<Vec<u8>, EncodeError> {
     method.ensure_enabled()?;
+    #[allow(unused_variables)]
     let error = |e: std::io::Error| EncodeError::Compress {
         compression: method.content_type(),
         reason: e.to_string(),
@@ -239,7 +241,10 @@ pub(crate) fn compress(method: Compression, data: &[u8]) -> Result<Vec<u8>, Enco
             Ok(out)
         }
         #[allow(unreachable_patterns)]
-        _ => unreachable!("ensure_enabled refused {method:?}"),
+        _ => Err(EncodeError::CompressionNotEnabled {
+            compression: method.content_type(),
+            feature: method.feature(),
+        }),
     }
 }
 
@@ -249,46 +254,14 @@ pub(crate) fn decompress(
     data: &[u8],
     limit: usize,
 ) -> Result<Vec<u8>, DecodeError> {
+    if !method.is_enabled() {
+        return Err(DecodeError::CompressionNotEnabled {
+            compression: method.content_type(),
+            feature: method.feature(),
+        });
+    }
     let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(limit).min(1 << 20));
-    let result = match method {
-        #[cfg(feature = "zlib")]
-        Compression::Zlib => {
-            read_bounded(flate2::read::ZlibDecoder::new(data), &mut out, limit).map(|()| {
-                // kombu's `zlib.decompress` refuses a stream that stops before its end; the
-                // reader just stops. A finished stream ends in its Adler-32, which flate2
-                // checks, so only a short stream gets here without an error.
-            })
-        }
-        #[cfg(feature = "bzip2")]
-        Compression::Bzip2 => {
-            // `bz2.decompress` reads concatenated streams.
-            read_bounded(bzip2::read::MultiBzDecoder::new(data), &mut out, limit)
-        }
-        #[cfg(feature = "lzma")]
-        Compression::Lzma => {
-            // `lzma.decompress` (FORMAT_AUTO) reads xz (concatenated streams too) and the
-            // legacy `.lzma` format. The decoders' windows grow with the output, not with the
-            // dictionary size a header declares.
-            if data.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0]) {
-                read_bounded(lzma_rust2::XzReader::new(data, true), &mut out, limit)
-            } else {
-                lzma_rust2::LzmaReader::new_mem_limit(data, u32::MAX, None)
-                    .and_then(|reader| read_bounded(reader, &mut out, limit))
-            }
-        }
-        #[cfg(feature = "zstd")]
-        Compression::Zstd => zstd_frames(data, &mut out, limit),
-        #[cfg(feature = "brotli")]
-        Compression::Brotli => read_bounded(brotli::Decompressor::new(data, 4096), &mut out, limit),
-        #[allow(unreachable_patterns)]
-        _ => {
-            return Err(DecodeError::CompressionNotEnabled {
-                compression: method.content_type(),
-                feature: method.feature(),
-            });
-        }
-    };
-    match result {
+    match decompress_into(method, data, &mut out, limit) {
         Ok(()) => Ok(out),
         Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
             Err(DecodeError::DecompressedTooLarge {
@@ -300,6 +273,45 @@ pub(crate) fn decompress(
             compression: method.content_type(),
             reason: e.to_string(),
         }),
+    }
+}
+
+/// The codec of an enabled `method`, bounded by [`read_bounded`].
+#[allow(unused_variables, clippy::ptr_arg)] // with every codec feature off
+fn decompress_into(
+    method: Compression,
+    data: &[u8],
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<()> {
+    match method {
+        // A zlib stream; flate2 checks its Adler-32.
+        #[cfg(feature = "zlib")]
+        Compression::Zlib => read_bounded(flate2::read::ZlibDecoder::new(data), out, limit),
+        // `bz2.decompress` reads concatenated streams.
+        #[cfg(feature = "bzip2")]
+        Compression::Bzip2 => read_bounded(bzip2::read::MultiBzDecoder::new(data), out, limit),
+        // `lzma.decompress` (FORMAT_AUTO) reads xz (concatenated streams too) and the legacy
+        // `.lzma` format. The decoders' windows grow with the output, not with the dictionary
+        // size a header declares.
+        #[cfg(feature = "lzma")]
+        Compression::Lzma => {
+            if data.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0]) {
+                read_bounded(lzma_rust2::XzReader::new(data, true), out, limit)
+            } else {
+                lzma_rust2::LzmaReader::new_mem_limit(data, u32::MAX, None)
+                    .and_then(|reader| read_bounded(reader, out, limit))
+            }
+        }
+        #[cfg(feature = "zstd")]
+        Compression::Zstd => zstd_frames(data, out, limit),
+        #[cfg(feature = "brotli")]
+        Compression::Brotli => read_bounded(brotli::Decompressor::new(data, 4096), out, limit),
+        #[allow(unreachable_patterns)]
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "codec not built",
+        )),
     }
 }
 
@@ -465,7 +477,7 @@ mod tests {
             flipped[middle] ^= 0x55;
             for (case, data) in [
                 ("empty", &b""[..]),
-                ("json", &BODY[..]),
+                ("json", BODY),
                 ("truncated", &good[..good.len() - 4]),
                 ("flipped", &flipped[..]),
             ] {
@@ -496,5 +508,158 @@ mod tests {
             // Exactly at the limit is accepted.
             assert_eq!(decompress(method, &bomb, 4 << 20).unwrap().len(), 4 << 20);
         }
+    }
+
+    // ----- through the envelopes -------------------------------------------------------------
+
+    use crate::codec::{AmqpValue, DecodeOptions, EncodeOptions, TaskMessage};
+
+    /// `send_task('domain_events.products.product_created', kwargs={'payload': {'name': 'Łódź',
+    /// 'stock': 3}}, queue='cmp-fixture', task_id=…, compression='bzip2')` on Redis, as kombu
+    /// 5.7 pushed it.
+    const PY_BZIP2_ENVELOPE: &str = r#"{"body": "QlpoOTFBWSZTWRNVbZcAABqbgFAEbJAADj9v3iogAHIpGmJpgJgAAYqn6SeQ1DTaaT1MnplIMAiElHTbmikIWRQVDnfax9HWkNRAl82aLZT+D9xxKvUol9A5c9YTyGCMANyyuzWfuA6+jvHmtQ7GwvABKAyS/gu5IpwoSAmqtsuA", "content-encoding": "utf-8", "content-type": "application/json", "headers": {"lang": "py", "task": "domain_events.products.product_created", "id": "6f1c2b8e-3f4a-4c5d-9e10-2f10aa55cc01", "shadow": null, "eta": null, "expires": null, "group": null, "group_index": null, "retries": 0, "timelimit": [null, null], "root_id": "6f1c2b8e-3f4a-4c5d-9e10-2f10aa55cc01", "parent_id": null, "argsrepr": "()", "kwargsrepr": "{'payload': {'name': '\u0141\u00f3d\u017a', 'stock': 3}}", "origin": "gen14202@vm", "ignore_result": null, "replaced_task_nesting": 0, "stamped_headers": null, "stamps": {}, "compression": "application/x-bz2"}, "properties": {"correlation_id": "6f1c2b8e-3f4a-4c5d-9e10-2f10aa55cc01", "reply_to": "58c10501-ed1e-360f-9c5e-958cf3cb8d28", "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": "cmp-fixture"}, "priority": 0, "body_encoding": "base64", "delivery_tag": "9b2cab1e-6378-41fa-9af5-255b8336dfc1"}}"#;
+    /// The same with `compression='zlib'` (the header says `application/x-gzip`).
+    const PY_ZLIB_ENVELOPE: &str = r#"{"body": "eJyLjo7VUahWKkiszMlPTFGyArLzEnNTgQylmFIDQxNDIGmQZpwC4pgnKukoKBWX5CdnA+WNa2tBOpMTc3KSEpOzi4FCeaU5OUAVqUVFaCLJGYmZecjc/KIUKLc2FgBaCCkU", "content-encoding": "utf-8", "content-type": "application/json", "headers": {"lang": "py", "task": "domain_events.products.product_created", "id": "6f1c2b8e-3f4a-4c5d-9e10-2f10aa55cc01", "shadow": null, "eta": null, "expires": null, "group": null, "group_index": null, "retries": 0, "timelimit": [null, null], "root_id": "6f1c2b8e-3f4a-4c5d-9e10-2f10aa55cc01", "parent_id": null, "argsrepr": "()", "kwargsrepr": "{'payload': {'name': '\u0141\u00f3d\u017a', 'stock': 3}}", "origin": "gen14075@vm", "ignore_result": null, "replaced_task_nesting": 0, "stamped_headers": null, "stamps": {}, "compression": "application/x-gzip"}, "properties": {"correlation_id": "6f1c2b8e-3f4a-4c5d-9e10-2f10aa55cc01", "reply_to": "20b9411b-1c43-34be-a8e7-7b8c91d07a5c", "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": "cmp-fixture"}, "priority": 0, "body_encoding": "base64", "delivery_tag": "5109a2f7-0816-4d8d-a6f4-119db1121d9e"}}"#;
+
+    fn field<'a>(envelope: &'a str, name: &str) -> &'a str {
+        let value: serde_json::Value = serde_json::from_str(envelope).unwrap();
+        let text = value.pointer(name).unwrap().as_str().unwrap().to_owned();
+        let start = envelope.find(&text).unwrap();
+        &envelope[start..start + text.len()]
+    }
+
+    /// The message Python sent, built in Rust with the same ids.
+    fn rust_message(python_envelope: &str, compression: Compression) -> TaskMessage {
+        let options = EncodeOptions::new()
+            .queue("cmp-fixture")
+            .task_id("6f1c2b8e-3f4a-4c5d-9e10-2f10aa55cc01")
+            .origin(field(python_envelope, "/headers/origin"))
+            .reply_to(field(python_envelope, "/properties/reply_to"))
+            .compression(Some(compression));
+        let mut message = TaskMessage::from_payload(
+            "products.product_created",
+            serde_json::json!({"name": "Łódź", "stock": 3}),
+            &options,
+        )
+        .unwrap();
+        message.properties.delivery_tag =
+            Some(field(python_envelope, "/properties/delivery_tag").to_owned());
+        message
+    }
+
+    #[test]
+    fn python_compressed_envelopes_decode_and_rust_writes_the_same() {
+        for (envelope, method) in [
+            (PY_BZIP2_ENVELOPE, Compression::Bzip2),
+            (PY_ZLIB_ENVELOPE, Compression::Zlib),
+        ] {
+            let decoded = TaskMessage::decode_redis(envelope.as_bytes(), &DecodeOptions::new())
+                .unwrap_or_else(|e| panic!("{method}: {e}"));
+            assert_eq!(decoded.properties.compression, Some(method));
+            assert!(decoded.headers.custom.is_empty(), "{:?}", decoded.headers);
+            assert_eq!(
+                decoded.payload_value(),
+                Some(&serde_json::json!({"name": "Łódź", "stock": 3}))
+            );
+
+            let rust = rust_message(envelope, method).to_redis().unwrap().envelope;
+            if method == Compression::Bzip2 {
+                // Same bzip2 code, same settings: the whole envelope is Python's, byte for byte.
+                assert_eq!(rust, envelope);
+            } else {
+                // miniz_oxide and zlib make different (equally valid) streams: all but the
+                // body's bytes are Python's, and the body decompresses to Python's.
+                let body = |e: &str| field(e, "/body").to_owned();
+                assert_eq!(
+                    rust.replace(&body(&rust), ""),
+                    envelope.replace(&body(envelope), "")
+                );
+                let again =
+                    TaskMessage::decode_redis(rust.as_bytes(), &DecodeOptions::new()).unwrap();
+                assert_eq!(again.body_json().unwrap(), decoded.body_json().unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn amqp_messages_carry_the_header_last_and_raw_compressed_bytes() {
+        for method in enabled() {
+            let message = rust_message(PY_ZLIB_ENVELOPE, method);
+            let amqp = message.to_amqp().unwrap();
+            let (name, value) = amqp.headers.0.last().unwrap();
+            assert_eq!(name, COMPRESSION_HEADER);
+            assert_eq!(
+                value,
+                &AmqpValue::LongString(method.content_type().as_bytes().to_vec())
+            );
+            assert_eq!(
+                decompress(method, &amqp.body, 1 << 20).unwrap(),
+                message.body_json().unwrap()
+            );
+            let back = TaskMessage::decode_amqp(&amqp, &DecodeOptions::new()).unwrap();
+            assert_eq!(back.properties.compression, Some(method));
+            assert_eq!(back.kwargs, message.kwargs);
+            assert!(back.headers.custom.is_empty());
+        }
+    }
+
+    #[test]
+    fn bad_compression_headers_are_refused_with_their_reason() {
+        let with_header = |value: &str| PY_ZLIB_ENVELOPE.replace(r#""application/x-gzip""#, value);
+        let decode = |envelope: String, limit: usize| {
+            TaskMessage::decode_redis(
+                envelope.as_bytes(),
+                &DecodeOptions::new().max_message_bytes(limit),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        // kombu's aliases are read too.
+        for alias in [r#""zlib""#, r#""gzip""#] {
+            assert!(
+                TaskMessage::decode_redis(with_header(alias).as_bytes(), &DecodeOptions::new())
+                    .is_ok()
+            );
+        }
+        assert!(
+            decode(with_header(r#""snappy""#), 1 << 20)
+                .starts_with("compression `snappy` is unknown")
+        );
+        assert_eq!(
+            decode(with_header("5"), 1 << 20),
+            "header `compression` must be a string naming a compression method, found the number 5"
+        );
+        assert!(
+            decode(with_header(r#""application/x-bz2""#), 1 << 20)
+                .starts_with("body does not decompress as `application/x-bz2`: "),
+        );
+        // The envelope fits the limit; the body it decompresses to does not.
+        let bomb = TaskMessage::from_payload(
+            "products.product_created",
+            serde_json::json!({"name": "a".repeat(1 << 20)}),
+            &EncodeOptions::new().compression(Some(Compression::Zlib)),
+        )
+        .unwrap()
+        .to_redis()
+        .unwrap()
+        .envelope;
+        assert!(bomb.len() < 8 << 10, "{}", bomb.len());
+        assert_eq!(
+            decode(bomb.clone(), 8 << 10),
+            "body decompressed with `application/x-gzip` is over the 8192-byte limit (refused while decompressing)"
+        );
+        assert!(TaskMessage::decode_redis(bomb.as_bytes(), &DecodeOptions::new()).is_ok());
+        assert_eq!(
+            decode(PY_ZLIB_ENVELOPE.to_owned(), 100),
+            format!(
+                "message of {} bytes is over the 100-byte limit",
+                PY_ZLIB_ENVELOPE.len()
+            )
+        );
+        #[cfg(not(feature = "brotli"))]
+        assert_eq!(
+            decode(with_header(r#""brotli""#), 1 << 20),
+            "compression `application/x-brotli` is not enabled: build events-celery with feature `brotli`"
+        );
     }
 }
