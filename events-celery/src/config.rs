@@ -371,6 +371,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(all(feature = "bzip2", feature = "lzma", feature = "zlib"))]
     fn compression_from_config_routes_and_environment() {
         let config = CeleryConfig::new("amqp://localhost//")
             .unwrap()
