@@ -271,7 +271,11 @@ pub(crate) fn decompress(
         }
         Err(e) => Err(DecodeError::Decompress {
             compression: method.content_type(),
-            reason: e.to_string(),
+            reason: if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                format!("the compressed data ends before the stream does (truncated?): {e}")
+            } else {
+                e.to_string()
+            },
         }),
     }
 }
