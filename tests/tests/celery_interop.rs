@@ -702,7 +702,7 @@ async fn compressed_messages_run_in_python(broker: Broker) {
                 "{envelope}"
             );
             let headers = envelope["headers"].as_object().unwrap();
-            assert_eq!(headers.keys().last().unwrap(), "compression");
+            assert_eq!(headers.keys().next_back().unwrap(), "compression");
             named.push(headers["compression"].as_str().unwrap().to_owned());
         }
         named.sort();

@@ -260,7 +260,7 @@ pub(crate) fn decompress(
             feature: method.feature(),
         });
     }
-    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(limit).min(1 << 20));
+    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(limit).min(64 << 10));
     match decompress_into(method, data, &mut out, limit) {
         Ok(()) => Ok(out),
         Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
@@ -320,17 +320,53 @@ fn decompress_into(
 }
 
 /// Reads `reader` to its end into `out`, failing with `FileTooLarge` as soon as the output
-/// would exceed `limit` (at most `limit + 1` bytes are ever held).
+/// would exceed `limit`. The output is gathered in chunks that never add up to more than
+/// `limit` bytes of capacity (a chunk is as large as all before it, so there are few), and
+/// joined only once the stream has ended within the limit: a bomb costs at most the limit
+/// plus the decoder's own window, never a reallocation's two copies.
 #[allow(dead_code)] // unused only when every codec feature is off
-fn read_bounded(reader: impl Read, out: &mut Vec<u8>, limit: usize) -> std::io::Result<()> {
-    let allowed = (limit - out.len().min(limit)) as u64;
-    let read = reader.take(allowed + 1).read_to_end(out)?;
-    if read as u64 > allowed {
-        out.truncate(limit);
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::FileTooLarge,
-            "decompressed body over the size limit",
-        ));
+fn read_bounded(mut reader: impl Read, out: &mut Vec<u8>, limit: usize) -> std::io::Result<()> {
+    const FIRST_CHUNK: usize = 64 << 10;
+    let mut full: Vec<Vec<u8>> = Vec::new();
+    let mut total = out.len();
+    let mut current = std::mem::take(out);
+    let mut buffer = [0u8; 16 << 10];
+    loop {
+        let read = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if total + read > limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                "decompressed body over the size limit",
+            ));
+        }
+        let mut bytes = &buffer[..read];
+        while !bytes.is_empty() {
+            if current.len() == current.capacity() {
+                let size = total.max(FIRST_CHUNK).min(limit - total).max(bytes.len());
+                let next = Vec::with_capacity(size);
+                full.push(std::mem::replace(&mut current, next));
+            }
+            let take = bytes.len().min(current.capacity() - current.len());
+            current.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            total += take;
+        }
+    }
+    full.retain(|chunk| !chunk.is_empty());
+    if full.is_empty() {
+        *out = current;
+    } else {
+        let mut joined = Vec::with_capacity(total);
+        for chunk in full {
+            joined.extend_from_slice(&chunk);
+        }
+        joined.extend_from_slice(&current);
+        *out = joined;
     }
     Ok(())
 }
