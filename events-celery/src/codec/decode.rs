@@ -49,7 +49,8 @@ impl DecodeOptions {
     }
 
     /// Refuse messages larger than `limit` bytes, before parsing anything: the whole
-    /// envelope for Redis, the body for AMQP.
+    /// envelope for Redis, the body for AMQP. A compressed body (kombu's `compression`
+    /// header) is also refused, while decompressing, once it decompresses past `limit`.
     pub fn max_message_bytes(mut self, limit: usize) -> Self {
         self.max_message_bytes = limit;
         self

@@ -230,7 +230,9 @@ impl TaskMessage {
         Ok(())
     }
 
-    /// The protocol 2 body, `[args, kwargs, embed]`, as Python's `json.dumps` writes it.
+    /// The protocol 2 body, `[args, kwargs, embed]`, as Python's `json.dumps` writes it
+    /// (uncompressed: [`to_redis`](Self::to_redis) and [`to_amqp`](Self::to_amqp) compress it
+    /// when [`MessageProperties::compression`](super::MessageProperties::compression) is set).
     pub fn body_json(&self) -> Result<Vec<u8>, EncodeError> {
         let mut body = String::with_capacity(256);
         push_body_json(&mut body, self).map_err(EncodeError::Body)?;
