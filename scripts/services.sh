@@ -25,8 +25,10 @@ port_open 6379 || { echo "redis is not answering on 127.0.0.1:6379" >&2; exit 1;
 port_open 5672 || { echo "rabbitmq is not answering on 127.0.0.1:5672" >&2; exit 1; }
 
 CELERY_VERSION=5.7.0
-if ! .venv/bin/python -c "import celery, sys; sys.exit(celery.__version__ != '$CELERY_VERSION')" 2>/dev/null; then
-    echo "installing celery[redis]==$CELERY_VERSION into .venv"
+# backports.zstd and brotli: kombu registers its zstd and brotli compression with them.
+if ! .venv/bin/python -c "import celery, sys, backports.zstd, brotli; sys.exit(celery.__version__ != '$CELERY_VERSION')" 2>/dev/null; then
+    echo "installing celery[redis]==$CELERY_VERSION, backports.zstd, brotli into .venv"
     python3 -m venv .venv
-    .venv/bin/pip install --quiet --disable-pip-version-check "celery[redis]==$CELERY_VERSION"
+    .venv/bin/pip install --quiet --disable-pip-version-check "celery[redis]==$CELERY_VERSION" \
+        "backports.zstd==1.8.0" "brotli==1.2.1"
 fi

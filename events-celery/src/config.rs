@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::broker::BrokerUrl;
-use crate::codec::{DEFAULT_TASK_PREFIX, DeliveryMode, EncodeOptions, KwargsRepr};
+use crate::codec::{Compression, DEFAULT_TASK_PREFIX, DeliveryMode, EncodeOptions, KwargsRepr};
 use crate::error::CeleryError;
 
 /// Where one event's messages go.
@@ -25,6 +25,7 @@ pub struct Route {
     routing_key: String,
     priority: Option<u8>,
     delivery_mode: Option<DeliveryMode>,
+    compression: Option<Option<Compression>>,
 }
 
 impl Route {
@@ -37,6 +38,7 @@ impl Route {
             queue,
             priority: None,
             delivery_mode: None,
+            compression: None,
         }
     }
 
@@ -61,6 +63,13 @@ impl Route {
     /// ([`CeleryConfig::delivery_mode`]).
     pub fn delivery_mode(mut self, mode: DeliveryMode) -> Self {
         self.delivery_mode = Some(mode);
+        self
+    }
+
+    /// Compress this event's messages with `compression` (`None`: send them uncompressed),
+    /// over the configuration's default ([`CeleryConfig::compression`]).
+    pub fn compression(mut self, compression: Option<Compression>) -> Self {
+        self.compression = Some(compression);
         self
     }
 
@@ -94,6 +103,7 @@ pub struct CeleryConfig {
     queue_max_priority: Option<u8>,
     kwargs_repr: KwargsRepr,
     delivery_mode: DeliveryMode,
+    compression: Option<Compression>,
 }
 
 /// The environment variables [`CeleryConfig::from_env`] reads.
@@ -114,6 +124,9 @@ pub mod env {
     pub const KWARGSREPR: &str = "EVENTS_CELERY_KWARGSREPR";
     /// `persistent` (default) or `transient` (Celery's `task_default_delivery_mode`).
     pub const DELIVERY_MODE: &str = "EVENTS_CELERY_DELIVERY_MODE";
+    /// A kombu compression method (`zlib`, `bzip2`, `lzma`, `zstd`, `brotli` or their aliases
+    /// and content types) to compress every message with, or `none` (the default).
+    pub const COMPRESSION: &str = "EVENTS_CELERY_COMPRESSION";
 }
 
 impl CeleryConfig {
@@ -129,6 +142,7 @@ impl CeleryConfig {
             queue_max_priority: None,
             kwargs_repr: KwargsRepr::Python,
             delivery_mode: DeliveryMode::Persistent,
+            compression: None,
         })
     }
 
@@ -208,6 +222,20 @@ impl CeleryConfig {
                 .map_err(|e| CeleryError::Config(format!("{}: {e}", env::DELIVERY_MODE)))?;
             config = config.delivery_mode(mode);
         }
+        if let Some(name) = var(env::COMPRESSION) {
+            let compression = if name.trim().eq_ignore_ascii_case("none") {
+                None
+            } else {
+                let method: Compression = name
+                    .parse()
+                    .map_err(|e| CeleryError::Config(format!("{}: {e}", env::COMPRESSION)))?;
+                method
+                    .ensure_enabled()
+                    .map_err(|e| CeleryError::Config(format!("{}: {e}", env::COMPRESSION)))?;
+                Some(method)
+            };
+            config = config.compression(compression);
+        }
         Ok(config)
     }
 
@@ -257,6 +285,15 @@ impl CeleryConfig {
         self
     }
 
+    /// Compress every message's body as Python's `task_compression` setting does (kombu's
+    /// `compression` header); `None`, the default, sends bodies as they are. A
+    /// [`Route::compression`] overrides it per event. A method whose cargo feature is off
+    /// makes publishing fail with an error naming the feature.
+    pub fn compression(mut self, compression: Option<Compression>) -> Self {
+        self.compression = compression;
+        self
+    }
+
     /// The broker.
     pub fn broker(&self) -> &BrokerUrl {
         &self.broker
@@ -288,7 +325,8 @@ impl CeleryConfig {
             .task_prefix(self.task_prefix.clone())
             .routing(route.exchange.clone(), route.routing_key.clone())
             .kwargs_repr(self.kwargs_repr.clone())
-            .delivery_mode(route.delivery_mode.unwrap_or(self.delivery_mode));
+            .delivery_mode(route.delivery_mode.unwrap_or(self.delivery_mode))
+            .compression(route.compression.unwrap_or(self.compression));
         if let Some(priority) = route.priority {
             options = options.priority(priority);
         }
@@ -330,6 +368,55 @@ mod tests {
                 .routing("", "celery")
                 .delivery_mode(DeliveryMode::Transient)
         );
+    }
+
+    #[test]
+    #[cfg(all(feature = "bzip2", feature = "lzma", feature = "zlib"))]
+    fn compression_from_config_routes_and_environment() {
+        let config = CeleryConfig::new("amqp://localhost//")
+            .unwrap()
+            .compression(Some(Compression::Bzip2))
+            .route("small", Route::queue("small").compression(None))
+            .route(
+                "logs",
+                Route::queue("logs").compression(Some(Compression::Lzma)),
+            );
+        let compression = |event: &str| {
+            let options = config.encode_options(event);
+            let message =
+                crate::codec::TaskMessage::from_payload(event, serde_json::json!({}), &options)
+                    .unwrap();
+            message.properties.compression
+        };
+        assert_eq!(compression("orders.placed"), Some(Compression::Bzip2));
+        assert_eq!(compression("small"), None);
+        assert_eq!(compression("logs"), Some(Compression::Lzma));
+        let url = (env::BROKER_URL, "redis://127.0.0.1:6379/3");
+        for (value, expected) in [
+            ("gzip", Some(Compression::Zlib)),
+            ("application/x-bz2", Some(Compression::Bzip2)),
+            ("XZ", Some(Compression::Lzma)),
+            ("none", None),
+        ] {
+            let config = from(&[url, (env::COMPRESSION, value)]).unwrap();
+            assert_eq!(config.compression, expected, "{value}");
+        }
+        let err = from(&[url, (env::COMPRESSION, "snappy")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("EVENTS_CELERY_COMPRESSION") && err.contains("`snappy`"),
+            "{err}"
+        );
+        if !Compression::Brotli.is_enabled() {
+            let err = from(&[url, (env::COMPRESSION, "brotli")])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("EVENTS_CELERY_COMPRESSION") && err.contains("feature `brotli`"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -25,8 +25,8 @@
 pub mod codec;
 
 pub use codec::{
-    AmqpMessage, DecodeError, DecodeOptions, DeliveryMode, EncodeError, EncodeOptions, KwargsRepr,
-    PayloadError, RedisMessage, TaskMessage,
+    AmqpMessage, Compression, DecodeError, DecodeOptions, DeliveryMode, EncodeError, EncodeOptions,
+    KwargsRepr, PayloadError, RedisMessage, TaskMessage,
 };
 
 mod backend;

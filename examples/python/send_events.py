@@ -13,6 +13,8 @@ Cases (every payload carries `"run"`, to tell test runs apart, and `"case"`):
                  Decimal, UUID, UTF-8 bytes and non-UTF-8 bytes, which kombu's JSON tags
     protocol_v1  worker_interop.order_placed from a second app with `task_protocol=1`
 
+`--compression zlib` (or any kombu method or alias) sends every message compressed.
+
 Prints one JSON line per message sent: {"case", "id", "eta", "sent_at"}.
 """
 
@@ -95,6 +97,9 @@ def main():
     parser.add_argument("--countdown", type=float, default=3.0)
     parser.add_argument("--priority", type=int, default=7)
     parser.add_argument(
+        "--compression", default=None, help="kombu compression for every message (zlib, bzip2, …)"
+    )
+    parser.add_argument(
         "--max-priority", type=int, default=None, help="task_queue_max_priority (RabbitMQ)"
     )
     args = parser.parse_args()
@@ -109,6 +114,8 @@ def main():
     def send(case, event, payload, sender=app, **options):
         # Celery computes the eta from its own clock after this: the one printed is a lower bound.
         before = datetime.datetime.now(datetime.timezone.utc)
+        if args.compression:
+            options["compression"] = args.compression
         result = sender.send_task(
             TASK_PREFIX + event, kwargs={"payload": payload}, queue=args.queue, **options
         )

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine;
-use events_celery::{RetryPolicy, WorkerConfig};
+use events_celery::{Compression, EncodeOptions, RetryPolicy, TaskMessage, WorkerConfig};
 use events_core::{domain_event, handler};
 use lapin::BasicProperties;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
@@ -99,6 +99,24 @@ fn body_with(payload: Value) -> Vec<u8> {
     .unwrap()
 }
 
+/// A probe message whose body is compressed with `method` (by the codec, as kombu does), its
+/// `compression` header replaced by `header` if given; `padding` bytes of text in the payload.
+fn compressed(run: &str, method: Compression, header: Option<Value>, padding: usize) -> Raw {
+    let payload = json!({"run": run, "seq": 1, "padding": "a".repeat(padding)});
+    let options = EncodeOptions::new().compression(Some(method));
+    let amqp = TaskMessage::from_payload("fault.probe", payload, &options)
+        .unwrap()
+        .to_amqp()
+        .unwrap();
+    let mut message = good(run, 0);
+    message.headers.insert(
+        "compression".into(),
+        header.unwrap_or_else(|| json!(method.content_type())),
+    );
+    message.body = amqp.body;
+    Raw::Message(message)
+}
+
 fn good(run: &str, seq: u64) -> Message {
     Message {
         content_type: Some("application/json".to_owned()),
@@ -182,7 +200,53 @@ fn corpus(run: &str, queue: &str, redis: bool) -> Vec<Case> {
         Case { name: "kombu tagged uuid with a bad value", expect: &["kombu", "uuid"], raw: with_payload(json!({"run": {"__type__": "uuid", "__value__": {"hex": "zz"}}, "seq": 1})) },
         Case { name: "over the size limit (and not JSON either)", expect: &["over the", "limit"], raw: with_body(vec![b'x'; 2 * LIMIT]) },
         Case { name: "protocol 1 body without a task", expect: &["no task"], raw: { let mut m = good(run, 0); m.headers = serde_json::Map::new(); m.body = br#"{"id": "p1", "args": [], "kwargs": {}}"#.to_vec(); Raw::Message(m) } },
+        Case { name: "unknown compression method", expect: &["compression", "`snappy`", "unknown"], raw: compressed(run, Compression::Zlib, Some(json!("snappy")), 0) },
+        Case { name: "compression header not a string", expect: &["compression", "string"], raw: compressed(run, Compression::Zlib, Some(json!(["zlib"])), 0) },
+        Case { name: "zlib header on an uncompressed body", expect: &["decompress", "application/x-gzip"], raw: { let mut m = good(run, 0); m.headers.insert("compression".into(), json!("zlib")); Raw::Message(m) } },
+        Case { name: "bzip2 header on a zlib body", expect: &["decompress", "application/x-bz2"], raw: compressed(run, Compression::Zlib, Some(json!("application/x-bz2")), 0) },
+        Case { name: "truncated xz body", expect: &["decompress", "application/x-lzma"], raw: { let Raw::Message(mut m) = compressed(run, Compression::Lzma, None, 0) else { unreachable!() }; m.body.truncate(m.body.len() / 2); Raw::Message(m) } },
     ];
+    // Zip bombs: a small body (a few KiB) that decompresses past the limit, in every method.
+    for (method, name) in [
+        (
+            Compression::Zlib,
+            "zip bomb: zlib body decompressing to 2 MiB over the 1 MiB limit",
+        ),
+        (
+            Compression::Bzip2,
+            "zip bomb: bzip2 body decompressing to 2 MiB over the 1 MiB limit",
+        ),
+        (
+            Compression::Lzma,
+            "zip bomb: xz body decompressing to 2 MiB over the 1 MiB limit",
+        ),
+        (
+            Compression::Zstd,
+            "zip bomb: zstd body decompressing to 2 MiB over the 1 MiB limit",
+        ),
+        (
+            Compression::Brotli,
+            "zip bomb: brotli body decompressing to 2 MiB over the 1 MiB limit",
+        ),
+    ] {
+        let raw = compressed(run, method, None, 2 * LIMIT);
+        let Raw::Message(message) = &raw else {
+            unreachable!()
+        };
+        assert!(
+            message.body.len() < LIMIT / 64,
+            "{name}: {} bytes",
+            message.body.len()
+        );
+        let expect: &'static [&'static str] = match method {
+            Compression::Zlib => &["application/x-gzip", "over the", "limit"],
+            Compression::Bzip2 => &["application/x-bz2", "over the", "limit"],
+            Compression::Lzma => &["application/x-lzma", "over the", "limit"],
+            Compression::Zstd => &["application/zstd", "over the", "limit"],
+            _ => &["application/x-brotli", "over the", "limit"],
+        };
+        cases.push(Case { name, expect, raw });
+    }
     if redis {
         let envelope = |value: Value| Raw::Envelope(serde_json::to_vec(&value).unwrap());
         let props = json!({"delivery_tag": uuid::Uuid::new_v4().to_string(), "body_encoding": "base64",

@@ -19,6 +19,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Map, Number, Value};
 
+use super::compression::{COMPRESSION_HEADER, compress};
 use super::decode::{DecodeOptions, check_content_encoding, check_content_type, decode_body};
 use super::error::{DecodeError, EncodeError};
 use super::message::{HeaderValue, MessageProperties, ParsedHeaders, Routing, TaskMessage};
@@ -261,6 +262,13 @@ impl TaskMessage {
             }
             push(name, from_json(value, name)?);
         }
+        if let Some(compression) = self.properties.compression {
+            // kombu adds it to the headers last, after compressing the body.
+            push(
+                COMPRESSION_HEADER,
+                string(compression.content_type().to_owned()),
+            );
+        }
 
         let p = &self.properties;
         Ok(AmqpMessage {
@@ -276,7 +284,10 @@ impl TaskMessage {
                 expiration: strings.expiration,
             },
             headers: AmqpTable(headers),
-            body: self.body_json()?,
+            body: match self.properties.compression {
+                Some(method) => compress(method, &self.body_json()?)?,
+                None => self.body_json()?,
+            },
         })
     }
 
@@ -327,12 +338,13 @@ impl TaskMessage {
             expiration: p.expiration.clone(),
             origin: None,
             delivery_tag: None,
+            compression: None,
         };
         let routing = Routing {
             exchange: message.exchange.clone(),
             routing_key: message.routing_key.clone(),
         };
-        decode_body(headers, &message.body, properties, routing)
+        decode_body(headers, &message.body, properties, routing, options.limit())
     }
 }
 

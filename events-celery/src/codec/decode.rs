@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::compression::{COMPRESSION_HEADER, Compression, decompress, method_of};
 use super::error::{DecodeError, json_type};
 use super::kombu_json::untag;
 use super::message::{
@@ -48,7 +49,8 @@ impl DecodeOptions {
     }
 
     /// Refuse messages larger than `limit` bytes, before parsing anything: the whole
-    /// envelope for Redis, the body for AMQP.
+    /// envelope for Redis, the body for AMQP. A compressed body (kombu's `compression`
+    /// header) is also refused, while decompressing, once it decompresses past `limit`.
     pub fn max_message_bytes(mut self, limit: usize) -> Self {
         self.max_message_bytes = limit;
         self
@@ -102,14 +104,25 @@ pub(crate) fn utf8<'a>(bytes: &'a [u8], part: &str) -> Result<&'a str, DecodeErr
     })
 }
 
-/// Builds the message from headers (already read) and the body bytes.
+/// Builds the message from headers (already read) and the body bytes, decompressing the body
+/// first if a `compression` header names a method (never past `limit` bytes).
 #[inline]
 pub(crate) fn decode_body(
-    headers: ParsedHeaders,
+    mut headers: ParsedHeaders,
     body: &[u8],
-    properties: MessageProperties,
+    mut properties: MessageProperties,
     routing: Routing,
+    limit: usize,
 ) -> Result<TaskMessage, DecodeError> {
+    let decompressed;
+    let body = match take_compression(&mut headers)? {
+        None => body,
+        Some(method) => {
+            decompressed = decompress(method, body, limit)?;
+            properties.compression = Some(method);
+            &decompressed[..]
+        }
+    };
     let text = utf8(body, "body")?;
     // The usual case, read straight into its parts.
     if headers.task.is_some()
@@ -143,6 +156,29 @@ pub(crate) fn decode_body(
         (parsed, ProtocolVersion::V1, args, kwargs, embed)
     };
     finish(parsed, protocol, args, kwargs, embed, properties, routing)
+}
+
+/// Removes kombu's `compression` header from the custom headers and names its method.
+fn take_compression(headers: &mut ParsedHeaders) -> Result<Option<Compression>, DecodeError> {
+    let custom = &mut headers.headers.custom;
+    if custom.is_empty() {
+        return Ok(None);
+    }
+    let Some(index) = custom
+        .iter()
+        .position(|(name, _)| name == COMPRESSION_HEADER)
+    else {
+        return Ok(None);
+    };
+    match custom.remove(index).1 {
+        Value::Null => Ok(None),
+        Value::String(name) => method_of(&name).map(Some),
+        other => Err(DecodeError::InvalidHeader {
+            name: COMPRESSION_HEADER.to_owned(),
+            expected: "a string naming a compression method",
+            found: json_type(&other),
+        }),
+    }
 }
 
 /// `[args, kwargs, embed]` as Celery writes it.
@@ -348,6 +384,7 @@ mod tests {
             body.as_bytes(),
             MessageProperties::default(),
             Routing::default(),
+            DEFAULT_MAX_MESSAGE_BYTES,
         )
     }
 

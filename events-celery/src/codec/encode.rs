@@ -7,6 +7,7 @@ use chrono::{DateTime, FixedOffset, SubsecRound, TimeZone, Utc};
 use events_core::{DomainEvent, EventRef};
 use serde_json::{Map, Number, Value};
 
+use super::compression::Compression;
 use super::error::EncodeError;
 use super::message::{
     Embed, MessageProperties, PAYLOAD_KWARG, ProtocolVersion, Routing, TaskHeaders, TaskMessage,
@@ -133,6 +134,7 @@ pub struct EncodeOptions {
     reply_to: Option<String>,
     origin: Option<String>,
     delivery_mode: DeliveryMode,
+    compression: Option<Compression>,
 }
 
 impl Default for EncodeOptions {
@@ -161,12 +163,21 @@ impl EncodeOptions {
             reply_to: None,
             origin: None,
             delivery_mode: DeliveryMode::Persistent,
+            compression: None,
         }
     }
 
     /// Persistent (Celery's default) or transient messages; see [`DeliveryMode`].
     pub fn delivery_mode(mut self, mode: DeliveryMode) -> Self {
         self.delivery_mode = mode;
+        self
+    }
+
+    /// Compress the body as Python's `send_task(..., compression=...)` does (kombu's
+    /// `compression` header); `None` (the default) sends it as it is. Encoding fails with
+    /// [`EncodeError::CompressionNotEnabled`] if this build lacks the method's feature.
+    pub fn compression(mut self, compression: Option<Compression>) -> Self {
+        self.compression = compression;
         self
     }
 
@@ -335,6 +346,9 @@ impl TaskMessage {
         if let Some(priority) = options.priority.filter(|&p| p > 9) {
             return Err(EncodeError::InvalidPriority(priority));
         }
+        if let Some(compression) = options.compression {
+            compression.ensure_enabled()?;
+        }
         // Floats as Python spells them: the model then holds what goes on the wire.
         pythonize_floats(&mut payload);
         // Python's datetimes have microseconds. The clock is read once, and only when a time
@@ -425,6 +439,7 @@ impl TaskMessage {
                 expiration: expiration.map(|ms| ms.to_string()),
                 origin: None,
                 delivery_tag: None,
+                compression: options.compression,
             },
             routing: options.routing.clone(),
             raw_envelope: None,

@@ -39,6 +39,24 @@ pub enum EncodeError {
     /// An AMQP field-table key longer than 255 bytes.
     #[error("header name `{0}` is longer than the 255 bytes AMQP allows")]
     AmqpKeyTooLong(String),
+    /// Compression was asked for with a method this build has no codec for.
+    #[error(
+        "compression `{compression}` is not enabled: build events-celery with feature `{feature}`"
+    )]
+    CompressionNotEnabled {
+        /// The method's content type (`application/zstd`).
+        compression: &'static str,
+        /// The cargo feature that enables it.
+        feature: &'static str,
+    },
+    /// The compressor failed.
+    #[error("cannot compress the body with `{compression}`: {reason}")]
+    Compress {
+        /// The method's content type.
+        compression: &'static str,
+        /// The compressor's error.
+        reason: String,
+    },
 }
 
 /// Why a message could not be decoded. Every variant names the problem; none of them is
@@ -127,6 +145,45 @@ pub enum DecodeError {
     /// The body is not `[args, kwargs, embed]` (protocol 2) or a task dict (protocol 1).
     #[error("malformed task body: {0}")]
     InvalidBody(String),
+    /// A `compression` header naming no method kombu knows.
+    #[error(
+        "compression `{name}` is unknown: kombu's methods are {known} (or their content types)"
+    )]
+    UnknownCompression {
+        /// The header's value.
+        name: String,
+        /// The methods kombu registers, for the message.
+        known: String,
+    },
+    /// A `compression` kombu knows, but this build has no codec for.
+    #[error(
+        "compression `{compression}` is not enabled: build events-celery with feature `{feature}`"
+    )]
+    CompressionNotEnabled {
+        /// The method's content type (`application/x-brotli`).
+        compression: &'static str,
+        /// The cargo feature that enables it.
+        feature: &'static str,
+    },
+    /// The body does not decompress with the method its `compression` header names.
+    #[error("body does not decompress as `{compression}`: {reason}")]
+    Decompress {
+        /// The method's content type.
+        compression: &'static str,
+        /// The decoder's error.
+        reason: String,
+    },
+    /// The body decompresses to more than the size limit; refused while decompressing, so no
+    /// more than the limit was ever held.
+    #[error(
+        "body decompressed with `{compression}` is over the {limit}-byte limit (refused while decompressing)"
+    )]
+    DecompressedTooLarge {
+        /// The method's content type.
+        compression: &'static str,
+        /// The configured limit ([`DecodeOptions::max_message_bytes`](crate::codec::DecodeOptions::max_message_bytes)).
+        limit: usize,
+    },
     /// A kombu tagged value (`{"__type__": …, "__value__": …}`) with an unknown type.
     #[error("unknown kombu JSON type `{type_name}` at {path}")]
     UnknownKombuType {

@@ -13,6 +13,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
 use serde_json::{Map, Number, Value};
 
+use super::compression::{COMPRESSION_HEADER, Compression};
 use super::error::{DecodeError, PayloadError, json_type};
 use super::kombu_json::untag;
 use super::python_json::{push_json_map, push_json_str, push_json_value, push_number_text};
@@ -169,6 +170,10 @@ pub struct MessageProperties {
     pub origin: Option<String>,
     /// Redis only: kombu's delivery tag (a UUID), the key of the `unacked` hash.
     pub delivery_tag: Option<String>,
+    /// kombu's `compression` header: on decode, the method the body was compressed with (it
+    /// is decompressed by then); on encode, the method to compress the body with (the header
+    /// is written after all others, as kombu does).
+    pub compression: Option<Compression>,
 }
 
 /// Where a message is published: exchange and routing key. Celery's default is the
@@ -365,6 +370,9 @@ impl Serialize for HeadersJson<'_> {
         for (name, value) in &h.custom {
             map.serialize_entry(name, value)?;
         }
+        if let Some(compression) = message.properties.compression {
+            map.serialize_entry(COMPRESSION_HEADER, compression.content_type())?;
+        }
         map.end()
     }
 }
@@ -470,6 +478,11 @@ pub(crate) fn push_headers_json(
         push_json_str(out, name)?;
         out.push_str(": ");
         push_json_value(out, value)?;
+    }
+    if let Some(compression) = message.properties.compression {
+        // kombu adds it to the headers last, after compressing the body.
+        entry(out, COMPRESSION_HEADER);
+        push_json_str(out, compression.content_type())?;
     }
     out.push('}');
     Ok(())

@@ -45,6 +45,17 @@
 //! A dict with exactly the keys `__type__` and `__value__` and an unknown type is an error, as
 //! in kombu.
 //!
+//! # Compression
+//!
+//! kombu's `compression` header (`send_task(..., compression='zlib')`, Celery's
+//! `task_compression`) is read on decode: the body is decompressed — never past
+//! [`DecodeOptions::max_message_bytes`] — before anything else reads it, and
+//! [`MessageProperties::compression`] says which [`Compression`] it was. On encode, setting
+//! it (or [`EncodeOptions::compression`]) compresses the body and writes the header last, as
+//! kombu does. zlib, bzip2, lzma/xz and zstd are built by default; brotli with the `brotli`
+//! feature. An unknown method, a method built without its feature, a body that does not
+//! decompress or decompresses past the limit are refused with a [`DecodeError`] naming it.
+//!
 //! # Untrusted input
 //!
 //! Decoding never panics and never deserialises anything but JSON: messages over the size
@@ -54,6 +65,7 @@
 //! [`DecodeError`] that names the problem.
 
 mod amqp;
+mod compression;
 mod decode;
 mod encode;
 mod error;
@@ -68,6 +80,7 @@ mod uuid4;
 
 pub(crate) use amqp::REFUSED_HEADER;
 pub use amqp::{AmqpMessage, AmqpProperties, AmqpTable, AmqpValue};
+pub use compression::{COMPRESSION_HEADER, Compression};
 pub use decode::{DEFAULT_MAX_MESSAGE_BYTES, DecodeOptions};
 pub use encode::{
     DEFAULT_TASK_PREFIX, DeliveryMode, EncodeOptions, JSON_CONTENT_TYPE, KwargsRepr,

@@ -15,6 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::compression::compress;
 use super::decode::{DecodeOptions, check_content_encoding, check_content_type, decode_body, utf8};
 use super::error::{DecodeError, EncodeError};
 use super::message::{
@@ -167,11 +168,16 @@ impl TaskMessage {
         let mut body = String::with_capacity(256);
         push_body_json(&mut body, self).map_err(EncodeError::Body)?;
         let properties = &self.properties;
+        let compressed = match properties.compression {
+            Some(method) => Some(compress(method, body.as_bytes())?),
+            None => None,
+        };
+        let body = compressed.as_deref().unwrap_or(body.as_bytes());
         let mut out = String::with_capacity(body.len().div_ceil(3) * 4 + 1024);
         // Written by hand in `EnvelopeOut`'s order (a test holds the two to the same bytes).
         out.push_str("{\"body\": \"");
         // Base64 needs no escaping.
-        STANDARD.encode_string(body.as_bytes(), &mut out);
+        STANDARD.encode_string(body, &mut out);
         out.push_str("\", \"content-encoding\": ");
         push_json_str(&mut out, &properties.content_encoding).map_err(EncodeError::Body)?;
         out.push_str(", \"content-type\": ");
@@ -224,7 +230,9 @@ impl TaskMessage {
         Ok(())
     }
 
-    /// The protocol 2 body, `[args, kwargs, embed]`, as Python's `json.dumps` writes it.
+    /// The protocol 2 body, `[args, kwargs, embed]`, as Python's `json.dumps` writes it
+    /// (uncompressed: [`to_redis`](Self::to_redis) and [`to_amqp`](Self::to_amqp) compress it
+    /// when [`MessageProperties::compression`](super::MessageProperties::compression) is set).
     pub fn body_json(&self) -> Result<Vec<u8>, EncodeError> {
         let mut body = String::with_capacity(256);
         push_body_json(&mut body, self).map_err(EncodeError::Body)?;
@@ -262,7 +270,7 @@ impl TaskMessage {
             None => Self::parse_envelope(text)?,
         };
         let raw = options.keeps_raw_envelope().then_some(text);
-        Self::from_envelope(parsed, raw)
+        Self::from_envelope(parsed, raw, options.limit())
     }
 
     /// The envelope read with serde_json: every form JSON allows, and the errors.
@@ -292,7 +300,11 @@ impl TaskMessage {
     }
 
     #[inline]
-    fn from_envelope(parsed: EnvelopeIn<'_>, raw: Option<&str>) -> Result<Self, DecodeError> {
+    fn from_envelope(
+        parsed: EnvelopeIn<'_>,
+        raw: Option<&str>,
+        limit: usize,
+    ) -> Result<Self, DecodeError> {
         check_content_type(parsed.content_type.as_deref())?;
         check_content_encoding(parsed.content_encoding.as_deref())?;
         let properties = parsed.properties.unwrap_or_default();
@@ -323,8 +335,9 @@ impl TaskMessage {
             expiration: properties.expiration,
             origin: properties.origin,
             delivery_tag: properties.delivery_tag,
+            compression: None,
         };
-        let mut message = decode_body(headers, &body, properties, routing)?;
+        let mut message = decode_body(headers, &body, properties, routing, limit)?;
         message.raw_envelope = raw.map(str::to_owned);
         Ok(message)
     }
