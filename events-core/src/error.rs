@@ -71,6 +71,24 @@ pub enum Error {
         closest: Vec<&'static str>,
     },
 
+    /// Publishes nested [`MAX_PUBLISH_DEPTH`](crate::MAX_PUBLISH_DEPTH) deep on one thread:
+    /// handlers that publish, directly or through other events, the event they handle.
+    #[error(
+        "publishing `{event}` refused: publishes nested {depth} deep, handlers publish in a \
+         cycle ({}); a handler must not publish, directly or through other events' handlers, \
+         the event it handles (or stop the chain with a condition)",
+        cycle.join(" -> ")
+    )]
+    PublishCycle {
+        /// The event whose publish was refused.
+        event: &'static str,
+        /// The nesting limit reached.
+        depth: usize,
+        /// The events of the cycle, from the earlier publish of `event` to this one (the whole
+        /// chain when no event repeats).
+        cycle: Vec<&'static str>,
+    },
+
     /// Two event types declare the same name.
     #[error(
         "event name `{name}` is declared twice: by `{first_type}` at {first_location} and by \

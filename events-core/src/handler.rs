@@ -397,9 +397,20 @@ impl HandlerFailure {
                 let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
                 while let Some(e) = next {
                     if !out.is_empty() {
+                        // A nested publish's failures, reached as the source of an error that
+                        // showed them already (as `io::Error::other(publish_error)` does).
+                        if e.is::<HandlerFailure>() || e.is::<crate::error::HandlerFailures>() {
+                            break;
+                        }
                         out.push_str(": ");
                     }
                     out.push_str(&e.to_string());
+                    // The failures of a nested publish are already in its message: walking
+                    // their sources too would repeat them, level after level (exponentially
+                    // in the nesting).
+                    if embeds_its_sources(e) {
+                        break;
+                    }
                     next = e.source();
                 }
             }
@@ -415,6 +426,15 @@ impl HandlerFailure {
         }
         out
     }
+}
+
+/// Whether `error`'s message already includes its sources' (a publish's handler failures).
+fn embeds_its_sources(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        error.downcast_ref::<crate::Error>(),
+        Some(crate::Error::Handlers(_))
+    ) || error.is::<crate::error::HandlerFailures>()
+        || error.is::<HandlerFailure>()
 }
 
 impl fmt::Display for HandlerFailure {

@@ -71,7 +71,7 @@ pub use handler::{
     BoxError, BoxFuture, EventValue, FailureCause, Handler, HandlerDescriptor, HandlerFailure,
     HandlerOptions, HandlerResult, IntoHandlerResult,
 };
-pub use memory::MemoryBackend;
+pub use memory::{MAX_PUBLISH_DEPTH, MemoryBackend};
 pub use registry::Registry;
 
 /// Makes a struct or enum a [`DomainEvent`]: derives serde's `Serialize` and `Deserialize`

@@ -1,6 +1,7 @@
 //! The in-memory backend: immediate, in-process dispatch.
 
 use std::any::TypeId;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -9,7 +10,7 @@ use rustc_hash::FxHashMap;
 use crate::backend::{Backend, BackendKind, Receipt};
 use crate::error::{Error, HandlerFailures};
 use crate::event::EventRef;
-use crate::handler::{BoxFuture, Handler, HandlerFailure};
+use crate::handler::{BoxFuture, FailureCause, Handler, HandlerFailure};
 
 /// Immediate, in-process dispatch of each event to every handler subscribed to it.
 ///
@@ -21,6 +22,9 @@ use crate::handler::{BoxFuture, Handler, HandlerFailure};
 ///   [`publish_blocking`](Backend::publish_blocking) needs no runtime and runs sync handlers
 ///   only (an event with async handlers is refused before any handler runs). The blocking path
 ///   makes no heap allocation unless a handler fails.
+/// - A handler that publishes, directly or through other events' handlers, the event it
+///   handles would recurse without end: publishes nested more than [`MAX_PUBLISH_DEPTH`] deep
+///   on one thread are refused with [`Error::PublishCycle`], which names the chain of events.
 ///
 /// ```rust,standalone_crate
 /// use events_core::{EventBus, MemoryBackend, domain_event};
@@ -131,6 +135,122 @@ struct Subscribers {
     async_count: usize,
 }
 
+/// How deep publishes may nest on one thread: a handler publishing an event whose handler
+/// publishes another, and so on. A chain this long is a cycle (a handler publishing, directly
+/// or through other events, the event it handles), which would otherwise recurse until the
+/// stack overflows and the process aborts; 64 levels stay far from that even on a 2 MB thread
+/// in a debug build.
+pub const MAX_PUBLISH_DEPTH: usize = 64;
+
+/// The publishes in progress on this thread, outermost first (their events' names): the
+/// nesting depth and, for the error, the chain that led there. Constant-initialised and
+/// without destructor, so a publish reads and writes it with plain thread-local accesses.
+struct Nesting {
+    depth: Cell<usize>,
+    chain: [Cell<&'static str>; MAX_PUBLISH_DEPTH],
+}
+
+thread_local! {
+    static NESTING: Nesting = const {
+        Nesting {
+            depth: Cell::new(0),
+            chain: [const { Cell::new("") }; MAX_PUBLISH_DEPTH],
+        }
+    };
+}
+
+/// One level of publish nesting on this thread, left when dropped (also on unwinding).
+struct Nested(());
+
+impl Nested {
+    /// Enters a publish of `event`, or `None` when the thread is already
+    /// [`MAX_PUBLISH_DEPTH`] publishes deep (see [`refuse`]).
+    #[inline]
+    fn enter(event: &'static str) -> Option<Nested> {
+        NESTING.with(|nesting| {
+            let depth = nesting.depth.get();
+            let slot = nesting.chain.get(depth)?;
+            slot.set(event);
+            nesting.depth.set(depth + 1);
+            Some(Nested(()))
+        })
+    }
+}
+
+impl Drop for Nested {
+    #[inline]
+    fn drop(&mut self) {
+        NESTING.with(|nesting| nesting.depth.set(nesting.depth.get() - 1));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An async publish, counted as one level of nesting while it is polled (not while it
+    /// waits): a publish awaited inside a handler is polled inside its parent's poll, on the
+    /// same thread, and that is what would exhaust the stack.
+    struct NestedPolls<F> {
+        event: &'static str,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future<Output = Result<Receipt, Error>>> Future for NestedPolls<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        match Nested::enter(this.event) {
+            Some(_nested) => this.inner.poll(cx),
+            None => std::task::Poll::Ready(Err(refuse(this.event))),
+        }
+    }
+}
+
+/// The cycle error a handler failed with, if it returned one from a nested publish.
+fn refused_cycle(failure: &HandlerFailure) -> Option<Error> {
+    let FailureCause::Error(error) = failure.cause() else {
+        return None;
+    };
+    match error.downcast_ref::<Error>()? {
+        Error::PublishCycle {
+            event,
+            depth,
+            cycle,
+        } => Some(Error::PublishCycle {
+            event,
+            depth: *depth,
+            cycle: cycle.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// The error for a publish of `event` refused at the depth limit: the cycle (from the last
+/// earlier publish of the same event), or the whole chain when no event repeats.
+#[cold]
+#[inline(never)]
+fn refuse(event: &'static str) -> Error {
+    let chain: Vec<&'static str> =
+        NESTING.with(|nesting| nesting.chain.iter().map(Cell::get).collect());
+    let start = chain.iter().rposition(|&e| e == event).unwrap_or(0);
+    let cycle: Vec<&'static str> = chain[start..].iter().copied().chain([event]).collect();
+    tracing::error!(
+        event,
+        depth = MAX_PUBLISH_DEPTH,
+        cycle = %cycle.join(" -> "),
+        "publish refused: handlers publish in a cycle"
+    );
+    Error::PublishCycle {
+        event,
+        depth: MAX_PUBLISH_DEPTH,
+        cycle,
+    }
+}
+
 impl MemoryBackend {
     /// An empty in-memory backend.
     pub fn new() -> Self {
@@ -166,7 +286,18 @@ fn outcome(
             handlers: ran,
         })
     } else {
-        Err(HandlerFailures::new(event, ran, failures).into())
+        Err(failed(event, ran, failures))
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn failed(event: &'static str, ran: usize, failures: Vec<HandlerFailure>) -> Error {
+    match failures.iter().find_map(refused_cycle) {
+        // A handler passed on a refused nested publish: pass it on as it is, rather than
+        // wrapped once per level of the cycle.
+        Some(cycle) => cycle,
+        None => HandlerFailures::new(event, ran, failures).into(),
     }
 }
 
@@ -206,26 +337,32 @@ impl Backend for MemoryBackend {
     }
 
     fn publish<'a>(&'a self, event: EventRef<'a>) -> BoxFuture<'a, Result<Receipt, Error>> {
-        Box::pin(async move {
-            let name = event.name();
-            let subscribers = self.table.load().subscribers(&event).cloned();
-            let Some(subscribers) = subscribers else {
-                tracing::debug!(event = name, "no handlers subscribed to event");
-                return outcome(name, 0, Vec::new());
-            };
-            tracing::info!(event = name, "publishing event");
-            let mut failures = Vec::new();
-            for handler in subscribers.handlers.iter() {
-                if let Err(failure) = handler.run(event.value()).await {
-                    failures.push(failure);
+        let name = event.name();
+        Box::pin(NestedPolls {
+            event: name,
+            inner: async move {
+                let subscribers = self.table.load().subscribers(&event).cloned();
+                let Some(subscribers) = subscribers else {
+                    tracing::debug!(event = name, "no handlers subscribed to event");
+                    return outcome(name, 0, Vec::new());
+                };
+                tracing::info!(event = name, "publishing event");
+                let mut failures = Vec::new();
+                for handler in subscribers.handlers.iter() {
+                    if let Err(failure) = handler.run(event.value()).await {
+                        failures.push(failure);
+                    }
                 }
-            }
-            outcome(name, subscribers.handlers.len(), failures)
+                outcome(name, subscribers.handlers.len(), failures)
+            },
         })
     }
 
     fn publish_blocking(&self, event: EventRef<'_>) -> Result<Receipt, Error> {
         let name = event.name();
+        let Some(_nested) = Nested::enter(name) else {
+            return Err(refuse(name));
+        };
         let table = self.table.load();
         let Some(subscribers) = table.subscribers(&event) else {
             tracing::debug!(event = name, "no handlers subscribed to event");

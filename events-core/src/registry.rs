@@ -170,17 +170,50 @@ impl Registry {
         Ok(())
     }
 
-    /// Up to three known event names closest to `name` (by edit distance), best first.
+    /// Up to three known event names close to `name`, best first: the likely typos, never
+    /// just the least different of unrelated names. Empty when none is close.
+    ///
+    /// Names are compared case-insensitively, after dropping the leading dot-separated segments
+    /// they share (`orders.`), so a shared namespace does not make two different events look
+    /// alike (`orders.shipped` is not suggested for `orders.placed`). What remains must differ
+    /// by at most a third of its length in edits (at least one edit allowed), and not in every
+    /// character.
     pub fn closest_names(&self, name: &str) -> Vec<&'static str> {
         let mut scored: Vec<(usize, &'static str)> = self
             .events
             .iter()
-            .map(|e| (strsim::levenshtein(name, e.name()), e.name()))
-            .filter(|&(d, candidate)| d <= (candidate.len().max(name.len()) / 2).max(2))
+            .filter_map(|e| Some((edit_distance_if_close(name, e.name())?, e.name())))
             .collect();
         scored.sort();
         scored.into_iter().take(3).map(|(_, n)| n).collect()
     }
+}
+
+/// The edit distance between the parts of `name` and `candidate` after their shared
+/// namespace, if they are close (see [`Registry::closest_names`]).
+fn edit_distance_if_close(name: &str, candidate: &str) -> Option<usize> {
+    let (a, b) = without_shared_namespace(name, candidate);
+    let (a_len, b_len) = (a.chars().count(), b.chars().count());
+    let limit = (a_len.max(b_len) / 3).max(1);
+    // The distance is at least the difference in length: skip the quadratic comparison when
+    // that alone rules the candidate out (a hostile 1 MB task name costs one count).
+    if a_len.abs_diff(b_len) > limit || a_len.min(b_len) == 0 {
+        return None;
+    }
+    let distance = strsim::levenshtein(&a.to_lowercase(), &b.to_lowercase());
+    (distance <= limit && distance < a_len.min(b_len)).then_some(distance)
+}
+
+/// `a` and `b` without the leading dot-terminated segments they both start with.
+fn without_shared_namespace<'a, 'b>(a: &'a str, b: &'b str) -> (&'a str, &'b str) {
+    let shared = a
+        .char_indices()
+        .zip(b.chars())
+        .take_while(|((_, x), y)| x == y)
+        .filter(|((_, x), _)| *x == '.')
+        .last()
+        .map_or(0, |((i, _), _)| i + 1);
+    (&a[shared..], &b[shared..])
 }
 
 /// Why the slices do not make a registry, by index into them.
@@ -218,5 +251,50 @@ fn unregistered(h: &'static HandlerDescriptor) -> Error {
         handler: h.name(),
         location: h.location(),
         event: h.event(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edit_distance_if_close;
+
+    fn close(name: &str, candidate: &str) -> bool {
+        edit_distance_if_close(name, candidate).is_some()
+    }
+
+    #[test]
+    fn typos_are_close() {
+        assert!(close("memory.invoice_payd", "memory.invoice_paid"));
+        assert!(close("ordrs.order_placed", "orders.order_placed"));
+        assert!(close("Orders.Order_Placed", "orders.order_placed"));
+        assert!(close("orders.order_placd", "orders.order_placed"));
+        assert!(close("orders.placed", "order.placed"));
+        assert!(close("products.created", "products.craeted"));
+    }
+
+    #[test]
+    fn unrelated_names_are_not_close() {
+        // Same namespace, different event: the namespace does not count as likeness.
+        assert!(!close("fault.nope", "fault.tick"));
+        assert!(!close("fault.no_such_event", "fault.probe"));
+        assert!(!close("orders.placed", "orders.shipped"));
+        assert!(!close("orders.x", "orders.y"));
+        assert!(!close("a", "b"));
+        assert!(!close("ab", "cd"));
+        assert!(!close("add", "fault.tick"));
+        assert!(!close("tasks.add", "fault.tick"));
+        assert!(!close("x", "fault.probe"));
+        assert!(!close("", "fault.probe"));
+        assert!(!close("orders.", "orders.placed"));
+        assert!(!close(
+            "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
+            "orders.order_placed"
+        ));
+    }
+
+    #[test]
+    fn a_huge_name_is_ruled_out_by_its_length() {
+        let huge = "orders.order_placed".repeat(50_000);
+        assert!(!close(&huge, "orders.order_placed"));
     }
 }

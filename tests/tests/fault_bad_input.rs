@@ -74,7 +74,8 @@ enum Raw {
 
 struct Case {
     name: &'static str,
-    /// Words the dead-letter reason must contain (case-insensitive), naming the problem.
+    /// Words the dead-letter reason must contain (case-insensitive), naming the problem;
+    /// `!word`: a word it must not contain.
     expect: &'static [&'static str],
     raw: Raw,
 }
@@ -173,7 +174,13 @@ fn corpus(run: &str, queue: &str, redis: bool) -> Vec<Case> {
         Case { name: "NaN in the body (Python's json.dumps writes it)", expect: &["body", "json"], raw: with_body(format!(r#"[[], {{"payload": {{"run": "{run}", "seq": NaN}}}}, {{}}]"#).into_bytes()) },
         Case { name: "lone UTF-16 surrogate escape", expect: &["body", "json"], raw: with_body(br#"[[], {"payload": {"run": "\ud800", "seq": 1}}, {}]"#.to_vec()) },
         Case { name: "unknown task (not a domain event)", expect: &["unknown task", "tasks.add"], raw: with_headers(&|h| { h.insert("task".into(), json!("tasks.add")); }) },
-        Case { name: "unknown event", expect: &["unknown task", "fault.no_such_event"], raw: with_headers(&|h| { h.insert("task".into(), json!("domain_events.fault.no_such_event")); }) },
+        Case { name: "unknown event", expect: &["unknown task", "fault.no_such_event", "!did you mean"], raw: with_headers(&|h| { h.insert("task".into(), json!("domain_events.fault.no_such_event")); }) },
+        Case { name: "unknown event in a known namespace, nothing close", expect: &["unknown task", "fault.nope", "!did you mean", "!closest", "!probe"], raw: with_headers(&|h| { h.insert("task".into(), json!("domain_events.fault.nope")); }) },
+        Case { name: "unknown event, a typo of a known one", expect: &["unknown task", "fault.prbe", "did you mean `domain_events.fault.probe`?"], raw: with_headers(&|h| { h.insert("task".into(), json!("domain_events.fault.prbe")); }) },
+        Case { name: "event name without the task prefix", expect: &["unknown task", "did you mean `domain_events.fault.probe`?"], raw: with_headers(&|h| { h.insert("task".into(), json!("fault.probe")); }) },
+        Case { name: "extra keyword arguments beside payload", expect: &["fault.probe", "unexpected keyword argument", "`user_id`", "TypeError"], raw: with_body(serde_json::to_vec(&json!([[], {"payload": {"run": run, "seq": 0}, "user_id": 7}, {}])).unwrap()) },
+        Case { name: "positional args beside the payload kwarg", expect: &["fault.probe", "2 positional argument(s) besides", "the number 1", "TypeError"], raw: with_body(serde_json::to_vec(&json!([[1, 2], {"payload": {"run": run, "seq": 0}}, {}])).unwrap()) },
+        Case { name: "positional args after a positional payload", expect: &["fault.probe", "1 positional argument(s) after the payload", "the string \"extra\""], raw: with_body(serde_json::to_vec(&json!([[{"run": run, "seq": 0}, "extra"], {}, {}])).unwrap()) },
         Case { name: "task header not a string", expect: &["task"], raw: with_headers(&|h| { h.insert("task".into(), json!(42)); }) },
         Case { name: "no task header", expect: &["no task"], raw: with_headers(&|h| { h.remove("task"); }) },
         Case { name: "no task id", expect: &["id"], raw: with_headers(&|h| { h.remove("id"); }) },
@@ -430,12 +437,12 @@ async fn check(
             )),
             Some([reason]) => {
                 let lower = reason.to_lowercase();
-                if let Some(word) = case
-                    .expect
-                    .iter()
-                    .find(|w| !lower.contains(&w.to_lowercase()))
-                {
-                    problems.push(format!("{}: reason lacks `{word}`: {reason}", case.name));
+                // `!word`: the reason must not contain it.
+                if let Some(word) = case.expect.iter().find(|w| match w.strip_prefix('!') {
+                    Some(absent) => lower.contains(&absent.to_lowercase()),
+                    None => !lower.contains(&w.to_lowercase()),
+                }) {
+                    problems.push(format!("{}: reason fails `{word}`: {reason}", case.name));
                 }
             }
             Some(many) => problems.push(format!("{}: {} dead letters", case.name, many.len())),

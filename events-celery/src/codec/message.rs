@@ -212,9 +212,55 @@ impl TaskMessage {
             .filter(|name| !name.is_empty())
     }
 
-    /// The event payload as JSON (`kwargs["payload"]`), kombu tags already converted.
+    /// The event payload as JSON, kombu tags already converted: the argument that a task
+    /// `def handle(payload)` receives — `kwargs["payload"]`, or a single positional argument
+    /// when there are no keyword arguments. `None` when the arguments do not bind to that one
+    /// parameter (missing, given twice, or with extra arguments); [`payload`](Self::payload)
+    /// says why.
     pub fn payload_value(&self) -> Option<&Value> {
-        self.kwargs.get(PAYLOAD_KWARG)
+        self.bind_payload().ok()
+    }
+
+    /// Binds the message's arguments to one parameter, `payload`, as Python binds them when
+    /// calling a task `def handle(payload)`: keyword or (alone) positional. Anything else is a
+    /// `TypeError` in Python, so the task fails; here it is an error naming what is missing
+    /// or extra, never extra data silently dropped.
+    fn bind_payload(&self) -> Result<&Value, String> {
+        let keyword = self.kwargs.get(PAYLOAD_KWARG);
+        match (self.args.as_slice(), keyword) {
+            ([], Some(payload)) if self.kwargs.len() == 1 => return Ok(payload),
+            ([payload], None) if self.kwargs.is_empty() => return Ok(payload),
+            _ => {}
+        }
+        let mut problems = Vec::new();
+        match (self.args.as_slice(), keyword) {
+            ([], None) => problems.push(format!("no `{PAYLOAD_KWARG}` keyword argument")),
+            ([], Some(_)) => {}
+            (args, Some(_)) => problems.push(format!(
+                "{} positional argument(s) besides the `{PAYLOAD_KWARG}` keyword argument ({})",
+                args.len(),
+                describe_args(args)
+            )),
+            ([_], None) => {}
+            ([_, extra @ ..], None) => problems.push(format!(
+                "{} positional argument(s) after the payload ({})",
+                extra.len(),
+                describe_args(extra)
+            )),
+        }
+        let others: Vec<&String> = self.kwargs.keys().filter(|k| *k != PAYLOAD_KWARG).collect();
+        if !others.is_empty() {
+            problems.push(format!(
+                "unexpected keyword argument(s) {}",
+                describe_names(&others)
+            ));
+        }
+        Err(format!(
+            "the task takes one argument, `{PAYLOAD_KWARG}` (kwargs={{\"{PAYLOAD_KWARG}\": …}}), \
+             but the message has {}; refused rather than run with data ignored (Python Celery \
+             fails such a call with TypeError too)",
+            problems.join(" and ")
+        ))
     }
 
     /// Deserialises the payload into the typed event `E`.
@@ -261,20 +307,50 @@ impl TaskMessage {
         event: &str,
         type_name: Option<&'static str>,
     ) -> Result<&Value, PayloadError> {
-        self.payload_value().ok_or_else(|| PayloadError {
+        self.bind_payload().map_err(|reason| PayloadError {
             event: event.to_owned(),
             type_name,
             field: None,
-            reason: format!(
-                "the message has no `{PAYLOAD_KWARG}` keyword argument (kwargs: {})",
-                self.kwargs
-                    .keys()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            reason,
         })
     }
+}
+
+/// How many names [`describe_names`] and values [`describe_args`] list before "and N more".
+const LISTED: usize = 5;
+
+/// Extra keyword argument names for an error: a few, each at most 64 bytes, quoted.
+fn describe_names(names: &[&String]) -> String {
+    let mut listed: Vec<String> = names
+        .iter()
+        .take(LISTED)
+        .map(|name| format!("`{}`", clip(name, 64)))
+        .collect();
+    if names.len() > LISTED {
+        listed.push(format!("and {} more", names.len() - LISTED));
+    }
+    listed.join(", ")
+}
+
+/// Positional arguments for an error: what each of the first few is.
+fn describe_args(args: &[Value]) -> String {
+    let mut listed: Vec<String> = args.iter().take(LISTED).map(json_type).collect();
+    if args.len() > LISTED {
+        listed.push(format!("and {} more", args.len() - LISTED));
+    }
+    listed.join(", ")
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, with `…` when cut.
+fn clip(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…", &text[..end]))
 }
 
 /// The error for a payload that does not fit its event type: the field's path (or the
@@ -972,6 +1048,99 @@ mod tests {
             Value::Object(map) => map.into_iter().collect(),
             _ => unreachable!("test input is an object"),
         }
+    }
+
+    fn with_arguments(args: Value, kwargs: Value) -> TaskMessage {
+        let (Value::Array(args), Value::Object(kwargs)) = (args, kwargs) else {
+            unreachable!("test input is a list and an object")
+        };
+        TaskMessage {
+            task: "domain_events.t".into(),
+            args,
+            kwargs,
+            ..TaskMessage::default()
+        }
+    }
+
+    #[test]
+    fn arguments_bind_to_payload_as_python_binds_them() {
+        // kwargs={"payload": …} (what Celery's send_task and this crate write), or the payload
+        // alone as the one positional argument: both run in Python, both bind here.
+        let keyword = with_arguments(json!([]), json!({"payload": {"a": 1}}));
+        assert_eq!(keyword.payload_value(), Some(&json!({"a": 1})));
+        let positional = with_arguments(json!([{"a": 2}]), json!({}));
+        assert_eq!(positional.payload_value(), Some(&json!({"a": 2})));
+    }
+
+    #[test]
+    fn extra_or_missing_arguments_are_refused_naming_what_is_extra() {
+        for (args, kwargs, expected) in [
+            (
+                json!([1, "two"]),
+                json!({"payload": {}}),
+                &[
+                    "2 positional argument(s) besides the `payload`",
+                    "the number 1",
+                    "the string \"two\"",
+                ][..],
+            ),
+            (
+                json!([]),
+                json!({"payload": {}, "user_id": 7, "trace": "x"}),
+                &["unexpected keyword argument(s) `user_id`, `trace`"],
+            ),
+            (
+                json!([{}, 3]),
+                json!({}),
+                &["1 positional argument(s) after the payload", "the number 3"],
+            ),
+            (
+                json!([{}]),
+                json!({"payload": {}}),
+                &["1 positional argument(s) besides the `payload` keyword argument"],
+            ),
+            (
+                json!([{}]),
+                json!({"extra": 1}),
+                &["unexpected keyword argument(s) `extra`"],
+            ),
+            (json!([]), json!({}), &["no `payload` keyword argument"]),
+            (
+                json!([]),
+                json!({"other": 1}),
+                &[
+                    "no `payload` keyword argument",
+                    "unexpected keyword argument(s) `other`",
+                ],
+            ),
+            (
+                json!([1, 2, 3, 4, 5, 6, 7, 8]),
+                json!({}),
+                &["7 positional argument(s) after the payload", "and 2 more"],
+            ),
+        ] {
+            let message = with_arguments(args.clone(), kwargs.clone());
+            assert_eq!(message.payload_value(), None, "{args} {kwargs}");
+            let reason = message.bind_payload().unwrap_err();
+            for word in expected {
+                assert!(
+                    reason.contains(word),
+                    "{args} {kwargs}: `{word}` not in: {reason}"
+                );
+            }
+            assert!(reason.contains("TypeError"), "{reason}");
+        }
+        // Hostile names are listed briefly: a few, each clipped.
+        let many: Map<String, Value> = (0..1000)
+            .map(|i| (format!("{}{i}", "k".repeat(10_000)), json!(i)))
+            .collect();
+        let mut kwargs = many;
+        kwargs.insert("payload".into(), json!({}));
+        let reason = with_arguments(json!([]), Value::Object(kwargs))
+            .bind_payload()
+            .unwrap_err();
+        assert!(reason.len() < 1024, "{} bytes", reason.len());
+        assert!(reason.contains("and 995 more"), "{reason}");
     }
 
     #[test]

@@ -202,17 +202,26 @@ impl Core {
         };
         let prefix = self.config.task_prefix.as_str();
         let Some(name) = message.event_name(prefix) else {
+            // An event's name sent as the task name, without the prefix.
+            let hint = match self.registry.event(&message.task) {
+                Some(event) => format!("; did you mean `{prefix}{}`?", event.name()),
+                None => String::new(),
+            };
             return Examined::Dead(DeadLetter::new(format!(
-                "unknown task `{}`: this worker runs only domain-event tasks named `{prefix}<event>`",
+                "unknown task `{}`: this worker runs only domain-event tasks named \
+                 `{prefix}<event>`{hint}",
                 message.task
             )));
         };
         let Some(descriptor) = self.registry.event(name) else {
-            let closest = self.registry.closest_names(name);
-            let hint = if closest.is_empty() {
-                String::new()
-            } else {
-                format!(" (closest: {})", closest.join(", "))
+            // Only names that are actually close: none rather than the least unlike.
+            let hint = match self.registry.closest_names(name).as_slice() {
+                [] => String::new(),
+                close => {
+                    let names: Vec<String> =
+                        close.iter().map(|n| format!("`{prefix}{n}`")).collect();
+                    format!("; did you mean {}?", names.join(" or "))
+                }
             };
             return Examined::Dead(DeadLetter::new(format!(
                 "unknown task `{}`: no `#[domain_event]` named `{name}` in this worker{hint}",
