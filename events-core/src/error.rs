@@ -108,6 +108,27 @@ pub enum Error {
         second_location: SourceLocation,
     },
 
+    /// Two handlers declare the same name (`#[handler(name = "...")]`): failure reports and
+    /// retries name handlers, so each name must be one handler's.
+    #[error(
+        "handler name `{name}` is declared twice: by the handler of `{first_event}` at \
+         {first_location} and by the handler of `{second_event}` at {second_location}; give one \
+         of them another name with `#[handler(name = \"...\")]`, or leave `name` out to use its \
+         full path"
+    )]
+    DuplicateHandler {
+        /// The name both declare.
+        name: &'static str,
+        /// The event the first handles.
+        first_event: &'static str,
+        /// Where the first is declared.
+        first_location: SourceLocation,
+        /// The event the second handles.
+        second_event: &'static str,
+        /// Where the second is declared.
+        second_location: SourceLocation,
+    },
+
     /// A handler's event type has no descriptor (the type implements `DomainEvent` by hand).
     #[error(
         "handler `{handler}` at {location} handles `{event}`, which is not registered: implement \

@@ -9,8 +9,9 @@ use serde::de::DeserializeOwned;
 
 /// A typed domain event: a serde-serialisable value with a stable name.
 ///
-/// Implement it with [`#[domain_event]`](crate::domain_event), never by hand: the attribute also
-/// derives serde's traits and records the event in the link-time [`Registry`](crate::Registry).
+/// Implemented by [`#[domain_event]`](crate::domain_event) only (an impl written by hand is a
+/// compile error): the attribute also derives serde's traits and records the event in the
+/// link-time [`Registry`](crate::Registry).
 ///
 /// ```rust,standalone_crate
 /// use events_core::{DomainEvent, domain_event};
@@ -28,13 +29,48 @@ use serde::de::DeserializeOwned;
     label = "not a domain event",
     note = "add `#[domain_event]` to the definition of `{Self}`, or take a type that has it"
 )]
-pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait DomainEvent:
+    DeclaredEvent + Serialize + DeserializeOwned + Send + Sync + 'static
+{
     /// The event's stable name, as it appears on the wire (`domain_events.<NAME>` for Celery).
     const NAME: &'static str;
 
     /// The descriptor `#[domain_event]` registered for this type.
     fn descriptor() -> &'static EventDescriptor;
 }
+
+/// Implemented by `#[domain_event]` alone, and required by [`DomainEvent`]: an event
+/// implemented by hand would compile but be missing from the registry (its handlers refused at
+/// start-up, its messages unknown to workers), so it is refused at compile time instead.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`DomainEvent` is implemented by `#[domain_event]`, not by hand",
+    label = "`{Self}` implements `DomainEvent` by hand",
+    note = "remove this impl and put `#[domain_event]` on `{Self}`: it implements `DomainEvent`, \
+            derives serde's traits and registers the event, which an impl written by hand cannot"
+)]
+pub trait DeclaredEvent {}
+
+/// A type that can be a field of a domain event: one that serde can serialise and deserialise
+/// into an owned value (`Serialize + DeserializeOwned`). Implemented for every such type;
+/// `#[domain_event]` checks each field against it, so that a field serde cannot handle is
+/// reported at the field, with what to derive.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is a field of a domain event, so it must implement serde's `Serialize` \
+               and `Deserialize`",
+    label = "not (de)serialisable",
+    note = "derive both on `{Self}` through `events_core`, which needs no `serde` dependency: \
+            `#[derive(events_core::serde::Serialize, events_core::serde::Deserialize)]` with \
+            `#[serde(crate = \"events_core::serde\")]`",
+    note = "for a type of another crate, enable that crate's `serde` feature, or give the \
+            field `#[serde(with = \"...\")]`"
+)]
+pub trait EventField {}
+
+// `do_not_recommend`: one error naming the field's type and what to derive, rather than one per
+// missing serde trait with serde's own advice.
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + DeserializeOwned> EventField for T {}
 
 /// Where an event or handler was declared in the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -89,6 +125,11 @@ impl EventDescriptor {
             slot: AtomicU32::new(u32::MAX),
         }
     }
+
+    /// Checks, where `#[domain_event]` calls it, that a field's type is an [`EventField`].
+    #[doc(hidden)]
+    #[inline]
+    pub fn assert_field<T: EventField>() {}
 
     /// A dense index for this event type, fixed for the life of the program: its position in
     /// the link-time slice of every `#[domain_event]`. Backends index tables by it instead of

@@ -64,8 +64,10 @@ pub use bus::{
     publish_json, subscribe,
 };
 pub use error::{Error, HandlerFailures};
+#[doc(hidden)]
+pub use event::DeclaredEvent;
 pub use event::{
-    AnyEvent, DomainEvent, EventDescriptor, EventRef, PayloadMismatch, SourceLocation,
+    AnyEvent, DomainEvent, EventDescriptor, EventField, EventRef, PayloadMismatch, SourceLocation,
 };
 pub use handler::{
     BoxError, BoxFuture, EventValue, FailureCause, Handler, HandlerDescriptor, HandlerFailure,
@@ -73,6 +75,33 @@ pub use handler::{
 };
 pub use memory::{MAX_PUBLISH_DEPTH, MemoryBackend};
 pub use registry::Registry;
+
+/// serde, re-exported for the types inside an event.
+///
+/// `#[domain_event]` derives serde's traits for the event itself. A type used inside it — a
+/// struct under `#[serde(flatten)]`, an enum or struct field — needs them too; derive them
+/// through this re-export, so that your crate needs no `serde` dependency of its own:
+///
+/// ```rust,standalone_crate
+/// use events_core::domain_event;
+///
+/// #[derive(events_core::serde::Serialize, events_core::serde::Deserialize)]
+/// #[serde(crate = "events_core::serde")]
+/// enum Currency {
+///     Eur,
+///     Usd,
+/// }
+///
+/// #[domain_event(name = "orders.order_placed")]
+/// struct OrderPlaced {
+///     order_id: u64,
+///     currency: Currency,
+/// }
+/// ```
+///
+/// (With `serde = { version = "1", features = ["derive"] }` in your `Cargo.toml`,
+/// `#[derive(serde::Serialize, serde::Deserialize)]` works as well.)
+pub use serde;
 
 /// Makes a struct or enum a [`DomainEvent`]: derives serde's `Serialize` and `Deserialize`
 /// (through this crate, so yours needs no `serde` dependency; if you derive them yourself,

@@ -8,7 +8,7 @@ pub use linkme::distributed_slice;
 pub use serde;
 
 pub use crate::backend::BackendFactory;
-pub use crate::event::{DomainEvent, EventDescriptor, SourceLocation};
+pub use crate::event::{DeclaredEvent, DomainEvent, EventDescriptor, SourceLocation};
 pub use crate::handler::{
     BoxFuture, HandlerDescriptor, HandlerFn, HandlerOptions, HandlerResult, IntoHandlerResult,
 };

@@ -42,8 +42,8 @@ pub struct Registry {
 impl Registry {
     /// The registry of everything linked into this program, built on first call.
     ///
-    /// Fails if two event types declare the same name (naming both), or if a handler's event
-    /// type was not declared with `#[domain_event]`.
+    /// Fails if two event types declare the same name, or two handlers the same name (naming
+    /// both), or if a handler's event type was not declared with `#[domain_event]`.
     pub fn collected() -> Result<&'static Registry, Error> {
         static COLLECTED: OnceLock<Result<Registry, BuildError>> = OnceLock::new();
         let (events, handlers) = (&crate::__private::EVENTS, &crate::__private::HANDLERS);
@@ -83,6 +83,14 @@ impl Registry {
             .enumerate()
             .map(|(i, e)| (e.type_id(), i))
             .collect();
+        // Failure reports and retries (`x-events-handlers`) name handlers: one name, one handler.
+        let mut by_handler_name: Vec<usize> = (0..handlers.len()).collect();
+        by_handler_name.sort_by_key(|&i| (handlers[i].name(), handlers[i].location()));
+        for pair in by_handler_name.windows(2) {
+            if handlers[pair[0]].name() == handlers[pair[1]].name() {
+                return Err(BuildError::DuplicateHandler(pair[0], pair[1]));
+            }
+        }
         let mut per_event: Vec<Vec<&'static HandlerDescriptor>> = vec![Vec::new(); sorted.len()];
         for (i, handler) in handlers.iter().enumerate() {
             match by_type.get(&handler.event_type()) {
@@ -220,6 +228,7 @@ fn without_shared_namespace<'a, 'b>(a: &'a str, b: &'b str) -> (&'a str, &'b str
 #[derive(Debug, Clone, Copy)]
 enum BuildError {
     Duplicate(usize, usize),
+    DuplicateHandler(usize, usize),
     Unregistered(usize),
 }
 
@@ -231,6 +240,7 @@ impl BuildError {
     ) -> Error {
         match self {
             BuildError::Duplicate(a, b) => duplicate(&events[a], &events[b]),
+            BuildError::DuplicateHandler(a, b) => duplicate_handler(&handlers[a], &handlers[b]),
             BuildError::Unregistered(h) => unregistered(&handlers[h]),
         }
     }
@@ -242,6 +252,16 @@ fn duplicate(a: &'static EventDescriptor, b: &'static EventDescriptor) -> Error 
         first_type: a.type_name(),
         first_location: a.location(),
         second_type: b.type_name(),
+        second_location: b.location(),
+    }
+}
+
+fn duplicate_handler(a: &'static HandlerDescriptor, b: &'static HandlerDescriptor) -> Error {
+    Error::DuplicateHandler {
+        name: a.name(),
+        first_event: a.event(),
+        first_location: a.location(),
+        second_event: b.event(),
         second_location: b.location(),
     }
 }

@@ -5,7 +5,7 @@ use quote::{ToTokens, quote, quote_spanned};
 use syn::meta::ParseNestedMeta;
 use syn::parse::ParseStream;
 use syn::spanned::Spanned;
-use syn::{Item, LitInt, LitStr, Path};
+use syn::{Attribute, Item, LitInt, LitStr, Path};
 
 pub(crate) const NAME: &str = "name";
 pub(crate) const CRATE: &str = "crate";
@@ -311,4 +311,21 @@ pub(crate) fn item_kind(item: &Item) -> (Span, &'static str) {
         Item::Use(u) => (u.use_token.span, "a `use` declaration"),
         other => (other.span(), "this item"),
     }
+}
+
+/// Takes out of `attrs` every further `#[name]` (bare, or by a path through `events_core`), with
+/// an error at each: a second expansion would only repeat the generated items.
+pub(crate) fn remove_repeats(attrs: &mut Vec<Attribute>, name: &str, errors: &mut Errors) {
+    attrs.retain(|attr| {
+        let path = attr.path();
+        let repeat = path.segments.last().is_some_and(|s| s.ident == name)
+            && (path.segments.len() == 1 || path.segments.iter().any(|s| s.ident == "events_core"));
+        if repeat {
+            errors.push(syn::Error::new_spanned(
+                attr,
+                format_args!("`#[{name}]` is written twice: remove this one"),
+            ));
+        }
+        !repeat
+    });
 }

@@ -1,8 +1,9 @@
 //! `#[domain_event]`: serde derives, the `DomainEvent` impl and the registry entry.
 
-use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
-use syn::{Attribute, Ident, Item, LitStr, Path};
+use proc_macro2::{TokenStream, TokenTree};
+use quote::{ToTokens, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Attribute, Field, Fields, Ident, Item, LitStr, Path, Type};
 
 use crate::attr::{self, CRATE, Errors, NAME, Once};
 
@@ -91,13 +92,18 @@ fn derives(attrs: &[Attribute], trait_name: &str) -> bool {
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
     let args = parse_args(args, &mut errors);
-    let item: Item = match syn::parse2(input.clone()) {
+    let mut item: Item = match syn::parse2(input.clone()) {
         Ok(item) => item,
         Err(e) => {
             errors.push(e);
             return with_errors(&input, &errors);
         }
     };
+    match &mut item {
+        Item::Struct(s) => attr::remove_repeats(&mut s.attrs, "domain_event", &mut errors),
+        Item::Enum(e) => attr::remove_repeats(&mut e.attrs, "domain_event", &mut errors),
+        _ => {}
+    }
     let (ident, attrs, generics) = match &item {
         Item::Struct(s) => (&s.ident, &s.attrs, &s.generics),
         Item::Enum(e) => (&e.ident, &e.attrs, &e.generics),
@@ -128,7 +134,24 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         return with_errors(&item, &errors);
     }
 
+    let fields = checked_fields(&item);
+    let borrowed = borrowing_fields(&fields);
+    if !borrowed.is_empty() {
+        // serde cannot derive `DeserializeOwned` for it: no derives, no impl, one error each.
+        for error in borrowed {
+            errors.push(error);
+        }
+        return with_errors(&item, &errors);
+    }
+
     let krate = attr::crate_path(args.krate.as_ref());
+    // At each field's type: one error naming the type and what to derive, before serde's own.
+    let field_checks = fields.iter().map(|field| {
+        let ty = &field.ty;
+        quote_spanned! {ty.span()=>
+            #krate::__private::EventDescriptor::assert_field::<#ty>();
+        }
+    });
     let name = match &args.name {
         Some((_, lit)) => quote!(#lit),
         None => {
@@ -157,6 +180,13 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     };
     let compile_errors = errors.to_compile_errors();
     quote! {
+        const _: () = {
+            #[allow(dead_code, reason = "only type-checked")]
+            fn __events_fields() {
+                #(#field_checks)*
+            }
+        };
+
         #serde_attrs
         #item
 
@@ -168,6 +198,9 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                     #location,
                     ::core::env!("CARGO_CRATE_NAME"),
                 );
+
+            #[automatically_derived]
+            impl #krate::__private::DeclaredEvent for #ident {}
 
             #[automatically_derived]
             impl #krate::__private::DomainEvent for #ident {
@@ -182,6 +215,70 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
 
         #compile_errors
     }
+}
+
+/// The fields whose type must be serde-serialisable: those without `#[serde(...)]` attributes
+/// of their own (`skip`, `with`, … change what serde needs) and not naming `Self`.
+fn checked_fields(item: &Item) -> Vec<&Field> {
+    let all: Vec<&Field> = match item {
+        Item::Struct(s) => s.fields.iter().collect(),
+        Item::Enum(e) => e
+            .variants
+            .iter()
+            .filter(|v| !v.attrs.iter().any(|a| a.path().is_ident("serde")))
+            .flat_map(|v| match &v.fields {
+                Fields::Named(f) => f.named.iter().collect::<Vec<_>>(),
+                Fields::Unnamed(f) => f.unnamed.iter().collect(),
+                Fields::Unit => Vec::new(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    all.into_iter()
+        .filter(|f| !f.attrs.iter().any(|a| a.path().is_ident("serde")))
+        .filter(|f| {
+            !tokens_any(
+                f.ty.to_token_stream(),
+                &|t| matches!(t, TokenTree::Ident(i) if i == "Self"),
+            )
+        })
+        .collect()
+}
+
+/// An error at each field type that borrows (`&'static str`, `Option<&[u8]>`): an event is
+/// deserialised from a message that does not outlive it, so it owns its data.
+fn borrowing_fields(fields: &[&Field]) -> Vec<syn::Error> {
+    fields
+        .iter()
+        .filter(|f| {
+            tokens_any(
+                f.ty.to_token_stream(),
+                &|t| matches!(t, TokenTree::Punct(p) if p.as_char() == '&'),
+            )
+        })
+        .map(|f| {
+            let hint = match &f.ty {
+                Type::Reference(r) if r.elem.to_token_stream().to_string() == "str" => {
+                    "`String`".to_owned()
+                }
+                _ => "`String` for `&str`, `Vec<T>` for `&[T]`, `T` for `&T`".to_owned(),
+            };
+            syn::Error::new_spanned(
+                &f.ty,
+                format_args!(
+                    "a domain event owns its data, so a field cannot borrow: use an owned type \
+                     ({hint})"
+                ),
+            )
+        })
+        .collect()
+}
+
+fn tokens_any(tokens: TokenStream, found: &dyn Fn(&TokenTree) -> bool) -> bool {
+    tokens.into_iter().any(|t| match &t {
+        TokenTree::Group(g) => tokens_any(g.stream(), found),
+        other => found(other),
+    })
 }
 
 fn with_errors(item: &impl quote::ToTokens, errors: &Errors) -> TokenStream {

@@ -6,6 +6,7 @@ use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn, LitStr, Path, ReturnType, Safety, Type};
 
 use crate::attr::{self, CRATE, Errors, MAX_RETRIES, NAME, Once, TIME_LIMIT_MS};
+use crate::context::{self, Enclosing};
 
 const KEYS: &[&str] = &[NAME, CRATE, MAX_RETRIES, TIME_LIMIT_MS];
 
@@ -149,6 +150,21 @@ fn check_signature(f: &ItemFn, errors: &mut Errors) -> Option<Signature> {
     };
     let taken = event.and_then(|event| match &*event.ty {
         Type::Reference(reference) => {
+            if let Some(lifetime) = reference.lifetime.as_ref().filter(|l| l.ident == "static") {
+                let ty = reference
+                    .elem
+                    .to_token_stream()
+                    .to_string()
+                    .replace(" :: ", "::");
+                mistakes.push(syn::Error::new_spanned(
+                    lifetime,
+                    format_args!(
+                        "a handler borrows the event only while it runs, so it cannot take it \
+                         as `&'static`: write `&{ty}`, or `{ty}` to get your own clone"
+                    ),
+                ));
+                return None;
+            }
             if let Some(mutability) = &reference.mutability {
                 mistakes.push(syn::Error::new_spanned(
                     mutability,
@@ -205,7 +221,7 @@ fn impl_trait_parameter(t: &syn::TypeImplTrait) -> syn::Error {
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
     let args = parse_args(args, &mut errors);
-    let function: ItemFn = match syn::parse2(input.clone()) {
+    let mut function: ItemFn = match syn::parse2(input.clone()) {
         Ok(f) => f,
         Err(_) => {
             let (span, kind) = match syn::parse2::<syn::Item>(input.clone()) {
@@ -223,6 +239,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             return quote!(#input #compile_errors);
         }
     };
+    attr::remove_repeats(&mut function.attrs, "handler", &mut errors);
     let checked = check_signature(&function, &mut errors);
     let compile_errors = errors.to_compile_errors();
     let Some(Signature {
@@ -235,9 +252,27 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         return quote!(#function #compile_errors);
     };
 
+    let fn_ident = &function.sig.ident;
+    if let Some(enclosing) = context::around(fn_ident) {
+        // The generated registration cannot name an associated function (it would fail with
+        // "cannot find function"): say what to do instead, and generate nothing else.
+        let block = match enclosing {
+            Enclosing::Impl => "an `impl` block",
+            Enclosing::Trait => "a trait",
+        };
+        errors.push(syn::Error::new_spanned(
+            fn_ident,
+            format_args!(
+                "`#[handler]` goes on a free function, not on a function in {block}: move \
+                 `{fn_ident}` out of it, e.g. to the module (the bus calls a handler with the \
+                 event alone, never on a value of a type)"
+            ),
+        ));
+        let compile_errors = errors.to_compile_errors();
+        return quote!(#function #compile_errors);
+    }
     let krate = attr::crate_path(args.krate.as_ref());
     let private = quote!(#krate::__private);
-    let fn_ident = &function.sig.ident;
     let name = match &args.name {
         Some(name) => quote!(#name),
         None => quote!(::core::concat!(

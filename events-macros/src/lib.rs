@@ -6,6 +6,7 @@
 use proc_macro::TokenStream;
 
 mod attr;
+mod context;
 mod event;
 mod handler;
 

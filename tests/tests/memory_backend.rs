@@ -395,6 +395,10 @@ struct HandMade {
     n: u32,
 }
 
+// `DomainEvent` is sealed to `#[domain_event]`; the hidden marker lets this test build a
+// descriptor outside the slice on purpose.
+impl events_core::__private::DeclaredEvent for HandMade {}
+
 impl events_core::DomainEvent for HandMade {
     const NAME: &'static str = "memory.hand_made";
 

@@ -1,0 +1,14 @@
+use events_core::{domain_event, handler};
+
+#[domain_event]
+struct OrderPlaced {
+    id: u32,
+}
+
+#[handler]
+#[events_core::handler(name = "billing.again")]
+fn on_order(event: &OrderPlaced) {
+    println!("{}", event.id);
+}
+
+fn main() {}
