@@ -169,7 +169,8 @@ impl Core {
                 dead: vec![dead],
             },
             Examined::Expired(message) => {
-                const EXPIRED: &str = "task expired before it could run; discarding it as Celery does";
+                const EXPIRED: &str =
+                    "task expired before it could run; discarding it as Celery does";
                 if self.quiet.allow(EXPIRED, Loudness::Warn) {
                     tracing::warn!(
                         task_id = message.id.as_str(),

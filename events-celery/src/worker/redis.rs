@@ -404,7 +404,11 @@ impl Rotation {
     fn lists_in_order(&self, order: &[usize]) -> Vec<String> {
         REDIS_PRIORITY_STEPS
             .iter()
-            .flat_map(|&step| order.iter().map(move |&q| redis_queue_key(&self.queues[q], step)))
+            .flat_map(|&step| {
+                order
+                    .iter()
+                    .map(move |&q| redis_queue_key(&self.queues[q], step))
+            })
             .collect()
     }
 
@@ -641,7 +645,11 @@ async fn fetch_loop(
         }
         for size in dropped {
             core.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            dead_letter_dropped(&core, &queue, &format!("message of {size} bytes over the size limit"));
+            dead_letter_dropped(
+                &core,
+                &queue,
+                &format!("message of {size} bytes over the size limit"),
+            );
         }
         for (envelope, tag) in envelopes.into_iter().zip(tags) {
             let Some(permit) = taken_permits.split(1) else {
