@@ -478,8 +478,9 @@ async fn redis_idle_worker_polls_once_not_once_per_fetcher() {
     waits.sort();
     eprintln!(
         "idle: {calls} script calls in {elapsed:?} ({per_second:.1}/s); pushed message ran \
-         after {:?} (median, polled every 50 ms) to {:?} (max)",
+         after {:?} (median of {}) to {:?} (max)",
         waits[waits.len() / 2],
+        waits.len(),
         waits[waits.len() - 1]
     );
     // Pauses never end early: one poller (every 50 ms once warmed up, a few quicker polls

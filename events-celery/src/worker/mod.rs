@@ -53,6 +53,7 @@ pub struct WorkerConfig {
     pub(crate) publish_timeout: Duration,
     pub(crate) reconnect_max_delay: Duration,
     pub(crate) dead_letter_max_len: usize,
+    pub(crate) redis_idle_poll: Duration,
 }
 
 impl WorkerConfig {
@@ -80,6 +81,7 @@ impl WorkerConfig {
             publish_timeout: Duration::from_secs(10),
             reconnect_max_delay: Duration::from_secs(30),
             dead_letter_max_len: DEFAULT_DEAD_LETTER_MAX_LEN,
+            redis_idle_poll: Duration::from_millis(50),
         })
     }
 
@@ -178,6 +180,17 @@ impl WorkerConfig {
     /// work.
     pub fn redis_fetchers(mut self, n: usize) -> Self {
         self.redis_fetchers = n.max(1);
+        self
+    }
+
+    /// Redis: the longest pause between two looks at the lists while they are empty (default
+    /// 50 ms). No blocking pop waits for messages (it would hand the worker whatever envelope
+    /// it woke up for, before the size limit could refuse it), so an idle worker polls: one
+    /// fetcher, 1 ms after the lists emptied, doubling up to this, with up to 25 % jitter. A
+    /// message pushed to an idle worker waits at most this (plus jitter); an idle worker sends
+    /// Redis one script call per interval. Shorter: lower latency, more idle load.
+    pub fn redis_idle_poll(mut self, interval: Duration) -> Self {
+        self.redis_idle_poll = interval;
         self
     }
 

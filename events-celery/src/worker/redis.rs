@@ -7,9 +7,10 @@
 //! over the size limit (it dead-letters it in Redis) and gives each message taken an `unacked`
 //! entry of its own. No blocking pop waits for messages (it would return the envelope it woke
 //! up for, whatever its size): while every list is empty, one fetcher polls — after a pause of
-//! 1 ms growing to [`IDLE_POLL_MAX`] — and the others wait for their turn, which comes as soon
-//! as the poller finds work (each then takes at once). An idle worker sends one take per
-//! [`IDLE_POLL_MAX`], whatever its number of fetchers.
+//! 1 ms growing to [`WorkerConfig::redis_idle_poll`](super::WorkerConfig::redis_idle_poll)
+//! (50 ms by default) — and the others wait for their turn, which comes as soon as the poller
+//! finds work (each then takes at once). An idle worker sends one take per interval, whatever
+//! its number of fetchers.
 //!
 //! Fairness: each take asks the queues in kombu's order — every queue at priority 0, then at 3,
 //! 6, 9 — with the queues rotated as kombu's `_queue_cycle` rotates them: the queue that
@@ -49,11 +50,9 @@ const MUTEX_EXPIRE: Duration = Duration::from_secs(5);
 /// How long a connection waits for a reply to a take: the script never blocks.
 const TAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The pause after the first take that found every list empty; it doubles while they stay
-/// empty, up to [`IDLE_POLL_MAX`] (with up to 25 % jitter, the most a message pushed to an idle
-/// worker waits).
+/// empty, up to [`WorkerConfig::redis_idle_poll`](super::WorkerConfig::redis_idle_poll) (with up
+/// to 25 % jitter, the most a message pushed to an idle worker waits).
 const IDLE_POLL_MIN: Duration = Duration::from_millis(1);
-/// The longest pause between takes of the idle poller.
-const IDLE_POLL_MAX: Duration = Duration::from_millis(50);
 
 /// Messages this worker postponed: a sorted set per list key, scored by eta (ms).
 fn delayed_key(list: &str) -> String {
@@ -601,7 +600,7 @@ async fn fetch_loop(
                 if pause(&mut stopping, idle + jitter).await {
                     return;
                 }
-                idle = (idle * 2).min(IDLE_POLL_MAX);
+                idle = (idle * 2).min(core.config.redis_idle_poll.max(IDLE_POLL_MIN));
                 continue;
             }
             Err(error) => {
