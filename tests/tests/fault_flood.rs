@@ -258,9 +258,20 @@ async fn redis_dead_letters_stay_within_their_bound() {
     let total = garbage + oversize + 1;
     let kept = llen(&url, &dead).await;
     let dropped = stat(&log, "dead_letters_dropped") as usize;
+    let bytes: Option<u64> = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&dead)
+        .arg("SAMPLES")
+        .arg(0)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
     eprintln!(
-        "{total} bad entries: {kept} dead-letter records (bound {cap}), {dropped} dropped, {} log lines",
-        log.lines().count()
+        "{total} bad entries: {kept} dead-letter records (bound {cap}, {} bytes in Redis), \
+         {dropped} dropped, {} log lines ({} bytes)",
+        bytes.unwrap_or(0),
+        log.lines().count(),
+        log.len()
     );
     assert_eq!(kept, cap, "the dead-letter list is not at its bound");
     assert_eq!(
