@@ -90,6 +90,26 @@ async fn time_to_run(run: &str, seen: usize, started: Instant) -> Option<Duratio
     None
 }
 
+/// How many "… and 9,999 more like it" a summary line counts.
+fn summarised(line: &str) -> Option<u64> {
+    let after = line.split("… and ").nth(1)?;
+    after.split(' ').next()?.replace(',', "").parse().ok()
+}
+
+/// The dead letters a worker's log accounts for: (lines logged one by one, lines counted in
+/// summaries).
+fn dead_letter_lines(log: &str) -> (u64, u64) {
+    let about_dead =
+        |l: &&str| l.contains("message dead-lettered") || l.contains("dead-letter list full");
+    let logged = log
+        .lines()
+        .filter(about_dead)
+        .filter(|l| summarised(l).is_none())
+        .count() as u64;
+    let counted = log.lines().filter(about_dead).filter_map(summarised).sum();
+    (logged, counted)
+}
+
 /// A queue flooded with bad entries listed first, a quiet queue second: the quiet queue's
 /// message runs while most of the flood is still queued (before: the worker drained the
 /// flooded queue first — 190,000 entries, 10 s).
@@ -189,7 +209,26 @@ async fn amqp_flooded_queue_does_not_starve_a_quiet_one() {
         "the quiet queue waited for the flooded one: only {remaining} of {n} messages were left \
          when its message ran"
     );
-    worker.terminate(Duration::from_secs(20));
+    // The rest of the flood is dead-lettered too, its log lines rate-limited with a count.
+    let drained = eventually(Duration::from_secs(300), || async {
+        (declare(true).await == 0).then_some(())
+    })
+    .await;
+    assert!(drained.is_some(), "the worker did not drain the flood");
+    assert!(
+        worker.terminate(Duration::from_secs(30)),
+        "{}",
+        worker.log()
+    );
+    let log = worker.log();
+    let (logged, counted) = dead_letter_lines(&log);
+    eprintln!("{n} dead letters: {logged} logged, {counted} counted in summaries");
+    assert_eq!(
+        logged + counted,
+        n as u64,
+        "every dead letter is logged or counted"
+    );
+    assert!(logged < n as u64 / 10, "{logged} lines: not rate-limited");
     let _ = connection.close(200, "done".into()).await;
     forget_run(&run, None).await;
     for queue in [&flooded, &quiet] {
@@ -302,19 +341,7 @@ async fn redis_dead_letters_stay_within_their_bound() {
         errors < total / 10,
         "{errors} ERROR lines for {total} bad entries: not rate-limited"
     );
-    // Every dead letter is logged, or counted in a "… and N more like it" line.
-    let about_dead =
-        |l: &&str| l.contains("message dead-lettered") || l.contains("dead-letter list full");
-    let more = |l: &str| -> Option<u64> {
-        let after = l.split("… and ").nth(1)?;
-        after.split(' ').next()?.replace(',', "").parse().ok()
-    };
-    let logged = log
-        .lines()
-        .filter(about_dead)
-        .filter(|l| more(l).is_none())
-        .count() as u64;
-    let counted: u64 = log.lines().filter(about_dead).filter_map(more).sum();
+    let (logged, counted) = dead_letter_lines(&log);
     assert_eq!(
         logged + counted,
         total as u64,
@@ -323,7 +350,7 @@ async fn redis_dead_letters_stay_within_their_bound() {
     let full_counted: u64 = log
         .lines()
         .filter(|l| l.contains("dead-letter list full"))
-        .filter_map(more)
+        .filter_map(summarised)
         .sum();
     assert!(full_counted > 0, "the overflow is logged with a count");
     cleanup_redis_queue_at(&url, &queue).await;

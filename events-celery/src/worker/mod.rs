@@ -418,3 +418,25 @@ pub(crate) fn worker_identity() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
     format!("rust{}@{host}", std::process::id())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_its_maximum_and_resets() {
+        let max = Duration::from_secs(1);
+        let mut backoff = Backoff::new(max);
+        let mut base = Backoff::MIN;
+        for _ in 0..8 {
+            let delay = backoff.step();
+            assert!(
+                delay >= base.mul_f64(0.75) && delay <= base.mul_f64(1.25),
+                "{delay:?}"
+            );
+            base = (base * 2).min(max);
+        }
+        backoff.reset();
+        assert!(backoff.step() <= Backoff::MIN.mul_f64(1.25));
+    }
+}

@@ -985,3 +985,29 @@ async fn move_due_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_rotate_as_kombu_rotates_them() {
+        let rotation = Rotation::new(&["a".to_owned(), "b".to_owned(), "c".to_owned()]);
+        let sep = crate::codec::REDIS_PRIORITY_SEPARATOR;
+        // Priority first, then queue: kombu's BRPOP key order.
+        assert_eq!(
+            rotation.lists_in_order(&rotation.order())[..4],
+            [
+                "a".to_owned(),
+                "b".to_owned(),
+                "c".to_owned(),
+                format!("a{sep}3")
+            ]
+        );
+        // The queue that delivered goes last; the others keep their order.
+        rotation.delivered(rotation.queue_of[&format!("a{sep}6")]);
+        assert_eq!(rotation.order(), [1, 2, 0]);
+        rotation.delivered(2);
+        assert_eq!(rotation.order(), [1, 0, 2]);
+    }
+}
