@@ -14,8 +14,8 @@ use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use tests::fault::{
-    PrivateRedis, TICK_EVENT, WorkerProcess, WorkerSpec, cleanup_redis_queue_at, fault_redis_url,
-    forget_run, rust_count, sized, tick,
+    Counts, PrivateRedis, Published, TICK_EVENT, WorkerProcess, WorkerSpec, cleanup_redis_queue_at,
+    command, fault_redis_url, forget_run, rust_count, rust_runs, sized, tick,
 };
 use tests::{amqp_channel, amqp_url, cleanup_amqp_queue, eventually, unique_queue};
 
@@ -90,6 +90,22 @@ async fn time_to_run(run: &str, seen: usize, started: Instant) -> Option<Duratio
     None
 }
 
+/// The row of a fairness scenario: the quiet queue's one message, confirmed and processed.
+async fn report_quiet(scenario: &str, what: &str, run: &str, test: &str) {
+    let published = Published {
+        confirmed: [0].into(),
+        ..Published::default()
+    };
+    Counts::new(
+        scenario,
+        what,
+        &published,
+        &rust_runs(run).await,
+        &command("fault_flood", test),
+    )
+    .report();
+}
+
 /// How many "… and 9,999 more like it" a summary line counts.
 fn summarised(line: &str) -> Option<u64> {
     let after = line.split("… and ").nth(1)?;
@@ -133,7 +149,16 @@ async fn redis_flooded_queue_does_not_starve_a_quiet_one() {
     let remaining = llen(&url, &flooded).await;
     worker.assert_running();
     assert!(left.is_some(), "the quiet queue's message never ran");
-    eprintln!("quiet message ran with {remaining} of {n} flooded entries still queued");
+    report_quiet(
+        "8. flooded queue, Redis",
+        &format!(
+            "{n} non-JSON entries on queue A, 1 message on queue B, one worker on A,B: B's ran \
+             with {remaining} of A's still queued"
+        ),
+        &run,
+        "redis_flooded_queue_does_not_starve_a_quiet_one",
+    )
+    .await;
     assert!(
         remaining >= n / 2,
         "the quiet queue waited for the flooded one: only {remaining} of {n} entries were left \
@@ -203,7 +228,16 @@ async fn amqp_flooded_queue_does_not_starve_a_quiet_one() {
     let remaining = declare(true).await;
     worker.assert_running();
     assert!(ran.is_some(), "the quiet queue's message never ran");
-    eprintln!("quiet message ran with {remaining} of {n} flooded messages still queued");
+    report_quiet(
+        "8. flooded queue, RabbitMQ",
+        &format!(
+            "{n} non-JSON messages on queue A (each dead-lettered: publish + ack), 1 message on \
+             queue B, one worker on A,B: B's ran with {remaining} of A's still queued"
+        ),
+        &run,
+        "amqp_flooded_queue_does_not_starve_a_quiet_one",
+    )
+    .await;
     assert!(
         remaining >= n / 2,
         "the quiet queue waited for the flooded one: only {remaining} of {n} messages were left \
