@@ -212,8 +212,9 @@ impl WorkerConfig {
     /// [`DEFAULT_DEAD_LETTER_MAX_LEN`]). A dead letter for a full list is dropped — the message
     /// is acknowledged without a record — counted in [`WorkerStats::dead_letters_dropped`] and
     /// logged with a count; replay or trim the list to make room. A list already longer (kept
-    /// by an older worker) is left as it is. RabbitMQ's dead-letter queues are bounded by the
-    /// broker's own policies (`max-length`), not by the worker.
+    /// by an older worker) is left as it is; 0 keeps none. Storage stays under about
+    /// `n × (350 bytes + the envelope)` per queue. RabbitMQ's dead-letter queues are bounded by
+    /// the broker's own policies (`max-length`), not by the worker.
     pub fn dead_letter_max_len(mut self, n: usize) -> Self {
         self.dead_letter_max_len = n;
         self
