@@ -40,6 +40,6 @@ pub use broker::{BrokerKind, BrokerUrl};
 pub use config::{CeleryConfig, Route, env};
 pub use error::CeleryError;
 pub use worker::{
-    DEAD_LETTER_SUFFIX, PENDING_HANDLERS_HEADER, RetryPolicy, Worker, WorkerConfig, WorkerStats,
-    replay_dead_letters, shutdown_signal,
+    DEAD_LETTER_SUFFIX, DEFAULT_DEAD_LETTER_MAX_LEN, PENDING_HANDLERS_HEADER, RetryPolicy, Worker,
+    WorkerConfig, WorkerStats, replay_dead_letters, shutdown_signal,
 };

@@ -9,7 +9,7 @@ pub(crate) use amqp::{
     AmqpOutgoing, AmqpPublisher, QueueArguments, amqp_outgoing, connect as connect_amqp,
 };
 pub(crate) use redis::{
-    KOMBU_SEP, RedisOutgoing, RedisPublisher, connect as redis_connect,
+    RedisOutgoing, RedisPublisher, connect as redis_connect,
     connect_with_timeout as redis_connect_with_timeout, is_connection_error,
 };
 pub use url::{BrokerKind, BrokerUrl};

@@ -18,7 +18,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::core::{Core, Verdict};
 use super::dead_letter::amqp_dead_letter;
-use super::pause;
+use super::quiet::Loudness;
+use super::{Backoff, pause};
 use crate::broker::{AmqpOutgoing, AmqpPublisher, QueueArguments, amqp_outgoing};
 use crate::codec::{AmqpMessage, Routing, TaskMessage};
 use crate::error::CeleryError;
@@ -37,20 +38,20 @@ pub(crate) async fn run(
         },
     ));
     let permits = Arc::new(Semaphore::new(core.config.concurrency));
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(core.config.reconnect_max_delay);
     loop {
         match session(&core, &publisher, &permits, &mut stopping, &mut backoff).await {
             Ok(()) => return Ok(()),
             Err(error) => {
+                let delay = backoff.step();
                 tracing::error!(
                     error = %events_core::text::OneLine(&error),
-                    retry_in = ?backoff,
+                    retry_in = ?delay,
                     "consuming from RabbitMQ failed; reconnecting"
                 );
-                if pause(&mut stopping, backoff).await {
+                if pause(&mut stopping, delay).await {
                     return Ok(());
                 }
-                backoff = (backoff * 2).min(core.config.reconnect_max_delay);
             }
         }
     }
@@ -73,7 +74,7 @@ async fn session(
     publisher: &Arc<AmqpPublisher>,
     permits: &Arc<Semaphore>,
     stopping: &mut watch::Receiver<bool>,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
 ) -> Result<(), CeleryError> {
     let url = &core.config.broker;
     let broker_error =
@@ -140,7 +141,7 @@ async fn session(
         streams.push(consumer.map(move |d| (Arc::clone(&queue), d)));
         tags.push(tag);
     }
-    *backoff = Duration::from_millis(200);
+    backoff.reset();
     tracing::info!(broker = %url, queues = ?core.config.queues, "consuming from RabbitMQ");
     let (acks, ack_task) = Acks::spawn(channel.clone());
     let mut deliveries = futures_util::stream::select_all(streams);
@@ -317,11 +318,10 @@ async fn settle(
                     None => raw.clone(),
                 };
                 publish(amqp_dead_letter(base, letter, queue)).await?;
-                tracing::error!(
-                    reason = letter.reason.as_str(),
-                    queue,
-                    "message dead-lettered"
-                );
+                const DEAD: &str = "message dead-lettered";
+                if core.quiet.allow(DEAD, Loudness::Error) {
+                    tracing::error!(reason = letter.reason.as_str(), queue, "{DEAD}");
+                }
             }
             drop(permit);
             Ok(())

@@ -13,6 +13,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::WorkerConfig;
+use super::quiet::Loudness;
 use crate::codec::{DecodeError, TaskMessage};
 use events_core::text::OneLine;
 
@@ -96,6 +97,8 @@ pub(crate) struct Core {
     handlers: HashMap<&'static str, Vec<Handler>>,
     timings: HashMap<String, Timing>,
     pub(crate) stats: Arc<WorkerStats>,
+    /// Rate limits for the log lines a flood of messages repeats.
+    pub(crate) quiet: super::quiet::Quiet,
 }
 
 /// Sync handlers whose runs are this short run on the async thread itself; others go to the
@@ -149,6 +152,7 @@ impl Core {
             handlers: by_event,
             timings,
             stats,
+            quiet: super::quiet::Quiet::default(),
         }
     }
 
@@ -165,12 +169,16 @@ impl Core {
                 dead: vec![dead],
             },
             Examined::Expired(message) => {
-                tracing::warn!(
-                    task_id = message.id.as_str(),
-                    task = message.task.as_str(),
-                    expires = ?message.headers.expires,
-                    "task expired before it could run; discarding it as Celery does"
-                );
+                const EXPIRED: &str =
+                    "task expired before it could run; discarding it as Celery does";
+                if self.quiet.allow(EXPIRED, Loudness::Warn) {
+                    tracing::warn!(
+                        task_id = message.id.as_str(),
+                        task = message.task.as_str(),
+                        expires = ?message.headers.expires,
+                        "{EXPIRED}"
+                    );
+                }
                 self.stats.expired.fetch_add(1, Ordering::Relaxed);
                 Verdict::Ack
             }
@@ -323,12 +331,15 @@ impl Core {
             if message.headers.retries < limit {
                 again.push(handler.name().to_owned());
             } else {
-                tracing::error!(
-                    handler = handler.name(),
-                    retries = message.headers.retries,
-                    error = %OneLine(failure.chain()),
-                    "handler exhausted its retries; dead-lettering"
-                );
+                const EXHAUSTED: &str = "handler exhausted its retries; dead-lettering";
+                if self.quiet.allow(EXHAUSTED, Loudness::Error) {
+                    tracing::error!(
+                        handler = handler.name(),
+                        retries = message.headers.retries,
+                        error = %OneLine(failure.chain()),
+                        "{EXHAUSTED}"
+                    );
+                }
                 dead.push(DeadLetter {
                     reason: bounded(format!(
                         "handler `{}` failed after {} retries: {}",
@@ -551,11 +562,15 @@ pub struct WorkerStats {
     /// Polls of async handlers that ran longer than
     /// [`WorkerConfig::blocking_poll_warning`]: each blocked a runtime thread.
     pub blocking_polls: AtomicU64,
+    /// Redis: dead letters dropped because their list held
+    /// [`WorkerConfig::dead_letter_max_len`] records (their messages were acknowledged
+    /// without a record; also counted in `dead_lettered`).
+    pub dead_letters_dropped: AtomicU64,
 }
 
 impl WorkerStats {
     /// A snapshot of the counters as `(name, value)` pairs.
-    pub fn snapshot(&self) -> [(&'static str, u64); 8] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 9] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("processed", get(&self.processed)),
@@ -566,6 +581,7 @@ impl WorkerStats {
             ("postponed", get(&self.postponed)),
             ("requeued", get(&self.requeued)),
             ("blocking_polls", get(&self.blocking_polls)),
+            ("dead_letters_dropped", get(&self.dead_letters_dropped)),
         ]
     }
 }

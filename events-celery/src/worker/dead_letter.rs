@@ -4,7 +4,11 @@
 //! message with its original properties plus `x-dead-letter-*` headers; on Redis the list
 //! `q.dead_letter`, holding JSON records
 //! `{"reason", "handler", "queue", "failed_at", "worker", "task", "id", "envelope"}` where
-//! `envelope` is the kombu envelope to push back. A dead letter for a handler that exhausted
+//! `envelope` is the kombu envelope to push back; `task` and `id` come from the decoded
+//! message or, when it could not be decoded (a refused content type, a bad body), from the
+//! envelope's `headers` when they hold them as strings. A Redis list holds at most
+//! [`WorkerConfig::dead_letter_max_len`](super::WorkerConfig::dead_letter_max_len) records:
+//! past that, new dead letters are dropped and counted (see [`PUSH_CAPPED`]). A dead letter for a handler that exhausted
 //! its retries holds a message for that handler alone, with its retry count reset, so replaying
 //! it runs just that handler again.
 
@@ -93,12 +97,50 @@ impl RedisRecord {
         }
     }
 
+    /// The record as stored.
     pub(crate) fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|e| {
             format!("{{\"reason\": \"dead letter could not be written: {e}\"}}")
         })
     }
 }
+
+/// `headers.task` and `headers.id` of a kombu envelope, when it is JSON and they are strings:
+/// what a dead-letter record keeps of a message that could not be decoded (a refused content
+/// type or body), so that it can still be found by task and id.
+pub(crate) fn envelope_task_id(envelope: &[u8]) -> (Option<String>, Option<String>) {
+    #[derive(Deserialize)]
+    struct Envelope {
+        #[serde(default)]
+        headers: Option<Headers>,
+    }
+    #[derive(Deserialize)]
+    struct Headers {
+        #[serde(default)]
+        task: Option<Value>,
+        #[serde(default)]
+        id: Option<Value>,
+    }
+    let text = |v: Option<Value>| match v {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    match serde_json::from_slice::<Envelope>(envelope) {
+        Ok(Envelope {
+            headers: Some(headers),
+        }) => (text(headers.task), text(headers.id)),
+        _ => (None, None),
+    }
+}
+
+/// Pushes a record (`ARGV[1]`) onto the dead-letter list `KEYS[1]` unless it already holds
+/// `ARGV[2]` records; returns 1 when pushed, 0 when dropped. Atomic, so workers sharing the
+/// list never push it past the bound together.
+pub(crate) const PUSH_CAPPED: &str = r"
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+return 1
+";
 
 /// Adds the `x-dead-letter-*` headers and routes the message to `queue`'s dead-letter queue.
 pub(crate) fn amqp_dead_letter(
@@ -233,4 +275,28 @@ async fn replay_amqp(url: &BrokerUrl, queue: &str, limit: usize) -> Result<usize
         moved += 1;
     }
     Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_and_id_are_read_from_headers_of_undecodable_envelopes() {
+        let envelope = br#"{"body": "x", "content-type": "application/x-python-serialize",
+            "headers": {"task": "domain_events.order.placed", "id": "abc", "x": [1, {"y": 2}]}}"#;
+        assert_eq!(
+            envelope_task_id(envelope),
+            (
+                Some("domain_events.order.placed".to_owned()),
+                Some("abc".to_owned())
+            )
+        );
+        assert_eq!(
+            envelope_task_id(br#"{"headers": {"task": 5, "id": "abc"}}"#),
+            (None, Some("abc".to_owned()))
+        );
+        assert_eq!(envelope_task_id(b"garbage"), (None, None));
+        assert_eq!(envelope_task_id(br#"{"headers": []}"#), (None, None));
+    }
 }

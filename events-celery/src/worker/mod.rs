@@ -4,6 +4,7 @@
 mod amqp;
 mod core;
 mod dead_letter;
+mod quiet;
 mod redis;
 
 use std::future::Future;
@@ -51,6 +52,8 @@ pub struct WorkerConfig {
     pub(crate) redis_fetchers: usize,
     pub(crate) publish_timeout: Duration,
     pub(crate) reconnect_max_delay: Duration,
+    pub(crate) dead_letter_max_len: usize,
+    pub(crate) redis_idle_poll: Duration,
 }
 
 impl WorkerConfig {
@@ -77,6 +80,8 @@ impl WorkerConfig {
             redis_fetchers: 16,
             publish_timeout: Duration::from_secs(10),
             reconnect_max_delay: Duration::from_secs(30),
+            dead_letter_max_len: DEFAULT_DEAD_LETTER_MAX_LEN,
+            redis_idle_poll: Duration::from_millis(50),
         })
     }
 
@@ -168,10 +173,24 @@ impl WorkerConfig {
         self
     }
 
-    /// Redis: how many connections wait for messages at once (default 16); each watches one
-    /// of the queues' lists, and takes from all of them.
+    /// Redis: how many connections take messages at once (default 16). Each takes from every
+    /// queue, in kombu's order: all queues at priority 0, then 3, 6, 9, the queues rotated so
+    /// that the one that delivered last is asked last (a flooded queue never starves a quiet
+    /// one). While every queue is empty, one of them polls and the others wait for it to find
+    /// work.
     pub fn redis_fetchers(mut self, n: usize) -> Self {
         self.redis_fetchers = n.max(1);
+        self
+    }
+
+    /// Redis: the longest pause between two looks at the lists while they are empty (default
+    /// 50 ms). No blocking pop waits for messages (it would hand the worker whatever envelope
+    /// it woke up for, before the size limit could refuse it), so an idle worker polls: one
+    /// fetcher, 1 ms after the lists emptied, doubling up to this, with up to 25 % jitter. A
+    /// message pushed to an idle worker waits at most this (plus jitter); an idle worker sends
+    /// Redis one script call per interval. Shorter: lower latency, more idle load.
+    pub fn redis_idle_poll(mut self, interval: Duration) -> Self {
+        self.redis_idle_poll = interval;
         self
     }
 
@@ -181,9 +200,23 @@ impl WorkerConfig {
         self
     }
 
-    /// The longest wait between reconnection attempts (default 30 s).
+    /// The longest wait between reconnection attempts (default 30 s). Attempts start 200 ms
+    /// apart and double, with jitter; one attempt at a time per connection, each failure
+    /// logged once.
     pub fn reconnect_max_delay(mut self, delay: Duration) -> Self {
         self.reconnect_max_delay = delay;
+        self
+    }
+
+    /// Redis: the most records a dead-letter list `<queue>.dead_letter` holds (default
+    /// [`DEFAULT_DEAD_LETTER_MAX_LEN`]). A dead letter for a full list is dropped — the message
+    /// is acknowledged without a record — counted in [`WorkerStats::dead_letters_dropped`] and
+    /// logged with a count; replay or trim the list to make room. A list already longer (kept
+    /// by an older worker) is left as it is; 0 keeps none. Storage stays under about
+    /// `n × (350 bytes + the envelope)` per queue. RabbitMQ's dead-letter queues are bounded by
+    /// the broker's own policies (`max-length`), not by the worker.
+    pub fn dead_letter_max_len(mut self, n: usize) -> Self {
+        self.dead_letter_max_len = n;
         self
     }
 
@@ -192,6 +225,9 @@ impl WorkerConfig {
         &self.broker
     }
 }
+
+/// The default of [`WorkerConfig::dead_letter_max_len`]: 100,000 records per queue.
+pub const DEFAULT_DEAD_LETTER_MAX_LEN: usize = 100_000;
 
 /// A Rust Celery worker for domain events.
 ///
@@ -309,10 +345,22 @@ impl Worker {
             tracing::info!("shutdown requested: no new messages; finishing the running ones");
             let _ = stop.send(true);
         });
-        match core.config.broker.kind() {
-            BrokerKind::Amqp => amqp::run(Arc::clone(&core), stopping).await?,
-            BrokerKind::Redis => redis::run(Arc::clone(&core), stopping).await?,
-        }
+        // The counts of rate-limited log lines, logged as their windows end.
+        let flushing = {
+            let (core, mut stopping) = (Arc::clone(&core), stopping.clone());
+            tokio::spawn(async move {
+                while !pause(&mut stopping, quiet::WINDOW / 4).await {
+                    core.quiet.flush(false);
+                }
+            })
+        };
+        let outcome = match core.config.broker.kind() {
+            BrokerKind::Amqp => amqp::run(Arc::clone(&core), stopping).await,
+            BrokerKind::Redis => redis::run(Arc::clone(&core), stopping).await,
+        };
+        flushing.abort();
+        core.quiet.flush(true);
+        outcome?;
         tracing::info!(stats = ?self.stats.snapshot(), "worker stopped");
         Ok(self.stats)
     }
@@ -355,8 +403,64 @@ pub(crate) async fn pause(
     }
 }
 
+/// Delays between attempts at something that failed (connecting, a periodic command):
+/// 200 ms doubling to a maximum, each with jitter (±25 %) so that workers that failed together
+/// do not retry together.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// The first delay.
+    pub(crate) const MIN: Duration = Duration::from_millis(200);
+
+    /// Delays from [`MIN`](Self::MIN) to `max`.
+    pub(crate) fn new(max: Duration) -> Self {
+        Self {
+            next: Self::MIN.min(max),
+            max,
+        }
+    }
+
+    /// The delay before the next attempt (the following one will be twice as long).
+    pub(crate) fn step(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (base * 2).min(self.max);
+        base.mul_f64(0.75 + fastrand::f64() * 0.5)
+    }
+
+    /// After a success: start again from the shortest delay.
+    pub(crate) fn reset(&mut self) {
+        self.next = Self::MIN.min(self.max);
+    }
+}
+
 /// `gen<pid>@<host>`-style identity of this worker, for dead-letter records.
 pub(crate) fn worker_identity() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
     format!("rust{}@{host}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_its_maximum_and_resets() {
+        let max = Duration::from_secs(1);
+        let mut backoff = Backoff::new(max);
+        let mut base = Backoff::MIN;
+        for _ in 0..8 {
+            let delay = backoff.step();
+            assert!(
+                delay >= base.mul_f64(0.75) && delay <= base.mul_f64(1.25),
+                "{delay:?}"
+            );
+            base = (base * 2).min(max);
+        }
+        backoff.reset();
+        assert!(backoff.step() <= Backoff::MIN.mul_f64(1.25));
+    }
 }

@@ -6,8 +6,20 @@
 //! Every message is taken by one script ([`TAKE`]), which never hands the worker an envelope
 //! over the size limit (it dead-letters it in Redis) and gives each message taken an `unacked`
 //! entry of its own. No blocking pop waits for messages (it would return the envelope it woke
-//! up for, whatever its size): an idle fetcher takes again after a pause of 1 ms growing to
-//! 100 ms.
+//! up for, whatever its size): while every list is empty, one fetcher polls — after a pause of
+//! 1 ms growing to [`WorkerConfig::redis_idle_poll`](super::WorkerConfig::redis_idle_poll)
+//! (50 ms by default) — and the others wait for their turn, which comes as soon as the poller
+//! finds work (each then takes at once). An idle worker sends one take per interval, whatever
+//! its number of fetchers.
+//!
+//! Fairness: each take asks the queues in kombu's order — every queue at priority 0, then at 3,
+//! 6, 9 — with the queues rotated as kombu's `_queue_cycle` rotates them: the queue that
+//! delivered goes last. A queue flooded with messages (good or bad) takes one turn in
+//! [number of queues], never all of them.
+//!
+//! Reconnecting: the fetchers reconnect through one gate ([`Gate`]), one attempt at a time,
+//! with backoff and jitter; each failed attempt is logged once. The bookkeeping connection
+//! ([`Link`]) is reconnected by its users, which back off likewise.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -20,9 +32,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::amqp::stopped;
 use super::core::{Core, Verdict};
-use super::dead_letter::{RedisRecord, dead_letter_queue};
-use super::pause;
-use crate::broker::{KOMBU_SEP, is_connection_error, redis_connect, redis_connect_with_timeout};
+use super::dead_letter::{PUSH_CAPPED, RedisRecord, dead_letter_queue, envelope_task_id};
+use super::quiet::Loudness;
+use super::{Backoff, pause};
+use crate::broker::{is_connection_error, redis_connect, redis_connect_with_timeout};
 use crate::codec::{DecodeError, REDIS_PRIORITY_STEPS, Routing, TaskMessage, redis_queue_key};
 use crate::error::CeleryError;
 
@@ -37,10 +50,9 @@ const MUTEX_EXPIRE: Duration = Duration::from_secs(5);
 /// How long a connection waits for a reply to a take: the script never blocks.
 const TAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The pause after the first take that found every list empty; it doubles while they stay
-/// empty, up to [`IDLE_POLL_MAX`] (the most a message pushed to an idle worker waits).
+/// empty, up to [`WorkerConfig::redis_idle_poll`](super::WorkerConfig::redis_idle_poll) (with up
+/// to 25 % jitter, the most a message pushed to an idle worker waits).
 const IDLE_POLL_MIN: Duration = Duration::from_millis(1);
-/// The longest pause between takes of an idle fetcher.
-const IDLE_POLL_MAX: Duration = Duration::from_millis(100);
 
 /// Messages this worker postponed: a sorted set per list key, scored by eta (ms).
 fn delayed_key(list: &str) -> String {
@@ -65,22 +77,27 @@ fn delayed_member(envelope: &[u8]) -> Vec<u8> {
     member
 }
 
-/// Moves due postponed messages back onto their list, atomically: at most one worker moves
-/// each. `ARGV[2]` is [`DELAYED_MARK`]; the mark and id are stripped, the envelope pushed.
+/// Moves due postponed messages back onto their lists, atomically: at most one worker moves
+/// each. `KEYS` are pairs (postponed set, its list), one call for every list of the worker.
+/// `ARGV[2]` is [`DELAYED_MARK`]; the mark and id are stripped, the envelope pushed.
 const MOVE_DUE: &str = r"
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 local mark = ARGV[2]
-for _, member in ipairs(due) do
-  if redis.call('ZREM', KEYS[1], member) == 1 then
-    local envelope = member
-    if string.sub(member, 1, #mark) == mark then
-      local colon = string.find(member, ':', #mark + 1, true)
-      if colon then envelope = string.sub(member, colon + 1) end
+local moved = 0
+for k = 1, #KEYS, 2 do
+  local due = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', ARGV[1], 'LIMIT', 0, 100)
+  for _, member in ipairs(due) do
+    if redis.call('ZREM', KEYS[k], member) == 1 then
+      local envelope = member
+      if string.sub(member, 1, #mark) == mark then
+        local colon = string.find(member, ':', #mark + 1, true)
+        if colon then envelope = string.sub(member, colon + 1) end
+      end
+      redis.call('RPUSH', KEYS[k + 1], envelope)
+      moved = moved + 1
     end
-    redis.call('RPUSH', KEYS[2], envelope)
   end
 end
-return #due
+return moved
 ";
 
 /// Restores one unacknowledged message if it is still there: kombu's `restore_by_tag`.
@@ -168,18 +185,18 @@ pub(crate) async fn run(
     let window = Arc::new(Semaphore::new(usize::from(core.config.prefetch)));
     let permits = Arc::new(Semaphore::new(core.config.concurrency));
     let held: HeldMap = Arc::new(Mutex::new(HashMap::new()));
-    // kombu's BRPOP order: every queue at priority 0, then every queue at 3, 6, 9.
-    let keys: Arc<Vec<String>> = Arc::new(
-        REDIS_PRIORITY_STEPS
-            .iter()
-            .flat_map(|&step| {
-                core.config
-                    .queues
-                    .iter()
-                    .map(move |q| redis_queue_key(q, step))
-            })
-            .collect(),
-    );
+    let rotation = Arc::new(Rotation::new(&core.config.queues));
+    let keys: Arc<Vec<String>> = Arc::new(rotation.lists_in_order(&rotation.order()));
+    let shared = Arc::new(Fetchers {
+        rotation,
+        idle_turn: Arc::new(tokio::sync::Mutex::new(())),
+        gate: Gate {
+            state: tokio::sync::Mutex::new(GateState {
+                backoff: Backoff::new(core.config.reconnect_max_delay),
+                healthy: true,
+            }),
+        },
+    });
     let mut background = tokio::task::JoinSet::new();
     background.spawn(restore_loop(
         Arc::clone(&core),
@@ -187,6 +204,7 @@ pub(crate) async fn run(
         stopping.clone(),
     ));
     background.spawn(move_due_loop(
+        Arc::clone(&core),
         Arc::clone(&keys),
         Arc::clone(&link),
         stopping.clone(),
@@ -199,7 +217,7 @@ pub(crate) async fn run(
             Arc::clone(&window),
             Arc::clone(&permits),
             Arc::clone(&held),
-            Arc::clone(&keys),
+            Arc::clone(&shared),
             stopping.clone(),
         ));
     }
@@ -271,12 +289,15 @@ async fn restore(
 /// same step, to the dead-letter list of its queue (`KEYS[2+n+k]` for the list `KEYS[2+k]`) as
 /// the record the worker writes, with the envelope kept byte for byte (as a JSON string:
 /// `"`, `\` and control characters escaped, other bytes as they are), and only its size is
-/// returned. A stream of oversize messages costs the worker nothing but their sizes.
+/// returned. A stream of oversize messages costs the worker nothing but their sizes. When the
+/// dead-letter list already holds `ARGV[7]` records, the record is dropped instead (and its
+/// size returned apart), as the worker drops its own dead letters past that bound.
 ///
 /// `KEYS[1]` `unacked`, `KEYS[2]` `unacked_index`; `ARGV[1]` the time (s), `ARGV[2]` how many,
 /// `ARGV[3]` the tag prefix, `ARGV[4]` the size limit, `ARGV[5]` the time as RFC 3339 and
-/// `ARGV[6]` the worker's name (for dead letters), `ARGV[6+k]` the queue of list `k`. Returns
-/// `[list, envelopes, tags, sizes refused]`, or nil when every list is empty. Envelopes that
+/// `ARGV[6]` the worker's name (for dead letters), `ARGV[7]` the most records a dead-letter
+/// list holds, `ARGV[7+k]` the queue of list `k`. Returns `[list, envelopes, tags, sizes
+/// refused, sizes dropped]`, or nil when every list is empty. Envelopes that
 /// are not JSON (or too big to parse here) are recorded as a JSON string, which a restore
 /// pushes back unchanged.
 const TAKE: &str = r#"
@@ -286,10 +307,13 @@ local n = (#KEYS - 2) / 2
 for k = 1, n do
   local items = redis.call('RPOP', KEYS[2 + k], count)
   if items then
-    local queue = ARGV[6 + k]
-    local kept, tags, refused = {}, {}, {}
+    local queue = ARGV[7 + k]
+    local cap = tonumber(ARGV[7])
+    local kept, tags, refused, dropped = {}, {}, {}, {}
     for j, raw in ipairs(items) do
-      if #raw > limit then
+      if #raw > limit and redis.call('LLEN', KEYS[2 + n + k]) >= cap then
+        dropped[#dropped + 1] = #raw
+      elseif #raw > limit then
         local escapes = {['"'] = '\\"', ['\\'] = '\\\\'}
         for c = 0, 31 do escapes[string.char(c)] = string.format('\\u%04x', c) end
         local reason = 'undecodable message: message of ' .. #raw .. ' bytes is over the '
@@ -328,7 +352,7 @@ for k = 1, n do
         tags[#tags + 1] = tag
       end
     end
-    return {KEYS[2 + k], kept, tags, refused}
+    return {KEYS[2 + k], kept, tags, refused, dropped}
   end
 end
 return false
@@ -337,9 +361,143 @@ return false
 /// Most messages taken at once (`RPOP key count`).
 const FETCH_BATCH: usize = 64;
 
-/// What [`TAKE`] returns: the list, the envelopes and the tags they are recorded under, and
-/// the sizes of the envelopes it dead-lettered as over the size limit.
-type Taken = Option<(String, Vec<Vec<u8>>, Vec<String>, Vec<u64>)>;
+/// What [`TAKE`] returns: the list, the envelopes and the tags they are recorded under, the
+/// sizes of the envelopes it dead-lettered as over the size limit, and of those it dropped
+/// (their dead-letter list was full).
+type Taken = Option<(String, Vec<Vec<u8>>, Vec<String>, Vec<u64>, Vec<u64>)>;
+
+/// The queues a worker consumes, asked in kombu's rotating order.
+struct Rotation {
+    /// The queues, as configured.
+    queues: Vec<String>,
+    /// Each queue's dead-letter list.
+    dead: Vec<String>,
+    /// The order to ask them in: indexes into `queues`; the one that delivered last is last.
+    order: Mutex<Vec<usize>>,
+    /// Which queue each list belongs to.
+    queue_of: HashMap<String, usize>,
+}
+
+impl Rotation {
+    fn new(queues: &[String]) -> Self {
+        let mut queue_of = HashMap::new();
+        for (q, queue) in queues.iter().enumerate() {
+            for step in REDIS_PRIORITY_STEPS {
+                queue_of.insert(redis_queue_key(queue, step), q);
+            }
+        }
+        Self {
+            queues: queues.to_vec(),
+            dead: queues.iter().map(|q| dead_letter_queue(q)).collect(),
+            order: Mutex::new((0..queues.len()).collect()),
+            queue_of,
+        }
+    }
+
+    /// The order to ask the queues in now.
+    fn order(&self) -> Vec<usize> {
+        self.order.lock().expect("not poisoned").clone()
+    }
+
+    /// kombu's `BRPOP` key order for `order`: every queue at priority 0, then at 3, 6, 9.
+    fn lists_in_order(&self, order: &[usize]) -> Vec<String> {
+        REDIS_PRIORITY_STEPS
+            .iter()
+            .flat_map(|&step| {
+                order
+                    .iter()
+                    .map(move |&q| redis_queue_key(&self.queues[q], step))
+            })
+            .collect()
+    }
+
+    /// kombu's `_queue_cycle.rotate`: the queue that delivered goes to the back.
+    fn delivered(&self, queue: usize) {
+        let mut order = self.order.lock().expect("not poisoned");
+        if let Some(at) = order.iter().position(|&q| q == queue) {
+            order.remove(at);
+            order.push(queue);
+        }
+    }
+}
+
+/// What the fetchers share.
+struct Fetchers {
+    rotation: Arc<Rotation>,
+    /// Held by the one fetcher that polls while every list is empty; the others wait for it.
+    idle_turn: Arc<tokio::sync::Mutex<()>>,
+    gate: Gate,
+}
+
+/// The fetchers' way back to Redis: one connection attempt at a time, with backoff and jitter,
+/// each failure logged once — not one reconnect loop per fetcher.
+struct Gate {
+    state: tokio::sync::Mutex<GateState>,
+}
+
+struct GateState {
+    backoff: Backoff,
+    /// Whether the last attempt (or the last connection) worked: a loss is logged once.
+    healthy: bool,
+}
+
+impl Gate {
+    /// A new connection; waits while another fetcher is trying. `None` when stopping.
+    async fn connect(
+        &self,
+        core: &Core,
+        stopping: &mut watch::Receiver<bool>,
+    ) -> Option<MultiplexedConnection> {
+        let mut state = tokio::select! {
+            biased;
+            () = stopped(stopping) => return None,
+            state = self.state.lock() => state,
+        };
+        loop {
+            let connecting = redis_connect_with_timeout(&core.config.broker, TAKE_TIMEOUT);
+            let connected = tokio::select! {
+                biased;
+                () = stopped(stopping) => return None,
+                connected = connecting => connected,
+            };
+            match connected {
+                Ok(connection) => {
+                    if !state.healthy {
+                        tracing::info!(broker = %core.config.broker, "reconnected to Redis");
+                        state.healthy = true;
+                    }
+                    state.backoff.reset();
+                    return Some(connection);
+                }
+                Err(error) => {
+                    state.healthy = false;
+                    let delay = state.backoff.step();
+                    tracing::error!(
+                        error = %events_core::text::OneLine(&error),
+                        retry_in = ?delay,
+                        "cannot reach Redis"
+                    );
+                    if pause(stopping, delay).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A fetcher's connection broke: logged by the first fetcher to see it, once per outage.
+    fn lost(&self, error: &redis::RedisError) {
+        if let Ok(mut state) = self.state.try_lock()
+            && state.healthy
+        {
+            state.healthy = false;
+            tracing::warn!(
+                error = %events_core::text::OneLine(error),
+                "lost the connection to Redis; reconnecting"
+            );
+        }
+    }
+}
 
 #[allow(
     clippy::too_many_arguments,
@@ -351,18 +509,17 @@ async fn fetch_loop(
     window: Arc<Semaphore>,
     permits: Arc<Semaphore>,
     held: HeldMap,
-    keys: Arc<Vec<String>>,
+    shared: Arc<Fetchers>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let take = redis::Script::new(TAKE);
-    let queues: Vec<String> = keys
-        .iter()
-        .map(|key| key.split(KOMBU_SEP).next().unwrap_or(key).to_owned())
-        .collect();
+    let rotation = &shared.rotation;
     let identity = super::worker_identity();
     let mut idle = IDLE_POLL_MIN;
+    // Held while this fetcher is the one polling an idle worker's lists.
+    let mut idle_turn: Option<tokio::sync::OwnedMutexGuard<()>> = None;
     let mut connection: Option<MultiplexedConnection> = None;
-    let mut backoff = Duration::from_millis(200);
+    let mut failures = Backoff::new(core.config.reconnect_max_delay);
     loop {
         let mut taken_permits = tokio::select! {
             biased;
@@ -370,21 +527,11 @@ async fn fetch_loop(
             permit = Arc::clone(&window).acquire_owned() => permit.expect("never closed"),
         };
         if connection.is_none() {
-            let timeout = TAKE_TIMEOUT;
-            match redis_connect_with_timeout(&core.config.broker, timeout).await {
-                Ok(c) => {
-                    connection = Some(c);
-                    backoff = Duration::from_millis(200);
-                }
-                Err(error) => {
-                    tracing::error!(error = %events_core::text::OneLine(&error), retry_in = ?backoff, "cannot reach Redis");
-                    drop(taken_permits);
-                    if pause(&mut stopping, backoff).await {
-                        return;
-                    }
-                    backoff = (backoff * 2).min(core.config.reconnect_max_delay);
-                    continue;
-                }
+            // Polling is not this fetcher's job while it has no connection.
+            idle_turn = None;
+            match shared.gate.connect(&core, &mut stopping).await {
+                Some(c) => connection = Some(c),
+                None => return,
             }
         }
         let Some(conn) = connection.as_mut() else {
@@ -399,13 +546,15 @@ async fn fetch_loop(
             taken_permits.merge(more);
         }
         let now = Utc::now();
+        let order = rotation.order();
         let mut invocation = take.prepare_invoke();
         invocation.key(UNACKED).key(UNACKED_INDEX);
-        for key in keys.iter() {
+        let lists = rotation.lists_in_order(&order);
+        for key in &lists {
             invocation.key(key);
         }
-        for queue in &queues {
-            invocation.key(dead_letter_queue(queue));
+        for key in &lists {
+            invocation.key(&rotation.dead[rotation.queue_of[key]]);
         }
         invocation
             .arg(now.timestamp_micros() as f64 / 1e6)
@@ -414,49 +563,91 @@ async fn fetch_loop(
             .arg(core.config.decode.limit())
             .arg(now.to_rfc3339())
             .arg(&identity)
-            .arg(&queues);
+            .arg(core.config.dead_letter_max_len);
+        for key in &lists {
+            invocation.arg(&rotation.queues[rotation.queue_of[key]]);
+        }
         let taken: redis::RedisResult<Taken> = invocation.invoke_async(conn).await;
-        let (list, envelopes, tags, refused) = match taken {
+        let (list, envelopes, tags, refused, dropped) = match taken {
             Ok(Some(taken)) => {
                 idle = IDLE_POLL_MIN;
+                failures.reset();
+                // Found work: the next fetcher in line polls (and takes at once if there is
+                // more).
+                idle_turn = None;
                 taken
             }
             Ok(None) => {
                 drop(taken_permits);
-                // Nothing there: look again after a pause that grows while the lists stay
-                // empty. No blocking command waits here: `BRPOP`/`BLMOVE` return the message
-                // they wake up for, whatever its size, so an oversize envelope would reach the
-                // worker before `TAKE` could refuse it.
+                failures.reset();
+                // Nothing there. One fetcher polls at a time: wait for the turn (the one
+                // polling gives it up as soon as it finds work), then take at once.
+                if idle_turn.is_none() {
+                    let turn = Arc::clone(&shared.idle_turn).lock_owned();
+                    idle_turn = tokio::select! {
+                        biased;
+                        () = stopped(&mut stopping) => return,
+                        turn = turn => Some(turn),
+                    };
+                    idle = IDLE_POLL_MIN;
+                    continue;
+                }
+                // This fetcher's turn: look again after a pause that grows while the lists
+                // stay empty. No blocking command waits here: `BRPOP`/`BLMOVE` return the
+                // message they wake up for, whatever its size, so an oversize envelope would
+                // reach the worker before `TAKE` could refuse it.
                 let jitter = idle.mul_f64(fastrand::f64() * 0.25);
                 if pause(&mut stopping, idle + jitter).await {
                     return;
                 }
-                idle = (idle * 2).min(IDLE_POLL_MAX);
+                idle = (idle * 2).min(core.config.redis_idle_poll.max(IDLE_POLL_MIN));
                 continue;
             }
             Err(error) => {
                 // If the script ran before the connection broke, what it took is in `unacked`
                 // and comes back after the visibility timeout.
-                tracing::error!(error = %events_core::text::OneLine(&error), retry_in = ?backoff, "taking messages failed; reconnecting");
                 drop(taken_permits);
+                idle_turn = None;
                 if is_connection_error(&error) {
+                    // Reconnecting goes through the gate, which logs each failed attempt.
+                    shared.gate.lost(&error);
                     connection = None;
+                    continue;
                 }
-                if pause(&mut stopping, backoff).await {
+                let delay = failures.step();
+                const TAKE_FAILED: &str = "taking messages failed";
+                if core.quiet.allow(TAKE_FAILED, Loudness::Error) {
+                    tracing::error!(error = %events_core::text::OneLine(&error), retry_in = ?delay, "{TAKE_FAILED}");
+                }
+                if pause(&mut stopping, delay).await {
                     return;
                 }
-                backoff = (backoff * 2).min(core.config.reconnect_max_delay);
                 continue;
             }
         };
-        let queue = list.split(KOMBU_SEP).next().unwrap_or(&list).to_owned();
+        let Some(&queue_index) = rotation.queue_of.get(&list) else {
+            unreachable!("the script returns one of the lists it was given")
+        };
+        rotation.delivered(queue_index);
+        let queue = rotation.queues[queue_index].clone();
         for size in refused {
             core.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(
-                reason = %DecodeError::TooLarge { size: usize::try_from(size).unwrap_or(usize::MAX), limit: core.config.decode.limit() },
-                queue,
-                "message dead-lettered without being read: raise `WorkerConfig::max_message_bytes` \
-                 and replay it if it should run"
+            const REFUSED: &str = "message dead-lettered without being read: raise \
+                `WorkerConfig::max_message_bytes` and replay it if it should run";
+            if core.quiet.allow(REFUSED, Loudness::Error) {
+                tracing::error!(
+                    reason = %DecodeError::TooLarge { size: usize::try_from(size).unwrap_or(usize::MAX), limit: core.config.decode.limit() },
+                    queue,
+                    "{REFUSED}"
+                );
+            }
+        }
+        for size in dropped {
+            core.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            dead_letter_dropped(
+                &core,
+                &queue,
+                &format!("message of {size} bytes over the size limit"),
             );
         }
         for (envelope, tag) in envelopes.into_iter().zip(tags) {
@@ -487,6 +678,25 @@ async fn fetch_loop(
     }
 }
 
+/// A dead letter dropped because its list is full: counted, and logged (rate-limited, with a
+/// count of the lines left out).
+fn dead_letter_dropped(core: &Core, queue: &str, reason: &str) {
+    core.stats
+        .dead_letters_dropped
+        .fetch_add(1, Ordering::Relaxed);
+    const DROPPED: &str = "dead-letter list full: message dropped without a record (replay or \
+        trim `<queue>.dead_letter`, or raise `WorkerConfig::dead_letter_max_len`)";
+    if core.quiet.allow(DROPPED, Loudness::Error) {
+        tracing::error!(
+            queue,
+            dead_letter_list = %dead_letter_queue(queue),
+            max_len = core.config.dead_letter_max_len,
+            reason = %events_core::text::OneLine(reason),
+            "{DROPPED}"
+        );
+    }
+}
+
 /// Where a fetched message came from, and what handling it needs.
 struct Fetched {
     core: Arc<Core>,
@@ -508,15 +718,17 @@ async fn handle(fetched: Fetched, tag: String, envelope: Vec<u8>, window: OwnedS
     } = fetched;
     let running = permits.acquire_owned().await.expect("never closed");
     let decoded = TaskMessage::decode_redis(&envelope, &core.config.decode);
-    let decoded_copy = decoded
-        .as_ref()
-        .ok()
-        .map(|m| (m.task.clone(), m.id.clone()));
+    let decoded_copy = match &decoded {
+        Ok(m) => (Some(m.task.clone()), Some(m.id.clone())),
+        Err(_) => (None, None),
+    };
     let verdict = core.process(decoded).await;
     drop(running);
     let mut pipe = redis::pipe();
     pipe.atomic();
     let mut follow_up = Ok(());
+    // The reasons of the dead letters pushed, in the order of their `PUSH_CAPPED` replies.
+    let mut letters = Vec::new();
     match verdict {
         Verdict::Ack => {}
         Verdict::Postpone(eta) => {
@@ -548,17 +760,21 @@ async fn handle(fetched: Fetched, tag: String, envelope: Vec<u8>, window: OwnedS
                 match kept {
                     Ok(kept) => {
                         let mut record = RedisRecord::new(letter, &queue, None, &kept);
-                        if let Some((task, id)) = &decoded_copy {
-                            record.task = Some(task.clone());
-                            record.id = Some(id.clone());
-                        }
-                        pipe.lpush(dead_letter_queue(&queue), record.to_json())
-                            .ignore();
-                        tracing::error!(
-                            reason = letter.reason.as_str(),
-                            queue,
-                            "message dead-lettered"
-                        );
+                        // Undecodable (a refused content type, a bad body): what the
+                        // envelope's headers say, so the record can be found by task and id.
+                        let (task, id) = match &decoded_copy {
+                            (Some(task), Some(id)) => (Some(task.clone()), Some(id.clone())),
+                            _ => envelope_task_id(&envelope),
+                        };
+                        record.task = task;
+                        record.id = id;
+                        pipe.cmd("EVAL")
+                            .arg(PUSH_CAPPED)
+                            .arg(1)
+                            .arg(dead_letter_queue(&queue))
+                            .arg(record.to_json())
+                            .arg(core.config.dead_letter_max_len);
+                        letters.push(letter.reason.clone());
                     }
                     Err(error) => follow_up = Err(CeleryError::from(error)),
                 }
@@ -571,7 +787,21 @@ async fn handle(fetched: Fetched, tag: String, envelope: Vec<u8>, window: OwnedS
         .hdel(UNACKED, &tag)
         .ignore();
     let settled = match follow_up {
-        Ok(()) => link.run::<()>("acknowledging a message", &pipe).await,
+        Ok(()) => link
+            .run::<Vec<i64>>("acknowledging a message", &pipe)
+            .await
+            .map(|pushed| {
+                for (reason, pushed) in letters.iter().zip(pushed) {
+                    if pushed == 0 {
+                        dead_letter_dropped(&core, &queue, reason);
+                        continue;
+                    }
+                    const DEAD: &str = "message dead-lettered";
+                    if core.quiet.allow(DEAD, Loudness::Error) {
+                        tracing::error!(reason = reason.as_str(), queue, "{DEAD}");
+                    }
+                }
+            }),
         Err(error) => Err(error),
     };
     held.lock().expect("not poisoned").remove(&tag);
@@ -721,28 +951,63 @@ async fn restore_by_tag(link: &Link, tag: &str) -> Result<i64, CeleryError> {
 }
 
 /// Moves postponed messages whose eta has come back onto their lists.
+///
+/// Every 250 ms, one script call for all lists; after a failure (Redis unreachable), after a backoff that doubles with jitter
+/// up to [`WorkerConfig::reconnect_max_delay`](super::WorkerConfig::reconnect_max_delay), each
+/// failure logged once.
 async fn move_due_loop(
+    core: Arc<Core>,
     keys: Arc<Vec<String>>,
     link: Arc<Link>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let script = redis::Script::new(MOVE_DUE);
+    let mut failures = Backoff::new(core.config.reconnect_max_delay);
     loop {
         let now = Utc::now().timestamp_millis();
+        let mut delay = None;
+        let mut invocation = script.prepare_invoke();
         for list in keys.iter() {
-            let mut invocation = script.prepare_invoke();
-            invocation
-                .key(delayed_key(list))
-                .key(list)
-                .arg(now)
-                .arg(DELAYED_MARK);
-            if let Err(error) = link.script("moving due messages", &invocation).await {
-                tracing::warn!(error = %events_core::text::OneLine(&error), "moving due postponed messages failed");
-                break;
-            }
+            invocation.key(delayed_key(list)).key(list);
         }
-        if pause(&mut stopping, Duration::from_millis(250)).await {
+        invocation.arg(now).arg(DELAYED_MARK);
+        if let Err(error) = link.script("moving due messages", &invocation).await {
+            let step = failures.step();
+            tracing::warn!(error = %events_core::text::OneLine(&error), retry_in = ?step, "moving due postponed messages failed");
+            delay = Some(step);
+        }
+        let delay = delay.unwrap_or_else(|| {
+            failures.reset();
+            Duration::from_millis(250)
+        });
+        if pause(&mut stopping, delay).await {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_rotate_as_kombu_rotates_them() {
+        let rotation = Rotation::new(&["a".to_owned(), "b".to_owned(), "c".to_owned()]);
+        let sep = crate::codec::REDIS_PRIORITY_SEPARATOR;
+        // Priority first, then queue: kombu's BRPOP key order.
+        assert_eq!(
+            rotation.lists_in_order(&rotation.order())[..4],
+            [
+                "a".to_owned(),
+                "b".to_owned(),
+                "c".to_owned(),
+                format!("a{sep}3")
+            ]
+        );
+        // The queue that delivered goes last; the others keep their order.
+        rotation.delivered(rotation.queue_of[&format!("a{sep}6")]);
+        assert_eq!(rotation.order(), [1, 2, 0]);
+        rotation.delivered(2);
+        assert_eq!(rotation.order(), [1, 0, 2]);
     }
 }

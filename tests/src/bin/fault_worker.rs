@@ -3,10 +3,12 @@
 //! records each run with `HINCRBY fault:<run>:runs <seq> 1` — after sleeping
 //! `FAULT_SLEEP_MS` when asked to be slow. Tests start it, `kill -9` it, and count.
 //!
-//! Environment: `FAULT_BROKER_URL` (required), `FAULT_QUEUE` (default `celery`),
+//! Environment: `FAULT_BROKER_URL` (required), `FAULT_QUEUE` (default `celery`; several,
+//! comma-separated, are consumed in that order),
 //! `FAULT_RECORD_URL` (the Redis to record on, default `redis://127.0.0.1:6379/0`),
 //! `FAULT_SLEEP_MS`, `FAULT_CONCURRENCY`, `FAULT_PREFETCH`, `FAULT_VISIBILITY_MS`,
-//! `FAULT_RESTORE_MS`, `FAULT_RECONNECT_MAX_MS`, `FAULT_MAX_BYTES`. Stops gracefully on
+//! `FAULT_RESTORE_MS`, `FAULT_RECONNECT_MAX_MS`, `FAULT_MAX_BYTES`, `FAULT_DEAD_LETTER_MAX`.
+//! Stops gracefully on
 //! SIGTERM.
 
 use std::time::Duration;
@@ -63,7 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("FAULT_BROKER_URL").map_err(|_| "set FAULT_BROKER_URL")?;
     let queue = std::env::var("FAULT_QUEUE").unwrap_or_else(|_| "celery".to_owned());
     let mut config = WorkerConfig::new(&url)?
-        .queues([queue])
+        .queues(queue.split(',').map(str::to_owned))
         .grace_period(Duration::from_secs(10));
     if let Some(n) = env_u64("FAULT_CONCURRENCY") {
         config = config.concurrency(n as usize);
@@ -84,6 +86,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(n) = env_u64("FAULT_MAX_BYTES") {
         config = config.max_message_bytes(usize::try_from(n)?);
+    }
+    if let Some(n) = env_u64("FAULT_DEAD_LETTER_MAX") {
+        config = config.dead_letter_max_len(usize::try_from(n)?);
     }
     let stats = Worker::new(config)?.run().await?;
     eprintln!("fault_worker stopped: {:?}", stats.snapshot());
