@@ -10,10 +10,10 @@
 
 use std::borrow::Cow;
 
+use super::json::Json;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::decode::{DecodeOptions, check_content_encoding, check_content_type, decode_body, utf8};
 use super::error::{DecodeError, EncodeError};
@@ -382,7 +382,7 @@ fn scan_headers(s: &mut Scanner<'_>) -> Option<Option<HeadersIn>> {
         let value = match s.peek()? {
             b'"' => HeaderValue::Str(s.string()?.to_owned()),
             b'n' if s.null() => HeaderValue::Null,
-            b't' | b'f' => HeaderValue::Other(Value::Bool(s.boolean()?)),
+            b't' | b'f' => HeaderValue::Other(Json::Bool(s.boolean()?)),
             b'0'..=b'9' => HeaderValue::Count(s.integer()?),
             // `[null, null]` and `{}` mean what `null` means for these two.
             b'[' if name == "timelimit" => {
@@ -549,14 +549,14 @@ mod tests {
         h.group = Some("g".into());
         h.group_index = Some(u64::MAX);
         h.retries = u32::MAX;
-        h.timelimit.hard = Some(serde_json::from_str("1e-7").unwrap());
-        h.timelimit.soft = Some(serde_json::from_str("30").unwrap());
+        h.timelimit.hard = crate::codec::JsonNumber::from_json_text("1e-7");
+        h.timelimit.soft = crate::codec::JsonNumber::from_json_text("30");
         h.ignore_result = Some(true);
         h.replaced_task_nesting = 3;
         h.stamped_headers = Some(vec!["a".into(), "\u{1f697}".into()]);
-        h.stamps.insert("a".into(), json!([1, {"b": null}]));
+        h.stamps.insert("a".into(), json!([1, {"b": null}]).into());
         h.custom
-            .push(("x-\u{141}".into(), json!({"k": [1.5, "\t"]})));
+            .push(("x-\u{141}".into(), json!({"k": [1.5, "\t"]}).into()));
         everything.properties.origin = Some("gen1@host".into());
         everything.properties.expiration = Some("3600000".into());
         everything.properties.delivery_mode = None;
@@ -565,7 +565,7 @@ mod tests {
             exchange: "ex\\change".into(),
             routing_key: "\u{7f}".into(),
         };
-        everything.args = vec![json!(1), json!("two")];
+        everything.args = vec![1.into(), "two".into()];
         messages.push(everything);
         messages.push(TaskMessage::default());
         for message in &messages {

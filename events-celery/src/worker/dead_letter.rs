@@ -8,11 +8,11 @@
 //! its retries holds a message for that handler alone, with its retry count reset, so replaying
 //! it runs just that handler again.
 
+use crate::codec::Json;
 use chrono::Utc;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::core::{DeadLetter, PENDING_HANDLERS_HEADER};
 use super::worker_identity;
@@ -40,7 +40,7 @@ pub(crate) fn replayable(message: &TaskMessage, handler: &str) -> TaskMessage {
         .retain(|(name, _)| name != PENDING_HANDLERS_HEADER);
     replay.headers.custom.push((
         PENDING_HANDLERS_HEADER.to_owned(),
-        Value::Array(vec![Value::String(handler.to_owned())]),
+        Json::Array(vec![Json::String(handler.to_owned())]),
     ));
     replay.properties.delivery_tag = None;
     replay.raw_envelope = None;
