@@ -528,6 +528,8 @@ struct Parser<'a> {
     bytes: &'a [u8],
     at: usize,
     depth: usize,
+    /// serde_json's reason for a bad escape (it decodes escaped strings).
+    escape_error: Option<String>,
 }
 
 type Parsed<T> = Result<T, &'static str>;
@@ -539,19 +541,28 @@ impl<'a> Parser<'a> {
             bytes: text.as_bytes(),
             at: 0,
             depth: 0,
+            escape_error: None,
         }
     }
 
-    /// serde_json's error for the same text, or (where serde_json reads what this parser did
-    /// not) this parser's message.
+    /// The error, worded as serde_json words it, with the line and column.
     fn error(&self, message: &'static str) -> serde_json::Error {
-        match serde_json::from_str::<de::IgnoredAny>(self.text) {
-            Err(error) => error,
-            Ok(_) => <serde_json::Error as de::Error>::custom(format_args!(
-                "{message} at byte {}",
-                self.at
-            )),
-        }
+        let at = self.at.min(self.bytes.len());
+        let before = &self.bytes[..at];
+        let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        // The column of the byte that stopped the parse (of the last one, at the end).
+        let column = (at + 1)
+            .min(self.bytes.len())
+            .saturating_sub(line_start)
+            .max(1);
+        let message = self.escape_error.as_deref().unwrap_or(message);
+        <serde_json::Error as de::Error>::custom(format_args!(
+            "{message} at line {line} column {column}"
+        ))
     }
 
     fn document(&mut self) -> Parsed<Json> {
@@ -625,6 +636,7 @@ impl<'a> Parser<'a> {
                         self.at += 1;
                         break;
                     }
+                    None => return Err("EOF while parsing a list"),
                     _ => return Err("expected `,` or `]`"),
                 }
             }
@@ -643,13 +655,17 @@ impl<'a> Parser<'a> {
         } else {
             loop {
                 self.whitespace();
-                if self.bytes.get(self.at) != Some(&b'"') {
-                    return Err("key must be a string");
+                match self.bytes.get(self.at) {
+                    Some(b'"') => {}
+                    None => return Err("EOF while parsing an object"),
+                    Some(_) => return Err("key must be a string"),
                 }
                 let key = self.string()?;
                 self.whitespace();
-                if self.bytes.get(self.at) != Some(&b':') {
-                    return Err("expected `:`");
+                match self.bytes.get(self.at) {
+                    Some(b':') => {}
+                    None => return Err("EOF while parsing an object"),
+                    Some(_) => return Err("expected `:`"),
                 }
                 self.at += 1;
                 let value = self.value()?;
@@ -661,6 +677,7 @@ impl<'a> Parser<'a> {
                         self.at += 1;
                         break;
                     }
+                    None => return Err("EOF while parsing an object"),
                     _ => return Err("expected `,` or `}`"),
                 }
             }
@@ -681,7 +698,9 @@ impl<'a> Parser<'a> {
                     escaped = true;
                     self.at += 2;
                 }
-                Some(0..0x20) => return Err("control character in string"),
+                Some(0..0x20) => {
+                    return Err("control character (\\u0000-\\u001F) found while parsing a string");
+                }
                 Some(_) => self.at += 1,
             }
         }
@@ -689,7 +708,13 @@ impl<'a> Parser<'a> {
         let quoted = self.text.get(start..self.at).ok_or("invalid escape")?;
         if escaped {
             // Escapes (and their errors: lone surrogates, bad hex) exactly as serde_json has them.
-            serde_json::from_str(quoted).map_err(|_| "invalid escape")
+            serde_json::from_str(quoted).map_err(|error| {
+                self.at = start + error.column().saturating_sub(1);
+                let message = error.to_string();
+                let reason = message.split(" at line ").next().unwrap_or(&message);
+                self.escape_error = Some(reason.to_owned());
+                "invalid escape"
+            })
         } else {
             Ok(quoted[1..quoted.len() - 1].to_owned())
         }
@@ -713,7 +738,12 @@ impl<'a> Parser<'a> {
             }
         }
         match self.bytes.get(self.at) {
-            Some(b'0') => self.at += 1,
+            Some(b'0') => {
+                self.at += 1;
+                if let Some(b'0'..=b'9') = self.bytes.get(self.at) {
+                    return Err("invalid number");
+                }
+            }
             Some(b'1'..=b'9') => {
                 self.digits();
             }
