@@ -229,6 +229,22 @@ impl PayloadMismatch {
         self.0.path().to_string()
     }
 
+    /// The path of the field at fault: [`path`](Self::path), and for a missing field the
+    /// field itself (`customer`, `customer.email` — never `.` for a missing field).
+    pub fn field_path(&self) -> String {
+        let path = self.path();
+        let message = self.0.inner().to_string();
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(field, _)| field);
+        match (path.as_str(), missing) {
+            (".", Some(field)) => field.to_owned(),
+            (_, Some(field)) => format!("{path}.{field}"),
+            (_, None) => path,
+        }
+    }
+
     /// The JSON value at the failing path, if there is one.
     pub fn value_in<'v>(&self, payload: &'v serde_json::Value) -> Option<&'v serde_json::Value> {
         use serde_path_to_error::Segment;
