@@ -378,6 +378,12 @@ impl PartialEq<str> for Json {
     }
 }
 
+impl PartialEq<String> for Json {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == Some(other.as_str())
+    }
+}
+
 impl PartialEq<&str> for Json {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == Some(*other)
