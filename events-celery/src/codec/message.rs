@@ -291,12 +291,25 @@ impl TaskMessage {
 
 /// The error for a payload that does not fit its event type: the field's path (a missing
 /// field's own path, `customer.vip`), and serde's reason.
-fn payload_error(event: &str, type_name: &'static str, path: &str, reason: String) -> PayloadError {
+fn payload_error(
+    event: &str,
+    type_name: &'static str,
+    path: &str,
+    mut reason: String,
+) -> PayloadError {
     let field = match (path, missing_field(&reason)) {
         (".", missing) => missing,
         (path, Some(missing)) => Some(format!("{path}.{missing}")),
         (path, None) => Some(path.to_owned()),
     };
+    let about_a_value = reason.starts_with("invalid type") || reason.starts_with("invalid value");
+    if field.is_none() && about_a_value && !reason.contains(", expected struct ") {
+        // A value deep inside, but serde kept no path to it.
+        reason.push_str(
+            " (serde does not say which field: it reads `#[serde(flatten)]`, internally tagged \
+             and untagged parts from a buffer that keeps no path)",
+        );
+    }
     PayloadError {
         event: event.to_owned(),
         type_name: Some(type_name),

@@ -195,4 +195,41 @@ mod codec {
         .unwrap_err();
         assert!(error.to_string().contains("at `r`"), "{error}");
     }
+
+    #[test]
+    fn a_value_that_does_not_fit_names_its_field() {
+        // A float where a string belongs, a string where a float belongs, a missing field:
+        // never "invalid type: map" (what `arbitrary_precision` made of floats), always a path.
+        for (payload, field, reason) in [
+            (
+                sensor_json("0.1").replace(r#""sensor": "s-1""#, r#""sensor": 1e-07"#),
+                "sensor",
+                "invalid type: floating point `0.0000001`, expected a string",
+            ),
+            (
+                sensor_json("0.1").replace(r#""lon": 0.1"#, r#""lon": "east""#),
+                "lon",
+                "invalid type: string \"east\", expected f64",
+            ),
+            (
+                sensor_json("0.1").replace(r#""serial": 1180591620717411303424, "#, ""),
+                "serial",
+                "missing field `serial`",
+            ),
+        ] {
+            let message = through_redis(Json::parse(&payload).unwrap());
+            let error = message.payload::<SensorRead>().unwrap_err();
+            assert!(error.reason().starts_with(reason), "{error}");
+            if field == "lon" {
+                // Inside a flattened struct serde keeps no path: the error says so.
+                assert_eq!(error.field(), None, "{error}");
+                assert!(
+                    error.reason().contains("serde does not say which field"),
+                    "{error}"
+                );
+            } else {
+                assert_eq!(error.field(), Some(field), "{error}");
+            }
+        }
+    }
 }
