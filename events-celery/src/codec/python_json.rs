@@ -61,7 +61,7 @@ impl Formatter for PythonJsonFormatter {
         // Python has only doubles; the shortest text that reads back as this f32 is what a
         // Python float parsed from it would print too.
         let mut text = String::with_capacity(24);
-        push_python_float_text(&format!("{value:e}"), &mut text);
+        push_python_float_text(ryu::Buffer::new().format(value), &mut text);
         writer.write_all(text.as_bytes())
     }
 
@@ -245,8 +245,10 @@ pub(crate) fn push_python_float(value: f64, out: &mut String) {
     } else if value.is_infinite() {
         out.push_str(if value > 0.0 { "Infinity" } else { "-Infinity" });
     } else {
-        // `{:e}` gives the shortest digits that read back as `value` (as Python's repr picks).
-        push_python_float_text(&format!("{value:e}"), out);
+        // The shortest digits that read back as `value`, and of two equally near, the even one
+        // (`24999621772318.312`, exactly ...3125): what Python's repr picks, and ryu (serde_json's
+        // float writer); Rust's `{:e}` rounds that tie up.
+        push_python_float_text(ryu::Buffer::new().format_finite(value), out);
     }
 }
 
@@ -355,6 +357,7 @@ mod tests {
             (1.7976931348623157e308, "1.7976931348623157e+308"),
             (5e-324, "5e-324"),
             (1.2345678901234567e16, "1.2345678901234568e+16"),
+            (24999621772318.312, "24999621772318.312"),
         ];
         for &(value, expected) in cases {
             assert_eq!(float(value), expected, "{value:e}");

@@ -70,7 +70,7 @@ impl ser::Serializer for ToJson {
     fn serialize_f32(self, v: f32) -> Result<Json, JsonError> {
         if v.is_finite() {
             // The shortest text that reads back as this f32, as serde_json writes it.
-            let text = format!("{v:e}");
+            let text = ryu::Buffer::new().format_finite(v).to_owned();
             Ok(Json::Number(
                 JsonNumber::from_json_text(&text).unwrap_or_else(|| JsonNumber::from_f64(v.into())),
             ))
