@@ -81,7 +81,7 @@ fn not_json_and_not_utf8() {
 fn missing_or_non_string_task() {
     let body = br#"[[], {"payload": {}}, {}]"#;
     let mut headers = seed_headers();
-    headers.as_object_mut().unwrap().shift_remove("task");
+    headers.as_object_mut().unwrap().remove("task");
     assert!(matches!(
         decode(&envelope_with(body, headers)),
         Err(DecodeError::MissingTask)
@@ -96,7 +96,7 @@ fn missing_or_non_string_task() {
         );
     }
     let mut headers = seed_headers();
-    headers.as_object_mut().unwrap().shift_remove("id");
+    headers.as_object_mut().unwrap().remove("id");
     assert!(matches!(
         decode(&envelope_with(body, headers)),
         Err(DecodeError::MissingId)

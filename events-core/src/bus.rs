@@ -199,7 +199,7 @@ impl EventBus {
         let value = match descriptor.decode_value_traced(&payload) {
             Ok(value) => value,
             Err(mismatch) => {
-                let path = mismatch.path();
+                let path = mismatch.field_path();
                 // Decoded again without path tracking, for serde_json's own error value.
                 let source = match descriptor.decode_value(payload) {
                     Err(source) => source,

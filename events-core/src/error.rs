@@ -160,7 +160,8 @@ pub enum Error {
         event: &'static str,
         /// The Rust type it should fit.
         type_name: &'static str,
-        /// Where in the payload (`customer.vip`, `lines[2]`; `.` for the whole payload).
+        /// Where in the payload (`customer.vip`, `lines[2]`, a missing field's own path
+        /// `customer.email`; `.` for the whole payload).
         path: String,
         /// The deserialisation error (it names the field and the reason).
         #[source]

@@ -103,6 +103,7 @@ pub struct EventDescriptor {
     from_value: fn(serde_json::Value) -> Result<AnyEvent, serde_json::Error>,
     from_str: fn(&str) -> Result<AnyEvent, serde_json::Error>,
     from_value_traced: fn(&serde_json::Value) -> Result<AnyEvent, PayloadMismatch>,
+    from_deserializer: DecodeFrom,
     as_serialize: fn(&(dyn Any + Send + Sync)) -> Option<&dyn erased_serde::Serialize>,
     /// Its position in the program's event slice, once something looked it up
     /// ([`slot`](Self::slot)); `u32::MAX` until then.
@@ -121,6 +122,7 @@ impl EventDescriptor {
             from_value: from_value::<E>,
             from_str: from_str::<E>,
             from_value_traced: from_value_traced::<E>,
+            from_deserializer: from_deserializer::<E>,
             as_serialize: as_serialize::<E>,
             slot: AtomicU32::new(u32::MAX),
         }
@@ -199,6 +201,15 @@ impl EventDescriptor {
         (self.from_str)(json)
     }
 
+    /// Deserialises the event type from any serde deserializer (type-erased), for a backend
+    /// that reads payloads with its own format or value type.
+    pub fn decode_from(
+        &self,
+        deserializer: &mut dyn erased_serde::Deserializer<'_>,
+    ) -> Result<AnyEvent, erased_serde::Error> {
+        (self.from_deserializer)(deserializer)
+    }
+
     /// A type-erased serialiser for a value of this event type, or `None` if `value` is of
     /// another type. Serialise it with any serde serializer.
     pub fn serializable<'a>(
@@ -231,6 +242,15 @@ fn from_value<E: DomainEvent>(value: serde_json::Value) -> Result<AnyEvent, serd
     serde_json::from_value::<E>(value).map(|e| Box::new(e) as AnyEvent)
 }
 
+type DecodeFrom =
+    for<'de> fn(&mut dyn erased_serde::Deserializer<'de>) -> Result<AnyEvent, erased_serde::Error>;
+
+fn from_deserializer<E: DomainEvent>(
+    deserializer: &mut dyn erased_serde::Deserializer<'_>,
+) -> Result<AnyEvent, erased_serde::Error> {
+    erased_serde::deserialize::<E>(deserializer).map(|e| Box::new(e) as AnyEvent)
+}
+
 fn from_value_traced<E: DomainEvent>(
     value: &serde_json::Value,
 ) -> Result<AnyEvent, PayloadMismatch> {
@@ -248,6 +268,22 @@ impl PayloadMismatch {
     /// The path to the value that did not fit, e.g. `lines[2].sku`; `.` for the whole payload.
     pub fn path(&self) -> String {
         self.0.path().to_string()
+    }
+
+    /// The path of the field at fault: [`path`](Self::path), and for a missing field the
+    /// field itself (`customer`, `customer.email` — never `.` for a missing field).
+    pub fn field_path(&self) -> String {
+        let path = self.path();
+        let message = self.0.inner().to_string();
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(field, _)| field);
+        match (path.as_str(), missing) {
+            (".", Some(field)) => field.to_owned(),
+            (_, Some(field)) => format!("{path}.{field}"),
+            (_, None) => path,
+        }
     }
 
     /// The JSON value at the failing path, if there is one.

@@ -389,9 +389,9 @@ impl Drop for PythonWorker {
     }
 }
 
-/// The records the Python tasks pushed onto `key` (each a JSON object), parsed with
-/// `serde_json` (so big integers stay exact).
-pub async fn task_records(key: &str) -> Vec<serde_json::Value> {
+/// The records the Python tasks pushed onto `key` (each a JSON object), parsed with the
+/// codec's `Json` (so big integers stay exact and keys keep Python's order).
+pub async fn task_records(key: &str) -> Vec<events_celery::codec::Json> {
     let mut connection = redis().await;
     let raw: Vec<String> = redis::cmd("LRANGE")
         .arg(key)
@@ -401,7 +401,7 @@ pub async fn task_records(key: &str) -> Vec<serde_json::Value> {
         .await
         .expect("LRANGE");
     raw.iter()
-        .map(|r| serde_json::from_str(r).expect("a task record is JSON"))
+        .map(|r| events_celery::codec::Json::parse(r).expect("a task record is JSON"))
         .collect()
 }
 

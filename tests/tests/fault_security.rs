@@ -675,7 +675,7 @@ async fn redis_oversize_stream_stays_out_of_the_worker() {
         message
             .headers
             .custom
-            .push(("x-pad".into(), serde_json::json!("p".repeat(pad))));
+            .push(("x-pad".into(), serde_json::json!("p".repeat(pad)).into()));
         let envelope = message.to_redis().unwrap().envelope.into_bytes();
         assert_eq!(envelope.len(), size);
         envelope

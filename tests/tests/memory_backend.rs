@@ -335,6 +335,22 @@ fn publish_json_checks_the_name_and_the_payload() {
         err.to_string().contains("missing field `customer`"),
         "{err}"
     );
+    // The missing field's path is named, at the top level and nested.
+    assert!(
+        matches!(&err, Error::InvalidPayload { path, .. } if path == "customer"),
+        "{err:?}"
+    );
+    let err = bus
+        .publish_json_blocking(
+            "memory.invoice_sent",
+            json!({"invoice": 1, "customer": {"vip": true}}),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidPayload { path, .. } if path == "customer.email"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("at `customer.email`"), "{err}");
     assert!(take_log().is_empty(), "nothing runs for a rejected payload");
 }
 

@@ -17,13 +17,12 @@
 
 use std::fmt::Write as _;
 
-use serde_json::{Map, Number, Value};
+use super::json::{Json, JsonMap, JsonNumber};
 
 use super::compression::{COMPRESSION_HEADER, compress};
 use super::decode::{DecodeOptions, check_content_encoding, check_content_type, decode_body};
 use super::error::{DecodeError, EncodeError};
 use super::message::{HeaderValue, MessageProperties, ParsedHeaders, Routing, TaskMessage};
-use super::python_json::pythonize_floats;
 use super::timestamp::isoformat;
 
 /// The header that stands in for a header table the AMQP connection refused to parse (it
@@ -228,7 +227,7 @@ impl TaskMessage {
         };
         push("group_index", group_index);
         push("retries", integer(i128::from(h.retries), "retries")?);
-        let limit = |number: &Option<Number>| match number {
+        let limit = |number: &Option<JsonNumber>| match number {
             None => Ok(AmqpValue::Void),
             Some(number) => from_number(number, "timelimit"),
         };
@@ -434,13 +433,12 @@ fn integer(value: i128, header: &str) -> Result<AmqpValue, EncodeError> {
     }
 }
 
-fn from_number(number: &Number, header: &str) -> Result<AmqpValue, EncodeError> {
-    if let Some(value) = number.as_i64() {
-        integer(i128::from(value), header)
-    } else if let Some(value) = number.as_u64() {
-        integer(i128::from(value), header)
-    } else if number.to_string().contains(['.', 'e', 'E']) {
-        Ok(number.as_f64().map_or(AmqpValue::Void, AmqpValue::Double))
+fn from_number(number: &JsonNumber, header: &str) -> Result<AmqpValue, EncodeError> {
+    if !number.is_integer() {
+        // Floats (NaN and the infinities too, as py-amqp writes Python's) as doubles.
+        Ok(AmqpValue::Double(number.as_f64()))
+    } else if let Some(value) = number.as_i128() {
+        integer(value, header)
     } else {
         Err(EncodeError::AmqpValueOutOfRange {
             header: header.to_owned(),
@@ -449,7 +447,7 @@ fn from_number(number: &Number, header: &str) -> Result<AmqpValue, EncodeError> 
     }
 }
 
-fn from_map(map: &Map<String, Value>, header: &str) -> Result<AmqpValue, EncodeError> {
+fn from_map(map: &JsonMap, header: &str) -> Result<AmqpValue, EncodeError> {
     let mut table = Vec::with_capacity(map.len());
     for (key, value) in map {
         if key.len() > 255 {
@@ -460,19 +458,19 @@ fn from_map(map: &Map<String, Value>, header: &str) -> Result<AmqpValue, EncodeE
     Ok(AmqpValue::Table(AmqpTable(table)))
 }
 
-fn from_json(value: &Value, header: &str) -> Result<AmqpValue, EncodeError> {
+fn from_json(value: &Json, header: &str) -> Result<AmqpValue, EncodeError> {
     Ok(match value {
-        Value::Null => AmqpValue::Void,
-        Value::Bool(b) => AmqpValue::Bool(*b),
-        Value::Number(number) => from_number(number, header)?,
-        Value::String(text) => AmqpValue::LongString(text.as_bytes().to_vec()),
-        Value::Array(items) => AmqpValue::Array(
+        Json::Null => AmqpValue::Void,
+        Json::Bool(b) => AmqpValue::Bool(*b),
+        Json::Number(number) => from_number(number, header)?,
+        Json::String(text) => AmqpValue::LongString(text.as_bytes().to_vec()),
+        Json::Array(items) => AmqpValue::Array(
             items
                 .iter()
                 .map(|item| from_json(item, header))
                 .collect::<Result<_, _>>()?,
         ),
-        Value::Object(map) => from_map(map, header)?,
+        Json::Object(map) => from_map(map, header)?,
     })
 }
 
@@ -494,21 +492,21 @@ fn header_value(value: &AmqpValue, header: &str) -> Result<HeaderValue, DecodeEr
 /// AMQP field values as JSON: integers and floats as numbers, strings as strings (they must be
 /// UTF-8), decimals as their exact decimal text (a string, like kombu's `decimal`), byte
 /// arrays as arrays of byte values (like kombu's `bytes`), timestamps as ISO-8601 UTC strings.
-fn to_json(value: &AmqpValue, header: &str) -> Result<Value, DecodeError> {
+fn to_json(value: &AmqpValue, header: &str) -> Result<Json, DecodeError> {
     Ok(match value {
-        AmqpValue::Bool(b) => Value::Bool(*b),
-        AmqpValue::ShortShortInt(n) => Value::from(*n),
-        AmqpValue::ShortShortUInt(n) => Value::from(*n),
-        AmqpValue::ShortInt(n) => Value::from(*n),
-        AmqpValue::ShortUInt(n) => Value::from(*n),
-        AmqpValue::LongInt(n) => Value::from(*n),
-        AmqpValue::LongUInt(n) => Value::from(*n),
-        AmqpValue::LongLongInt(n) => Value::from(*n),
+        AmqpValue::Bool(b) => Json::Bool(*b),
+        AmqpValue::ShortShortInt(n) => Json::from(*n),
+        AmqpValue::ShortShortUInt(n) => Json::from(*n),
+        AmqpValue::ShortInt(n) => Json::from(*n),
+        AmqpValue::ShortUInt(n) => Json::from(*n),
+        AmqpValue::LongInt(n) => Json::from(*n),
+        AmqpValue::LongUInt(n) => Json::from(*n),
+        AmqpValue::LongLongInt(n) => Json::from(*n),
         AmqpValue::Float(n) => float(f64::from(*n)),
         AmqpValue::Double(n) => float(*n),
-        AmqpValue::Decimal { scale, value } => Value::String(decimal_text(*scale, *value)),
+        AmqpValue::Decimal { scale, value } => Json::String(decimal_text(*scale, *value)),
         AmqpValue::LongString(bytes) => match std::str::from_utf8(bytes) {
-            Ok(text) => Value::String(text.to_owned()),
+            Ok(text) => Json::String(text.to_owned()),
             Err(e) => {
                 return Err(DecodeError::NotUtf8 {
                     part: format!("header `{header}`"),
@@ -516,7 +514,7 @@ fn to_json(value: &AmqpValue, header: &str) -> Result<Value, DecodeError> {
                 });
             }
         },
-        AmqpValue::Array(items) => Value::Array(
+        AmqpValue::Array(items) => Json::Array(
             items
                 .iter()
                 .map(|item| to_json(item, header))
@@ -527,30 +525,26 @@ fn to_json(value: &AmqpValue, header: &str) -> Result<Value, DecodeError> {
                 .ok()
                 .and_then(|s| chrono::DateTime::from_timestamp(s, 0));
             match at {
-                Some(at) => Value::String(isoformat(&at.fixed_offset())),
-                None => Value::from(*seconds),
+                Some(at) => Json::String(isoformat(&at.fixed_offset())),
+                None => Json::from(*seconds),
             }
         }
         AmqpValue::Table(table) => {
-            let mut map = Map::with_capacity(table.len());
+            let mut map = JsonMap::with_capacity(table.len());
             for (key, item) in table.iter() {
                 map.insert(key.to_owned(), to_json(item, header)?);
             }
-            Value::Object(map)
+            Json::Object(map)
         }
-        AmqpValue::ByteArray(bytes) => {
-            Value::Array(bytes.iter().map(|&b| Value::from(b)).collect())
-        }
-        AmqpValue::Void => Value::Null,
+        AmqpValue::ByteArray(bytes) => Json::Array(bytes.iter().map(|&b| Json::from(b)).collect()),
+        AmqpValue::Void => Json::Null,
     })
 }
 
 /// A float as Python spells it (so a decoded header equals the one encoded); NaN and the
-/// infinities, which JSON lacks, become `null`.
-fn float(value: f64) -> Value {
-    let mut value = Number::from_f64(value).map_or(Value::Null, Value::Number);
-    pythonize_floats(&mut value);
-    value
+/// infinities as Python's `json.dumps` writes them.
+fn float(value: f64) -> Json {
+    Json::from(value)
 }
 
 fn decimal_text(scale: u8, value: u32) -> String {
@@ -591,7 +585,7 @@ mod tests {
         message.headers.shadow = Some("s".into());
         message.headers.group = Some("g".into());
         message.headers.stamped_headers = Some(vec!["a".into()]);
-        message.headers.stamps.insert("a".into(), json!("x"));
+        message.headers.stamps.insert("a".into(), "x".into());
         message.routing.exchange = "ex".into();
         for message in [message, TaskMessage::default()] {
             assert_eq!(
@@ -603,7 +597,7 @@ mod tests {
 
     #[test]
     fn json_to_field_types_as_py_amqp() {
-        let value: Value = serde_json::from_str(
+        let value = Json::parse(
             r#"{"s": "x", "i": 2147483647, "n": -2147483647, "edge": -2147483648,
                 "l": 9223372036854775807, "t": true, "v": null, "d": 1.5, "a": [null, null],
                 "f": {}}"#,
@@ -618,7 +612,7 @@ mod tests {
             table.get("edge"),
             Some(&AmqpValue::LongLongInt(-2_147_483_648))
         );
-        let big: Value = serde_json::from_str("1180591620717411303424").unwrap();
+        let big = Json::parse("1180591620717411303424").unwrap();
         assert!(matches!(
             from_json(&big, "x-big"),
             Err(EncodeError::AmqpValueOutOfRange { header, .. }) if header == "x-big"

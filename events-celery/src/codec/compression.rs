@@ -615,8 +615,8 @@ mod tests {
             assert_eq!(decoded.properties.compression, Some(method));
             assert!(decoded.headers.custom.is_empty(), "{:?}", decoded.headers);
             assert_eq!(
-                decoded.payload_value(),
-                Some(&serde_json::json!({"name": "Łódź", "stock": 3}))
+                decoded.payload_value().unwrap(),
+                &serde_json::json!({"name": "Łódź", "stock": 3})
             );
 
             let rust = rust_message(envelope, method).to_redis().unwrap().envelope;

@@ -1,14 +1,13 @@
 //! What both envelopes share when decoding: limits, content-type checks, and the body
 //! (protocol 2 `[args, kwargs, embed]`, or a protocol 1 dict upgraded to the same model).
 
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use super::json::{Json, JsonMap};
 
 use super::compression::{COMPRESSION_HEADER, Compression, decompress, method_of};
 use super::error::{DecodeError, json_type};
 use super::kombu_json::untag;
 use super::message::{
-    Embed, MaybeBorrowed, MessageProperties, ParsedHeaders, ProtocolVersion, Routing, TaskMessage,
+    Embed, MessageProperties, ParsedHeaders, ProtocolVersion, Routing, TaskMessage,
 };
 
 /// The default size limit: 16 MiB.
@@ -124,25 +123,8 @@ pub(crate) fn decode_body(
         }
     };
     let text = utf8(body, "body")?;
-    // The usual case, read straight into its parts.
-    if headers.task.is_some()
-        && let Ok(BodyV2(args, kwargs, embed)) = serde_json::from_str::<BodyV2>(text)
-    {
-        let args = parse_args(Value::Array(args))?;
-        let kwargs = parse_kwargs(Value::Object(kwargs))?;
-        let embed = embed.unwrap_or_default().untag()?;
-        return finish(
-            headers,
-            ProtocolVersion::V2,
-            args,
-            kwargs,
-            embed,
-            properties,
-            routing,
-        );
-    }
-    // Anything else: as a JSON value, to say precisely what is wrong with it.
-    let body: Value = serde_json::from_str(text).map_err(|source| DecodeError::InvalidJson {
+    // Read exactly (numbers of any size, Python's key order, `NaN`), as Python's `json.loads`.
+    let body = Json::parse(text).map_err(|source| DecodeError::InvalidJson {
         part: "body",
         source,
     })?;
@@ -171,8 +153,8 @@ fn take_compression(headers: &mut ParsedHeaders) -> Result<Option<Compression>, 
         return Ok(None);
     };
     match custom.remove(index).1 {
-        Value::Null => Ok(None),
-        Value::String(name) => method_of(&name).map(Some),
+        Json::Null => Ok(None),
+        Json::String(name) => method_of(&name).map(Some),
         other => Err(DecodeError::InvalidHeader {
             name: COMPRESSION_HEADER.to_owned(),
             expected: "a string naming a compression method",
@@ -181,72 +163,12 @@ fn take_compression(headers: &mut ParsedHeaders) -> Result<Option<Compression>, 
     }
 }
 
-/// `[args, kwargs, embed]` as Celery writes it.
-#[derive(Deserialize)]
-struct BodyV2(Vec<Value>, Map<String, Value>, Option<EmbedV2>);
-
-/// The embed mapping; unlike a derived struct it refuses an array, and it ignores unknown keys.
-#[derive(Default)]
-struct EmbedV2 {
-    callbacks: Value,
-    errbacks: Value,
-    chain: Value,
-    chord: Value,
-}
-
-impl<'de> Deserialize<'de> for EmbedV2 {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EmbedVisitor;
-        impl<'de> serde::de::Visitor<'de> for EmbedVisitor {
-            type Value = EmbedV2;
-            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                formatter.write_str("the embed mapping")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<EmbedV2, A::Error> {
-                let mut embed = EmbedV2::default();
-                while let Some(MaybeBorrowed(key)) = map.next_key::<MaybeBorrowed<'de>>()? {
-                    let slot = match key.as_ref() {
-                        "callbacks" => &mut embed.callbacks,
-                        "errbacks" => &mut embed.errbacks,
-                        "chain" => &mut embed.chain,
-                        "chord" => &mut embed.chord,
-                        _ => {
-                            map.next_value::<serde::de::IgnoredAny>()?;
-                            continue;
-                        }
-                    };
-                    *slot = map.next_value()?;
-                }
-                Ok(embed)
-            }
-        }
-        deserializer.deserialize_map(EmbedVisitor)
-    }
-}
-
-impl EmbedV2 {
-    fn untag(self) -> Result<Embed, DecodeError> {
-        let untagged = |mut value: Value, name: &'static str| {
-            untag(&mut value, || name.to_owned()).map(|()| value)
-        };
-        Ok(Embed {
-            callbacks: untagged(self.callbacks, "callbacks")?,
-            errbacks: untagged(self.errbacks, "errbacks")?,
-            chain: untagged(self.chain, "chain")?,
-            chord: untagged(self.chord, "chord")?,
-        })
-    }
-}
-
 #[inline]
 fn finish(
     parsed: ParsedHeaders,
     protocol: ProtocolVersion,
-    args: Vec<Value>,
-    kwargs: Map<String, Value>,
+    args: Vec<Json>,
+    kwargs: JsonMap,
     embed: Embed,
     properties: MessageProperties,
     routing: Routing,
@@ -267,16 +189,16 @@ fn finish(
     })
 }
 
-type BodyParts = (Vec<Value>, Map<String, Value>, Embed);
+type BodyParts = (Vec<Json>, JsonMap, Embed);
 
-fn split_v2_body(body: Value) -> Result<BodyParts, DecodeError> {
-    let Value::Array(parts) = body else {
+fn split_v2_body(body: Json) -> Result<BodyParts, DecodeError> {
+    let Json::Array(parts) = body else {
         return Err(DecodeError::InvalidBody(format!(
             "expected [args, kwargs, embed], found {}",
             json_type(&body)
         )));
     };
-    let Ok::<[Value; 3], _>([args, kwargs, embed]) = parts.try_into() else {
+    let Ok::<[Json; 3], _>([args, kwargs, embed]) = parts.try_into() else {
         return Err(DecodeError::InvalidBody(
             "expected [args, kwargs, embed], found an array of another length".to_owned(),
         ));
@@ -288,10 +210,10 @@ fn split_v2_body(body: Value) -> Result<BodyParts, DecodeError> {
     ))
 }
 
-fn parse_args(args: Value) -> Result<Vec<Value>, DecodeError> {
+fn parse_args(args: Json) -> Result<Vec<Json>, DecodeError> {
     let mut args = match args {
-        Value::Null => Vec::new(),
-        Value::Array(args) => args,
+        Json::Null => Vec::new(),
+        Json::Array(args) => args,
         other => {
             return Err(DecodeError::InvalidBody(format!(
                 "args must be a list, found {}",
@@ -305,10 +227,10 @@ fn parse_args(args: Value) -> Result<Vec<Value>, DecodeError> {
     Ok(args)
 }
 
-fn parse_kwargs(kwargs: Value) -> Result<Map<String, Value>, DecodeError> {
+fn parse_kwargs(kwargs: Json) -> Result<JsonMap, DecodeError> {
     let mut kwargs = match kwargs {
-        Value::Null => Map::new(),
-        Value::Object(kwargs) => kwargs,
+        Json::Null => JsonMap::new(),
+        Json::Object(kwargs) => kwargs,
         other => {
             return Err(DecodeError::InvalidBody(format!(
                 "kwargs must be a mapping, found {}",
@@ -322,10 +244,10 @@ fn parse_kwargs(kwargs: Value) -> Result<Map<String, Value>, DecodeError> {
     Ok(kwargs)
 }
 
-fn parse_embed(embed: Value) -> Result<Embed, DecodeError> {
+fn parse_embed(embed: Json) -> Result<Embed, DecodeError> {
     let mut fields = match embed {
-        Value::Null => return Ok(Embed::default()),
-        Value::Object(fields) => fields,
+        Json::Null => return Ok(Embed::default()),
+        Json::Object(fields) => fields,
         other => {
             return Err(DecodeError::InvalidBody(format!(
                 "embed must be a mapping, found {}",
@@ -333,8 +255,8 @@ fn parse_embed(embed: Value) -> Result<Embed, DecodeError> {
             )));
         }
     };
-    let mut take = |name: &str| -> Result<Value, DecodeError> {
-        let mut value = fields.swap_remove(name).unwrap_or(Value::Null);
+    let mut take = |name: &str| -> Result<Json, DecodeError> {
+        let mut value = fields.remove(name).unwrap_or(Json::Null);
         untag(&mut value, || name.to_owned())?;
         Ok(value)
     };
@@ -347,23 +269,23 @@ fn parse_embed(embed: Value) -> Result<Embed, DecodeError> {
 }
 
 /// A protocol 1 body (`{task, id, args, kwargs, …}`) as Celery's `hybrid_to_proto2` reads it.
-fn upgrade_v1_body(body: Value) -> Result<(ParsedHeaders, BodyParts), DecodeError> {
-    let Value::Object(mut fields) = body else {
+fn upgrade_v1_body(body: Json) -> Result<(ParsedHeaders, BodyParts), DecodeError> {
+    let Json::Object(mut fields) = body else {
         // A protocol 2 body without a `task` header, or no task message at all.
         return Err(DecodeError::MissingTask);
     };
     if !fields.contains_key("task") {
         return Err(DecodeError::MissingTask);
     }
-    let args = parse_args(fields.swap_remove("args").unwrap_or(Value::Null))?;
-    let kwargs = parse_kwargs(fields.swap_remove("kwargs").unwrap_or(Value::Null))?;
-    let mut embed = Map::new();
+    let args = parse_args(fields.remove("args").unwrap_or(Json::Null))?;
+    let kwargs = parse_kwargs(fields.remove("kwargs").unwrap_or(Json::Null))?;
+    let mut embed = JsonMap::new();
     for name in ["callbacks", "errbacks", "chord"] {
-        if let Some(value) = fields.swap_remove(name) {
+        if let Some(value) = fields.remove(name) {
             embed.insert(name.to_owned(), value);
         }
     }
-    let embed = parse_embed(Value::Object(embed))?;
+    let embed = parse_embed(Json::Object(embed))?;
     let parsed = ParsedHeaders::read(fields, false)?;
     Ok((parsed, (args, kwargs, embed)))
 }
@@ -373,10 +295,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn decode(headers: Value, body: &str) -> Result<TaskMessage, DecodeError> {
-        let pairs = match headers {
-            Value::Object(map) => map,
-            _ => Map::new(),
+    fn decode(headers: serde_json::Value, body: &str) -> Result<TaskMessage, DecodeError> {
+        let pairs = match Json::from(headers) {
+            Json::Object(map) => map,
+            _ => JsonMap::new(),
         };
         let parsed = ParsedHeaders::read(pairs, true)?;
         decode_body(

@@ -3,9 +3,9 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use super::json::{Json, JsonMap, JsonNumber};
 use chrono::{DateTime, FixedOffset, SubsecRound, TimeZone, Utc};
 use events_core::{DomainEvent, EventRef};
-use serde_json::{Map, Number, Value};
 
 use super::compression::Compression;
 use super::error::EncodeError;
@@ -13,7 +13,6 @@ use super::message::{
     Embed, MessageProperties, PAYLOAD_KWARG, ProtocolVersion, Routing, TaskHeaders, TaskMessage,
     TimeLimit,
 };
-use super::python_json::pythonize_floats;
 use super::python_repr::{args_repr, kwargs_repr};
 use super::uuid4::new_uuid4;
 
@@ -128,7 +127,7 @@ pub struct EncodeOptions {
     retries: u32,
     parent_id: Option<String>,
     root_id: Option<String>,
-    headers: Vec<(String, Value)>,
+    headers: Vec<(String, Json)>,
     kwargs_repr: KwargsRepr,
     time_limit: TimeLimit,
     reply_to: Option<String>,
@@ -259,9 +258,9 @@ impl EncodeOptions {
     /// Adds a custom header (after Celery's own, as `send_task(headers=...)` puts it). Setting
     /// a name again replaces its value, as in a Python dict; a name Celery uses for its own
     /// headers is ignored.
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
         let name = name.into();
-        let value = value.into();
+        let value = Json::from(value.into());
         match self
             .headers
             .iter_mut()
@@ -282,7 +281,7 @@ impl EncodeOptions {
     /// The `timelimit` header: hard and soft limits.
     pub fn time_limit(mut self, hard: Option<Duration>, soft: Option<Duration>) -> Self {
         let seconds =
-            |limit: Option<Duration>| limit.and_then(|d| Number::from_f64(d.as_secs_f64()));
+            |limit: Option<Duration>| limit.map(|d| JsonNumber::from_f64(d.as_secs_f64()));
         self.time_limit = TimeLimit {
             hard: seconds(hard),
             soft: seconds(soft),
@@ -328,29 +327,30 @@ impl TaskMessage {
         event: EventRef<'_>,
         options: &EncodeOptions,
     ) -> Result<Self, EncodeError> {
-        let payload = event
-            .to_json_value()
-            .map_err(|source| EncodeError::Serialize {
+        // Into the codec's own JSON value: wide integers exact, and a NaN or infinity refused
+        // with its field named (serde_json would silently write `null`).
+        let payload =
+            Json::from_serialize(event.serializable()).map_err(|error| EncodeError::Serialize {
                 event: event.name().to_owned(),
-                source,
+                source: serde::ser::Error::custom(error),
             })?;
         Self::from_payload(event.name(), payload, options)
     }
 
-    /// The task message for an event given as its name and JSON payload.
+    /// The task message for an event given as its name and JSON payload (a [`Json`], or a
+    /// `serde_json::Value`).
     pub fn from_payload(
         event_name: &str,
-        mut payload: Value,
+        payload: impl Into<Json>,
         options: &EncodeOptions,
     ) -> Result<Self, EncodeError> {
+        let payload = payload.into();
         if let Some(priority) = options.priority.filter(|&p| p > 9) {
             return Err(EncodeError::InvalidPriority(priority));
         }
         if let Some(compression) = options.compression {
             compression.ensure_enabled()?;
         }
-        // Floats as Python spells them: the model then holds what goes on the wire.
-        pythonize_floats(&mut payload);
         // Python's datetimes have microseconds. The clock is read once, and only when a time
         // is asked for.
         let clock = std::cell::OnceCell::new();
@@ -375,7 +375,7 @@ impl TaskMessage {
         };
 
         let id = options.task_id.clone().unwrap_or_else(new_uuid4);
-        let mut kwargs = Map::with_capacity(1);
+        let mut kwargs = JsonMap::with_capacity(1);
         kwargs.insert(PAYLOAD_KWARG.to_owned(), payload);
         let kwargsrepr = match &options.kwargs_repr {
             KwargsRepr::Python => kwargs_repr(&kwargs),
@@ -386,11 +386,7 @@ impl TaskMessage {
             .headers
             .iter()
             .filter(|(name, _)| !super::message::HEADER_NAMES.contains(&name.as_str()))
-            .map(|(name, value)| {
-                let mut value = value.clone();
-                pythonize_floats(&mut value);
-                (name.clone(), value)
-            })
+            .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
 
         Ok(TaskMessage {
@@ -421,7 +417,7 @@ impl TaskMessage {
                 ignore_result: None,
                 replaced_task_nesting: 0,
                 stamped_headers: None,
-                stamps: Map::new(),
+                stamps: JsonMap::new(),
                 custom,
             },
             properties: MessageProperties {
@@ -487,10 +483,9 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    fn seed() -> Value {
-        json!({"product_id": "abc-123", "name": "Brake pad", "stock": 4})
+    fn seed() -> Json {
+        Json::parse(r#"{"product_id": "abc-123", "name": "Brake pad", "stock": 4}"#).unwrap()
     }
 
     #[test]
@@ -563,7 +558,7 @@ mod tests {
         assert_eq!(message.headers.root_id.as_deref(), Some("root"));
         assert_eq!(
             message.headers.custom,
-            vec![("x-trace-id".to_owned(), json!("abc"))]
+            vec![("x-trace-id".to_owned(), Json::from("abc"))]
         );
         assert_eq!(
             message.headers.kwargsrepr.as_deref(),

@@ -255,8 +255,8 @@ impl fmt::Display for PayloadError {
 impl std::error::Error for PayloadError {}
 
 /// A short name for a JSON value's type, for error messages.
-pub(crate) fn json_type(value: &serde_json::Value) -> String {
-    use serde_json::Value;
+pub(crate) fn json_type(value: &super::json::Json) -> String {
+    use super::json::Json as Value;
     match value {
         Value::Null => "null".to_owned(),
         Value::Bool(b) => format!("the boolean {b}"),

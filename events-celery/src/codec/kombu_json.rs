@@ -19,9 +19,9 @@
 //! digits…), so a bad one is reported with its path rather than as a puzzling serde error.
 //! The encoder never writes tags: a Rust event serialises to plain JSON.
 
+use super::json::Json;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use serde_json::Value;
 
 use super::error::DecodeError;
 
@@ -30,9 +30,9 @@ const VALUE_KEY: &str = "__value__";
 
 /// Replaces every kombu tag inside `value`, bottom-up as kombu's `object_hook` does. `root`
 /// names `value` in errors (`kwargs.payload`); it is called only on error.
-pub(crate) fn untag(value: &mut Value, root: impl FnOnce() -> String) -> Result<(), DecodeError> {
+pub(crate) fn untag(value: &mut Json, root: impl FnOnce() -> String) -> Result<(), DecodeError> {
     match value {
-        Value::Array(_) | Value::Object(_) => {
+        Json::Array(_) | Json::Object(_) => {
             walk(value).map_err(|failure| failure.into_error(&root()))
         }
         _ => Ok(()),
@@ -66,9 +66,9 @@ impl Failure {
     }
 }
 
-fn walk(value: &mut Value) -> Result<(), Failure> {
+fn walk(value: &mut Json) -> Result<(), Failure> {
     match value {
-        Value::Array(items) => {
+        Json::Array(items) => {
             for (index, item) in items.iter_mut().enumerate() {
                 walk(item).map_err(|mut failure| {
                     failure.path.push(format!("[{index}]"));
@@ -77,7 +77,7 @@ fn walk(value: &mut Value) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Value::Object(map) => {
+        Json::Object(map) => {
             for (key, item) in map.iter_mut() {
                 walk(item).map_err(|mut failure| {
                     failure.path.push(format!(".{key}"));
@@ -85,8 +85,8 @@ fn walk(value: &mut Value) -> Result<(), Failure> {
                 })?;
             }
             if map.len() == 2 && map.contains_key(TYPE_KEY) && map.contains_key(VALUE_KEY) {
-                let type_name = map.get(TYPE_KEY).cloned().unwrap_or(Value::Null);
-                let tagged = map.remove(VALUE_KEY).unwrap_or(Value::Null);
+                let type_name = map.get(TYPE_KEY).cloned().unwrap_or(Json::Null);
+                let tagged = map.remove(VALUE_KEY).unwrap_or(Json::Null);
                 *value = convert(type_name, tagged)?;
             }
             Ok(())
@@ -95,8 +95,8 @@ fn walk(value: &mut Value) -> Result<(), Failure> {
     }
 }
 
-fn convert(type_name: Value, tagged: Value) -> Result<Value, Failure> {
-    let Value::String(type_name) = type_name else {
+fn convert(type_name: Json, tagged: Json) -> Result<Json, Failure> {
+    let Json::String(type_name) = type_name else {
         return Err(Failure {
             type_name: type_name.to_string(),
             reason: None,
@@ -108,8 +108,8 @@ fn convert(type_name: Value, tagged: Value) -> Result<Value, Failure> {
         reason: Some(reason),
         path: Vec::new(),
     };
-    let text = |tagged: Value| match tagged {
-        Value::String(text) => Ok(text),
+    let text = |tagged: Json| match tagged {
+        Json::String(text) => Ok(text),
         other => Err(invalid(
             &type_name,
             format!(
@@ -124,7 +124,7 @@ fn convert(type_name: Value, tagged: Value) -> Result<Value, Failure> {
             let valid = chrono::DateTime::parse_from_rfc3339(&text).is_ok()
                 || chrono::NaiveDateTime::parse_from_str(&text, "%Y-%m-%dT%H:%M:%S%.f").is_ok();
             if valid {
-                Ok(Value::String(text))
+                Ok(Json::String(text))
             } else {
                 Err(invalid(
                     &type_name,
@@ -135,21 +135,21 @@ fn convert(type_name: Value, tagged: Value) -> Result<Value, Failure> {
         "date" => {
             let text = text(tagged)?;
             match chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d") {
-                Ok(_) => Ok(Value::String(text)),
+                Ok(_) => Ok(Json::String(text)),
                 Err(e) => Err(invalid(&type_name, format!("{text:?}: {e}"))),
             }
         }
         "time" => {
             let text = text(tagged)?;
             match chrono::NaiveTime::parse_from_str(&text, "%H:%M:%S%.f") {
-                Ok(_) => Ok(Value::String(text)),
+                Ok(_) => Ok(Json::String(text)),
                 Err(e) => Err(invalid(&type_name, format!("{text:?}: {e}"))),
             }
         }
         "decimal" => {
             let text = text(tagged)?;
             if is_decimal(&text) {
-                Ok(Value::String(text))
+                Ok(Json::String(text))
             } else {
                 Err(invalid(
                     &type_name,
@@ -159,8 +159,8 @@ fn convert(type_name: Value, tagged: Value) -> Result<Value, Failure> {
         }
         "uuid" => {
             let hex = match tagged {
-                Value::Object(mut fields) => match fields.remove("hex") {
-                    Some(Value::String(hex)) if fields.is_empty() => hex,
+                Json::Object(mut fields) => match fields.remove("hex") {
+                    Some(Json::String(hex)) if fields.is_empty() => hex,
                     _ => {
                         return Err(invalid(
                             &type_name,
@@ -179,7 +179,7 @@ fn convert(type_name: Value, tagged: Value) -> Result<Value, Failure> {
                 }
             };
             match uuid::Uuid::try_parse(&hex) {
-                Ok(uuid) => Ok(Value::String(uuid.hyphenated().to_string())),
+                Ok(uuid) => Ok(Json::String(uuid.hyphenated().to_string())),
                 Err(e) => Err(invalid(&type_name, format!("{hex:?}: {e}"))),
             }
         }
@@ -199,8 +199,8 @@ fn convert(type_name: Value, tagged: Value) -> Result<Value, Failure> {
     }
 }
 
-fn byte_array(bytes: &[u8]) -> Value {
-    Value::Array(bytes.iter().map(|&b| Value::from(b)).collect())
+fn byte_array(bytes: &[u8]) -> Json {
+    Json::Array(bytes.iter().map(|&b| Json::from(b)).collect())
 }
 
 /// Python's `str(Decimal)`: a decimal literal, or `NaN` / `sNaN` / `Infinity` with a sign.
@@ -230,7 +230,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn untagged(mut value: Value) -> Result<Value, DecodeError> {
+    fn untagged(value: serde_json::Value) -> Result<Json, DecodeError> {
+        let mut value = Json::from(value);
         untag(&mut value, || "kwargs".to_owned())?;
         Ok(value)
     }

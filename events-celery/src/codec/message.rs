@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use super::json::{Json, JsonMap, JsonNumber};
 use chrono::{DateTime, FixedOffset};
 use events_core::{AnyEvent, DomainEvent, EventDescriptor};
 #[cfg(test)]
@@ -11,12 +12,11 @@ use serde::Serialize;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 #[cfg(test)]
 use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
-use serde_json::{Map, Number, Value};
 
 use super::compression::{COMPRESSION_HEADER, Compression};
 use super::error::{DecodeError, PayloadError, json_type};
 use super::kombu_json::untag;
-use super::python_json::{push_json_map, push_json_str, push_json_value, push_number_text};
+use super::python_json::{push_json_map, push_json_str, push_json_value};
 use super::timestamp::{isoformat, parse_iso8601};
 
 /// The name of the keyword argument that carries the event: `kwargs = {"payload": <event>}`.
@@ -50,10 +50,10 @@ pub struct TaskMessage {
     /// The protocol the message was written in.
     pub protocol: ProtocolVersion,
     /// Positional arguments (always empty for events).
-    pub args: Vec<Value>,
+    pub args: Vec<Json>,
     /// Keyword arguments; events travel as `{"payload": <event>}`. Kombu tags are already
     /// converted (see [`codec`](crate::codec#kombu-tagged-values)).
-    pub kwargs: Map<String, Value>,
+    pub kwargs: JsonMap,
     /// Callbacks, errbacks, chain and chord.
     pub embed: Embed,
     /// Every header other than `task` and `id`.
@@ -67,26 +67,26 @@ pub struct TaskMessage {
     pub raw_envelope: Option<String>,
 }
 
-/// The workflow part of the body (`embed`), as raw JSON; `Value::Null` when absent.
+/// The workflow part of the body (`embed`), as raw JSON; `Json::Null` when absent.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Embed {
     /// Signatures to apply with the result on success (`link`).
-    pub callbacks: Value,
+    pub callbacks: Json,
     /// Signatures to apply on failure (`link_error`).
-    pub errbacks: Value,
+    pub errbacks: Json,
     /// The rest of a chain, last task first.
-    pub chain: Value,
+    pub chain: Json,
     /// The chord body this task belongs to.
-    pub chord: Value,
+    pub chord: Json,
 }
 
 /// Celery's `timelimit` header: `[hard, soft]` seconds, each `null` for none.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TimeLimit {
     /// The hard limit in seconds (the task is killed).
-    pub hard: Option<Number>,
+    pub hard: Option<JsonNumber>,
     /// The soft limit in seconds (the task is told).
-    pub soft: Option<Number>,
+    pub soft: Option<JsonNumber>,
 }
 
 impl TimeLimit {
@@ -101,9 +101,9 @@ impl TimeLimit {
     }
 }
 
-fn seconds(number: Option<&Number>) -> Option<Duration> {
+fn seconds(number: Option<&JsonNumber>) -> Option<Duration> {
     number
-        .and_then(Number::as_f64)
+        .map(JsonNumber::as_f64)
         .and_then(|s| Duration::try_from_secs_f64(s).ok())
 }
 
@@ -144,9 +144,9 @@ pub struct TaskHeaders {
     /// Names of stamped headers (Celery 5.3 stamping).
     pub stamped_headers: Option<Vec<String>>,
     /// Stamps.
-    pub stamps: Map<String, Value>,
+    pub stamps: JsonMap,
     /// Every other header, in the order it came (Celery merges `headers={...}` here).
-    pub custom: Vec<(String, Value)>,
+    pub custom: Vec<(String, Json)>,
 }
 
 /// The message properties Celery sets.
@@ -217,7 +217,7 @@ impl TaskMessage {
     /// when there are no keyword arguments. `None` when the arguments do not bind to that one
     /// parameter (missing, given twice, or with extra arguments); [`payload`](Self::payload)
     /// says why.
-    pub fn payload_value(&self) -> Option<&Value> {
+    pub fn payload_value(&self) -> Option<&Json> {
         self.bind_payload().ok()
     }
 
@@ -225,7 +225,7 @@ impl TaskMessage {
     /// calling a task `def handle(payload)`: keyword or (alone) positional. Anything else is a
     /// `TypeError` in Python, so the task fails; here it is an error naming what is missing
     /// or extra, never extra data silently dropped.
-    fn bind_payload(&self) -> Result<&Value, String> {
+    fn bind_payload(&self) -> Result<&Json, String> {
         let keyword = self.kwargs.get(PAYLOAD_KWARG);
         match (self.args.as_slice(), keyword) {
             ([], Some(payload)) if self.kwargs.len() == 1 => return Ok(payload),
@@ -263,42 +263,59 @@ impl TaskMessage {
         ))
     }
 
-    /// Deserialises the payload into the typed event `E`.
+    /// Deserialises the payload into the typed event `E`, exactly as `serde_json::from_str`
+    /// would read the payload's text: every serde shape (tagged, adjacent, untagged enums,
+    /// `flatten`), and integers of any size into `u128` / `i128` fields.
     ///
     /// The error names the event, the field (`lines[2].sku`) and serde's reason.
     pub fn payload<E: DomainEvent>(&self) -> Result<E, PayloadError> {
         let value = self.payload_or_error(E::NAME, Some(std::any::type_name::<E>()))?;
         // Fast path without tracking; on failure, again with the path for the error.
-        if let Ok(event) = E::deserialize(value) {
-            return Ok(event);
-        }
-        match E::descriptor().decode_value_traced(value) {
-            Err(mismatch) => Err(payload_error(
-                E::NAME,
-                std::any::type_name::<E>(),
-                value,
-                &mismatch,
-            )),
-            // Not reached: the same deserialisation failed just above.
-            Ok(event) => event.downcast::<E>().map(|e| *e).map_err(|_| PayloadError {
-                event: E::NAME.to_owned(),
-                type_name: Some(std::any::type_name::<E>()),
-                field: None,
-                reason: "the event's descriptor decoded another type".to_owned(),
-            }),
+        match E::deserialize(value) {
+            Ok(event) => Ok(event),
+            Err(error) => {
+                let mut track = serde_path_to_error::Track::new();
+                let traced =
+                    E::deserialize(serde_path_to_error::Deserializer::new(value, &mut track));
+                let reason = match traced {
+                    Err(traced) => traced.to_string(),
+                    Ok(_) => error.to_string(),
+                };
+                Err(payload_error(
+                    E::NAME,
+                    std::any::type_name::<E>(),
+                    &track.path().to_string(),
+                    reason,
+                ))
+            }
         }
     }
 
     /// Deserialises the payload with a descriptor from the registry, when the type is known
-    /// only at run time.
+    /// only at run time; as [`payload`](Self::payload) reads it.
     pub fn decode_payload(&self, descriptor: &EventDescriptor) -> Result<AnyEvent, PayloadError> {
         let value = self.payload_or_error(descriptor.name(), Some(descriptor.type_name()))?;
-        match descriptor.decode_value(value.clone()) {
+        let mut erased = <dyn erased_serde::Deserializer<'_>>::erase(value);
+        match descriptor.decode_from(&mut erased) {
             Ok(event) => Ok(event),
-            // Again, tracing the path, to say which field does not fit.
-            Err(_) => descriptor.decode_value_traced(value).map_err(|mismatch| {
-                payload_error(descriptor.name(), descriptor.type_name(), value, &mismatch)
-            }),
+            Err(error) => {
+                // Again, tracing the path, to say which field does not fit.
+                let mut track = serde_path_to_error::Track::new();
+                let mut traced = <dyn erased_serde::Deserializer<'_>>::erase(
+                    serde_path_to_error::Deserializer::new(value, &mut track),
+                );
+                let reason = match descriptor.decode_from(&mut traced) {
+                    Err(traced) => traced.to_string(),
+                    Ok(_) => error.to_string(),
+                };
+                drop(traced);
+                Err(payload_error(
+                    descriptor.name(),
+                    descriptor.type_name(),
+                    &track.path().to_string(),
+                    reason,
+                ))
+            }
         }
     }
 
@@ -306,7 +323,7 @@ impl TaskMessage {
         &self,
         event: &str,
         type_name: Option<&'static str>,
-    ) -> Result<&Value, PayloadError> {
+    ) -> Result<&Json, PayloadError> {
         self.bind_payload().map_err(|reason| PayloadError {
             event: event.to_owned(),
             type_name,
@@ -333,7 +350,7 @@ fn describe_names(names: &[&String]) -> String {
 }
 
 /// Positional arguments for an error: what each of the first few is.
-fn describe_args(args: &[Value]) -> String {
+fn describe_args(args: &[Json]) -> String {
     let mut listed: Vec<String> = args.iter().take(LISTED).map(json_type).collect();
     if args.len() > LISTED {
         listed.push(format!("and {} more", args.len() - LISTED));
@@ -353,27 +370,27 @@ fn clip(text: &str, max: usize) -> Cow<'_, str> {
     Cow::Owned(format!("{}…", &text[..end]))
 }
 
-/// The error for a payload that does not fit its event type: the field's path (or the
-/// missing field's), and serde's reason, made explicit for a number too wide for its field.
+/// The error for a payload that does not fit its event type: the field's path (a missing
+/// field's own path, `customer.vip`), and serde's reason.
 fn payload_error(
     event: &str,
     type_name: &'static str,
-    payload: &Value,
-    mismatch: &events_core::PayloadMismatch,
+    path: &str,
+    mut reason: String,
 ) -> PayloadError {
-    let path = mismatch.path();
-    let mut reason = mismatch.error().to_string();
-    if reason == "invalid number" {
-        // serde_json's whole message for an integer too wide for the field's type.
-        if let Some(number) = mismatch.value_in(payload) {
-            reason = format!("{number} does not fit the field's type (invalid number)");
-        }
-    }
-    let field = match (path.as_str(), missing_field(mismatch.error())) {
+    let field = match (path, missing_field(&reason)) {
         (".", missing) => missing,
         (path, Some(missing)) => Some(format!("{path}.{missing}")),
         (path, None) => Some(path.to_owned()),
     };
+    let about_a_value = reason.starts_with("invalid type") || reason.starts_with("invalid value");
+    if field.is_none() && about_a_value && !reason.contains(", expected struct ") {
+        // A value deep inside, but serde kept no path to it.
+        reason.push_str(
+            " (serde does not say which field: it reads `#[serde(flatten)]`, internally tagged \
+             and untagged parts from a buffer that keeps no path)",
+        );
+    }
     PayloadError {
         event: event.to_owned(),
         type_name: Some(type_name),
@@ -382,8 +399,7 @@ fn payload_error(
     }
 }
 
-fn missing_field(error: &serde_json::Error) -> Option<String> {
-    let message = error.to_string();
+fn missing_field(message: &str) -> Option<String> {
     let rest = message.strip_prefix("missing field `")?;
     rest.split_once('`').map(|(field, _)| field.to_owned())
 }
@@ -481,10 +497,10 @@ pub(crate) fn push_headers_json(
             }
         }
     }
-    fn limit(out: &mut String, limit: Option<&Number>) {
+    fn limit(out: &mut String, limit: Option<&JsonNumber>) {
         match limit {
             None => out.push_str("null"),
-            Some(number) => push_number_text(number.as_str(), out),
+            Some(number) => out.push_str(number.as_str()),
         }
     }
     let h = &message.headers;
@@ -650,7 +666,7 @@ impl ParsedHeaders {
     /// Reads headers in order; unknown names are kept as custom headers unless `keep_custom`
     /// is false (protocol 1 bodies, whose other fields are not headers).
     pub(crate) fn read<K: AsRef<str> + Into<String>>(
-        pairs: impl IntoIterator<Item = (K, Value)>,
+        pairs: impl IntoIterator<Item = (K, Json)>,
         keep_custom: bool,
     ) -> Result<Self, DecodeError> {
         let mut parsed = Self::default();
@@ -690,7 +706,7 @@ impl ParsedHeaders {
                     "timelimit" => h.timelimit = TimeLimit::default(),
                     "ignore_result" => h.ignore_result = None,
                     "stamped_headers" => h.stamped_headers = None,
-                    _ => h.stamps = Map::new(),
+                    _ => h.stamps = JsonMap::new(),
                 }
                 return Ok(());
             }
@@ -702,7 +718,7 @@ impl ParsedHeaders {
                             Ok(count) if name == "retries" => h.retries = count,
                             Ok(count) => h.replaced_task_nesting = count,
                             Err(_) => {
-                                return self.apply_value(key, Value::from(count), keep_custom);
+                                return self.apply_value(key, Json::from(count), keep_custom);
                             }
                         },
                     }
@@ -725,7 +741,7 @@ impl ParsedHeaders {
     fn apply_value<K: AsRef<str> + Into<String>>(
         &mut self,
         key: K,
-        value: Value,
+        value: Json,
         keep_custom: bool,
     ) -> Result<(), DecodeError> {
         let h = &mut self.headers;
@@ -748,20 +764,20 @@ impl ParsedHeaders {
             "origin" => h.origin = optional_string(name, value)?,
             "ignore_result" => {
                 h.ignore_result = match value {
-                    Value::Null => None,
-                    Value::Bool(b) => Some(b),
+                    Json::Null => None,
+                    Json::Bool(b) => Some(b),
                     other => return Err(invalid(name, "a boolean or null", &other)),
                 }
             }
             "replaced_task_nesting" => h.replaced_task_nesting = counter(name, value)?,
             "stamped_headers" => {
                 h.stamped_headers = match value {
-                    Value::Null => None,
-                    Value::Array(items) => Some(
+                    Json::Null => None,
+                    Json::Array(items) => Some(
                         items
                             .into_iter()
                             .map(|item| match item {
-                                Value::String(s) => Ok(s),
+                                Json::String(s) => Ok(s),
                                 other => Err(invalid(name, "a list of strings or null", &other)),
                             })
                             .collect::<Result<_, _>>()?,
@@ -771,8 +787,8 @@ impl ParsedHeaders {
             }
             "stamps" => {
                 h.stamps = match value {
-                    Value::Null => Map::new(),
-                    Value::Object(map) => map,
+                    Json::Null => JsonMap::new(),
+                    Json::Object(map) => map,
                     other => return Err(invalid(name, "an object or null", &other)),
                 }
             }
@@ -799,15 +815,15 @@ pub(crate) enum HeaderValue {
     /// A non-negative integer (AMQP headers only; JSON numbers are [`Other`](Self::Other)).
     Count(u64),
     /// Anything else.
-    Other(Value),
+    Other(Json),
 }
 
 impl HeaderValue {
-    pub(crate) fn into_value(self) -> Value {
+    pub(crate) fn into_value(self) -> Json {
         match self {
-            Self::Null => Value::Null,
-            Self::Str(text) => Value::String(text),
-            Self::Count(count) => Value::from(count),
+            Self::Null => Json::Null,
+            Self::Str(text) => Json::String(text),
+            Self::Count(count) => Json::from(count),
             Self::Other(value) => value,
         }
     }
@@ -819,7 +835,7 @@ impl<'de> Deserialize<'de> for HeaderValue {
     }
 }
 
-/// Reads strings and nulls directly and everything else exactly as `Value` reads it.
+/// Reads strings and nulls directly and everything else exactly as [`Json`] reads it.
 struct HeaderValueVisitor;
 
 impl<'de> Visitor<'de> for HeaderValueVisitor {
@@ -850,32 +866,27 @@ impl<'de> Visitor<'de> for HeaderValueVisitor {
     }
 
     fn visit_bool<E>(self, value: bool) -> Result<HeaderValue, E> {
-        Ok(HeaderValue::Other(Value::Bool(value)))
+        Ok(HeaderValue::Other(Json::Bool(value)))
     }
 
     fn visit_i64<E>(self, value: i64) -> Result<HeaderValue, E> {
-        Ok(HeaderValue::Other(Value::from(value)))
+        Ok(HeaderValue::Other(Json::from(value)))
     }
 
     fn visit_u64<E>(self, value: u64) -> Result<HeaderValue, E> {
-        Ok(HeaderValue::Other(Value::from(value)))
+        Ok(HeaderValue::Other(Json::from(value)))
     }
 
     fn visit_f64<E>(self, value: f64) -> Result<HeaderValue, E> {
-        Ok(HeaderValue::Other(
-            Number::from_f64(value).map_or(Value::Null, Value::Number),
-        ))
+        Ok(HeaderValue::Other(Json::from(value)))
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<HeaderValue, A::Error> {
-        Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
-            .map(HeaderValue::Other)
+        Json::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(HeaderValue::Other)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<HeaderValue, A::Error> {
-        // Objects, and numbers (serde_json's `arbitrary_precision` hands them over as a map).
-        Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-            .map(HeaderValue::Other)
+        Json::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(HeaderValue::Other)
     }
 }
 
@@ -918,7 +929,14 @@ impl<'de> Visitor<'de> for HeadersVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeadersIn, A::Error> {
         let mut headers = HeadersIn::default();
         while let Some(MaybeBorrowed(name)) = map.next_key::<MaybeBorrowed<'de>>()? {
-            let mut value = map.next_value::<HeaderValue>()?;
+            // The value's text, read by the codec's own parser: serde_json would round
+            // integers beyond 64 bits (and some floats) on the way.
+            let raw = map.next_value::<&'de serde_json::value::RawValue>()?;
+            let mut value = match Json::parse(raw.get()).map_err(serde::de::Error::custom)? {
+                Json::Null => HeaderValue::Null,
+                Json::String(text) => HeaderValue::Str(text),
+                other => HeaderValue::Other(other),
+            };
             if let HeaderValue::Other(json) = &mut value
                 && let Err(error) = untag(json, || format!("headers.{name}"))
             {
@@ -962,7 +980,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for MaybeBorrowed<'a> {
     }
 }
 
-fn invalid(name: &str, expected: &'static str, found: &Value) -> DecodeError {
+fn invalid(name: &str, expected: &'static str, found: &Json) -> DecodeError {
     DecodeError::InvalidHeader {
         name: name.to_owned(),
         expected,
@@ -970,25 +988,25 @@ fn invalid(name: &str, expected: &'static str, found: &Value) -> DecodeError {
     }
 }
 
-fn required_string(name: &str, value: Value) -> Result<String, DecodeError> {
+fn required_string(name: &str, value: Json) -> Result<String, DecodeError> {
     match value {
-        Value::String(s) => Ok(s),
+        Json::String(s) => Ok(s),
         other => Err(invalid(name, "a string", &other)),
     }
 }
 
-fn optional_string(name: &str, value: Value) -> Result<Option<String>, DecodeError> {
+fn optional_string(name: &str, value: Json) -> Result<Option<String>, DecodeError> {
     match value {
-        Value::Null => Ok(None),
-        Value::String(s) => Ok(Some(s)),
+        Json::Null => Ok(None),
+        Json::String(s) => Ok(Some(s)),
         other => Err(invalid(name, "a string or null", &other)),
     }
 }
 
-fn optional_integer(name: &str, value: Value) -> Result<Option<u64>, DecodeError> {
+fn optional_integer(name: &str, value: Json) -> Result<Option<u64>, DecodeError> {
     match &value {
-        Value::Null => Ok(None),
-        Value::Number(n) => match n.as_u64() {
+        Json::Null => Ok(None),
+        Json::Number(n) => match n.as_u64() {
             Some(n) => Ok(Some(n)),
             None => Err(invalid(name, "a non-negative integer or null", &value)),
         },
@@ -996,10 +1014,10 @@ fn optional_integer(name: &str, value: Value) -> Result<Option<u64>, DecodeError
     }
 }
 
-fn counter(name: &str, value: Value) -> Result<u32, DecodeError> {
+fn counter(name: &str, value: Json) -> Result<u32, DecodeError> {
     match &value {
-        Value::Null => Ok(0),
-        Value::Number(n) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
+        Json::Null => Ok(0),
+        Json::Number(n) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
             Some(n) => Ok(n),
             None => Err(invalid(name, "an integer from 0 to 4294967295", &value)),
         },
@@ -1009,11 +1027,11 @@ fn counter(name: &str, value: Value) -> Result<u32, DecodeError> {
 
 fn optional_timestamp(
     name: &str,
-    value: Value,
+    value: Json,
 ) -> Result<Option<DateTime<FixedOffset>>, DecodeError> {
     match &value {
-        Value::Null => Ok(None),
-        Value::String(text) => match parse_iso8601(text) {
+        Json::Null => Ok(None),
+        Json::String(text) => match parse_iso8601(text) {
             Some(at) => Ok(Some(at)),
             None => Err(invalid(name, "an ISO-8601 datetime or null", &value)),
         },
@@ -1021,16 +1039,16 @@ fn optional_timestamp(
     }
 }
 
-fn time_limit(name: &str, value: Value) -> Result<TimeLimit, DecodeError> {
+fn time_limit(name: &str, value: Json) -> Result<TimeLimit, DecodeError> {
     const EXPECTED: &str = "[hard, soft] (numbers or nulls)";
-    let limit = |item: &Value| match item {
-        Value::Null => Ok(None),
-        Value::Number(n) => Ok(Some(n.clone())),
+    let limit = |item: &Json| match item {
+        Json::Null => Ok(None),
+        Json::Number(n) => Ok(Some(n.clone())),
         other => Err(invalid(name, EXPECTED, other)),
     };
     match &value {
-        Value::Null => Ok(TimeLimit::default()),
-        Value::Array(items) if items.len() == 2 => Ok(TimeLimit {
+        Json::Null => Ok(TimeLimit::default()),
+        Json::Array(items) if items.len() == 2 => Ok(TimeLimit {
             hard: limit(&items[0])?,
             soft: limit(&items[1])?,
         }),
@@ -1043,15 +1061,16 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pairs(value: Value) -> Vec<(String, Value)> {
-        match value {
-            Value::Object(map) => map.into_iter().collect(),
+    fn pairs(value: &str) -> Vec<(String, Json)> {
+        match Json::parse(value).unwrap() {
+            Json::Object(map) => map.into_iter().collect(),
             _ => unreachable!("test input is an object"),
         }
     }
 
-    fn with_arguments(args: Value, kwargs: Value) -> TaskMessage {
-        let (Value::Array(args), Value::Object(kwargs)) = (args, kwargs) else {
+    fn with_arguments(args: serde_json::Value, kwargs: serde_json::Value) -> TaskMessage {
+        let (Json::Array(args), Json::Object(kwargs)) = (Json::from(args), Json::from(kwargs))
+        else {
             unreachable!("test input is a list and an object")
         };
         TaskMessage {
@@ -1067,9 +1086,9 @@ mod tests {
         // kwargs={"payload": …} (what Celery's send_task and this crate write), or the payload
         // alone as the one positional argument: both run in Python, both bind here.
         let keyword = with_arguments(json!([]), json!({"payload": {"a": 1}}));
-        assert_eq!(keyword.payload_value(), Some(&json!({"a": 1})));
+        assert_eq!(keyword.payload_value().unwrap(), &json!({"a": 1}));
         let positional = with_arguments(json!([{"a": 2}]), json!({}));
-        assert_eq!(positional.payload_value(), Some(&json!({"a": 2})));
+        assert_eq!(positional.payload_value().unwrap(), &json!({"a": 2}));
     }
 
     #[test]
@@ -1086,8 +1105,9 @@ mod tests {
             ),
             (
                 json!([]),
+                // (`json!` sorts keys; a message keeps its own order.)
                 json!({"payload": {}, "user_id": 7, "trace": "x"}),
-                &["unexpected keyword argument(s) `user_id`, `trace`"],
+                &["unexpected keyword argument(s) `trace`, `user_id`"],
             ),
             (
                 json!([{}, 3]),
@@ -1131,12 +1151,12 @@ mod tests {
             assert!(reason.contains("TypeError"), "{reason}");
         }
         // Hostile names are listed briefly: a few, each clipped.
-        let many: Map<String, Value> = (0..1000)
+        let many: serde_json::Map<String, serde_json::Value> = (0..1000)
             .map(|i| (format!("{}{i}", "k".repeat(10_000)), json!(i)))
             .collect();
         let mut kwargs = many;
         kwargs.insert("payload".into(), json!({}));
-        let reason = with_arguments(json!([]), Value::Object(kwargs))
+        let reason = with_arguments(json!([]), serde_json::Value::Object(kwargs))
             .bind_payload()
             .unwrap_err();
         assert!(reason.len() < 1024, "{} bytes", reason.len());
@@ -1146,15 +1166,17 @@ mod tests {
     #[test]
     fn reads_every_celery_header_and_keeps_custom_ones_in_order() {
         let parsed = ParsedHeaders::read(
-            pairs(json!({
+            pairs(
+                r#"{
                 "lang": "py", "task": "t", "id": "i", "shadow": null,
                 "eta": "2026-11-26T09:08:59.059617+00:00", "expires": null, "group": "g",
                 "group_index": 2, "retries": 3, "timelimit": [10, 5.5], "root_id": "r",
                 "parent_id": "p", "argsrepr": "()", "kwargsrepr": "{}", "origin": "o",
                 "ignore_result": false, "replaced_task_nesting": 1,
                 "stamped_headers": ["a"], "stamps": {"a": 1},
-                "x-z": 1, "x-a": "2",
-            })),
+                "x-z": 1, "x-a": "2"
+            }"#,
+            ),
             true,
         )
         .unwrap();
@@ -1176,7 +1198,10 @@ mod tests {
         );
         assert_eq!(
             h.custom,
-            vec![("x-z".to_owned(), json!(1)), ("x-a".to_owned(), json!("2"))]
+            vec![
+                ("x-z".to_owned(), Json::from(1)),
+                ("x-a".to_owned(), Json::from("2"))
+            ]
         );
     }
 
@@ -1209,7 +1234,8 @@ mod tests {
                 "header `stamps` must be an object or null, found an array",
             ),
         ] {
-            let error = ParsedHeaders::read([(header.to_owned(), value)], true).unwrap_err();
+            let error =
+                ParsedHeaders::read([(header.to_owned(), Json::from(value))], true).unwrap_err();
             assert_eq!(error.to_string(), expected);
         }
     }
@@ -1224,8 +1250,8 @@ mod tests {
         message
             .headers
             .custom
-            .push(("x-trace-id".into(), json!("abc")));
-        let json = serde_json::to_value(HeadersJson(&message)).unwrap();
+            .push(("x-trace-id".into(), "abc".into()));
+        let json = Json::from_serialize(&HeadersJson(&message)).unwrap();
         let names: Vec<&str> = json
             .as_object()
             .unwrap()

@@ -20,13 +20,27 @@
 //! therefore byte-identical to Python's apart from ids, `origin`, `reply_to` and the delivery
 //! tag.
 //!
-//! # Integers beyond 64 bits
+//! # Numbers, exactly
 //!
-//! Kept exact: serde_json's `arbitrary_precision` is on, so `2**70` in a payload stays
-//! `1180591620717411303424` through decoding and re-encoding, and deserialises into an `u128`
-//! / `i128` field (or a `serde_json::Number`). A field of a smaller type gets serde's
-//! "invalid value" error, naming the field. The only refusal is in the AMQP header table,
-//! which has no type for them (py-amqp refuses them too).
+//! Message JSON is held as the codec's own [`Json`], not `serde_json::Value`: integers of any
+//! size stay exact (`2**70` stays `1180591620717411303424` through decoding and re-encoding),
+//! floats keep Python's spelling, and object keys keep Python's order — without turning on
+//! serde_json's `arbitrary_precision` / `preserve_order`, which Cargo would switch on for the
+//! whole program (breaking users' `#[serde(tag)]` / `untagged` / `flatten` types with floats).
+//! [`TaskMessage::payload`] reads an event from it exactly as `serde_json::from_str` reads the
+//! payload's text: a `u128` / `i128` field gets a wide integer exactly; a field of a smaller
+//! type gets an error naming the field and the number. (Inside a tagged, untagged or flattened
+//! type serde buffers values without 128-bit integers, there as with serde_json itself.)
+//!
+//! # NaN and infinity
+//!
+//! JSON has neither, and serde_json writes `null` for them: publishing an event with a
+//! non-finite float is refused ([`EncodeError::Serialize`], naming the field). Python's
+//! `json.dumps` writes them as `NaN`, `Infinity`, `-Infinity`, and Python's Celery reads them;
+//! so does this codec: they decode into `f64` / `f32` fields as the same values (any other
+//! field type gets serde's "invalid type: floating point" error, naming the field), and are
+//! written back as Python spells them. A `serde_json::Value` field cannot hold them (serde_json
+//! makes them `null`): use `f64`.
 //!
 //! # Kombu tagged values
 //!
@@ -69,6 +83,7 @@ mod compression;
 mod decode;
 mod encode;
 mod error;
+mod json;
 mod kombu_json;
 mod message;
 mod python_json;
@@ -87,6 +102,7 @@ pub use encode::{
     REDACTED_KWARGS_REPR, UTF8_CONTENT_ENCODING,
 };
 pub use error::{DecodeError, EncodeError, PayloadError};
+pub use json::{Json, JsonError, JsonMap, JsonNumber};
 pub use message::{
     Embed, MessageProperties, PAYLOAD_KWARG, ProtocolVersion, Routing, TaskHeaders, TaskMessage,
     TimeLimit,

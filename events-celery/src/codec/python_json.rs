@@ -8,10 +8,10 @@
 
 use std::io;
 
+use super::json::{Json, JsonMap};
 use super::scan;
 use serde::Serialize;
 use serde_json::ser::Formatter;
-use serde_json::{Number, Value};
 
 /// A [`serde_json::ser::Formatter`] that writes JSON byte for byte as Python's `json.dumps`
 /// does by default.
@@ -61,7 +61,7 @@ impl Formatter for PythonJsonFormatter {
         // Python has only doubles; the shortest text that reads back as this f32 is what a
         // Python float parsed from it would print too.
         let mut text = String::with_capacity(24);
-        push_python_float_text(&format!("{value:e}"), &mut text);
+        push_python_float_text(ryu::Buffer::new().format(value), &mut text);
         writer.write_all(text.as_bytes())
     }
 
@@ -149,8 +149,8 @@ pub fn write_python_json<T: Serialize + ?Sized>(
 // this small. Strings that need escaping go through serde_json with the formatter, so every
 // escape stays serde_json's and the formatter's.
 
-/// Appends a number kept as text (serde_json's `arbitrary_precision`): integers as they are,
-/// floats re-spelled the way Python's repr spells them.
+/// Appends a number kept as text: integers as they are, floats re-spelled the way Python's
+/// repr spells them.
 pub(crate) fn push_number_text(text: &str, out: &mut String) {
     if is_integer_literal(text) {
         out.push_str(text);
@@ -176,14 +176,15 @@ pub(crate) fn push_json_str(out: &mut String, text: &str) -> Result<(), serde_js
 }
 
 /// Appends `value` as Python's `json.dumps` writes it.
-pub(crate) fn push_json_value(out: &mut String, value: &Value) -> Result<(), serde_json::Error> {
+pub(crate) fn push_json_value(out: &mut String, value: &Json) -> Result<(), serde_json::Error> {
     match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(true) => out.push_str("true"),
-        Value::Bool(false) => out.push_str("false"),
-        Value::Number(number) => push_number_text(number.as_str(), out),
-        Value::String(text) => push_json_str(out, text)?,
-        Value::Array(items) => {
+        Json::Null => out.push_str("null"),
+        Json::Bool(true) => out.push_str("true"),
+        Json::Bool(false) => out.push_str("false"),
+        // Already spelled as Python spells it.
+        Json::Number(number) => out.push_str(number.as_str()),
+        Json::String(text) => push_json_str(out, text)?,
+        Json::Array(items) => {
             out.push('[');
             for (index, item) in items.iter().enumerate() {
                 if index > 0 {
@@ -193,16 +194,13 @@ pub(crate) fn push_json_value(out: &mut String, value: &Value) -> Result<(), ser
             }
             out.push(']');
         }
-        Value::Object(map) => push_json_map(out, map)?,
+        Json::Object(map) => push_json_map(out, map)?,
     }
     Ok(())
 }
 
 /// Appends `map` as a JSON object, as Python's `json.dumps` writes a dict.
-pub(crate) fn push_json_map(
-    out: &mut String,
-    map: &serde_json::Map<String, Value>,
-) -> Result<(), serde_json::Error> {
+pub(crate) fn push_json_map(out: &mut String, map: &JsonMap) -> Result<(), serde_json::Error> {
     out.push('{');
     for (index, (key, item)) in map.iter().enumerate() {
         if index > 0 {
@@ -232,29 +230,6 @@ fn is_plain_ascii(bytes: &[u8]) -> bool {
         .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
-/// Re-spells every float inside `value` as Python's repr (`1e-7` → `1e-07`), so the value
-/// holds the text that goes on the wire. With `arbitrary_precision`, numbers compare as text:
-/// this makes an encoded message equal to itself decoded.
-pub(crate) fn pythonize_floats(value: &mut Value) {
-    match value {
-        Value::Number(number) => {
-            let text = number.as_str();
-            if !is_integer_literal(text) {
-                let mut python = String::with_capacity(text.len() + 4);
-                push_python_float_text(text, &mut python);
-                if python != text
-                    && let Ok(respelled) = python.parse::<Number>()
-                {
-                    *number = respelled;
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(pythonize_floats),
-        Value::Object(map) => map.values_mut().for_each(pythonize_floats),
-        _ => {}
-    }
-}
-
 fn is_integer_literal(text: &str) -> bool {
     let digits = text.strip_prefix('-').unwrap_or(text);
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
@@ -270,8 +245,10 @@ pub(crate) fn push_python_float(value: f64, out: &mut String) {
     } else if value.is_infinite() {
         out.push_str(if value > 0.0 { "Infinity" } else { "-Infinity" });
     } else {
-        // `{:e}` gives the shortest digits that read back as `value` (as Python's repr picks).
-        push_python_float_text(&format!("{value:e}"), out);
+        // The shortest digits that read back as `value`, and of two equally near, the even one
+        // (`24999621772318.312`, exactly ...3125): what Python's repr picks, and ryu (serde_json's
+        // float writer); Rust's `{:e}` rounds that tie up.
+        push_python_float_text(ryu::Buffer::new().format_finite(value), out);
     }
 }
 
@@ -380,6 +357,7 @@ mod tests {
             (1.7976931348623157e308, "1.7976931348623157e+308"),
             (5e-324, "5e-324"),
             (1.2345678901234567e16, "1.2345678901234568e+16"),
+            (24999621772318.312, "24999621772318.312"),
         ];
         for &(value, expected) in cases {
             assert_eq!(float(value), expected, "{value:e}");
@@ -414,7 +392,6 @@ mod tests {
             "text": "Łódź — 東京 — emoji 🚗",
             "control": "tab\tnewline\nquote\"backslash\\ del\u{7f} nul\u{0} bell\u{7}",
             "nested": [1, [2, {"k": [null, true, false]}], {}],
-            "big": serde_json::from_str::<serde_json::Value>("1180591620717411303424").unwrap(),
             "float": 1e-7,
         });
         let json = to_python_json(&value).unwrap();
@@ -425,7 +402,6 @@ mod tests {
             r#""control": "tab\tnewline\nquote\"backslash\\ del\u007f nul\u0000 bell\u0007""#
         ));
         assert!(json.contains(r#""nested": [1, [2, {"k": [null, true, false]}], {}]"#));
-        assert!(json.contains(r#""big": 1180591620717411303424"#));
         assert!(json.contains(r#""float": 1e-07"#));
         assert!(json.is_ascii());
     }
@@ -437,7 +413,6 @@ mod tests {
                 "text": "Łódź — 東京 — emoji 🚗",
                 "control": "tab\tnewline\nquote\"backslash\\ del\u{7f} nul\u{0} bell\u{7}",
                 "nested": [1, [2, {"k": [null, true, false]}], {}, []],
-                "big": serde_json::from_str::<Value>("1180591620717411303424").unwrap(),
                 "floats": [1e-7, 2.0, 1e300, -0.0, 0.1],
                 "plain": "abcdefghijklmnopqrstuvwxyz 0123456789 ~!@#$%^&*()_+",
                 "": "",
@@ -449,7 +424,7 @@ mod tests {
         ];
         for value in values {
             let mut direct = String::new();
-            push_json_value(&mut direct, &value).unwrap();
+            push_json_value(&mut direct, &Json::from(value.clone())).unwrap();
             assert_eq!(direct, to_python_json(&value).unwrap());
         }
     }
@@ -469,14 +444,11 @@ mod tests {
     }
 
     #[test]
-    fn floats_in_values_are_respelled_in_place() {
-        let mut value = json!({"a": [1e-7, 2.0, 10], "b": 1e300});
-        pythonize_floats(&mut value);
-        let text: Vec<String> = [&value["a"][0], &value["a"][1], &value["a"][2], &value["b"]]
-            .iter()
-            .map(|v| v.to_string())
-            .collect();
-        assert_eq!(text, ["1e-07", "2.0", "10", "1e+300"]);
+    fn parsed_values_are_written_back_exactly() {
+        let text = r#"{"big": 1180591620717411303424, "neg": -18446744073709551617, "floats": [1e-07, 2.0, 1e+300, -0.0, NaN, Infinity, -Infinity], "pi": 3.141592653589793238462643}"#;
+        let mut out = String::new();
+        push_json_value(&mut out, &Json::parse(text).unwrap()).unwrap();
+        assert_eq!(out, text);
     }
 
     #[test]

@@ -6,9 +6,7 @@
 //! nested deeper than 3 levels shown as `[...]` / `{...}`, and the text cut after 1024
 //! characters with `, ...` and the closing brackets.
 
-use serde_json::{Map, Value};
-
-use super::python_json::push_python_float_text;
+use super::json::{Json, JsonMap};
 
 /// Celery's `argsrepr_maxsize` and `kwargsrepr_maxsize`.
 const MAX_SIZE: i64 = 1024;
@@ -16,14 +14,14 @@ const MAX_SIZE: i64 = 1024;
 const MAX_LEVELS: usize = 3;
 
 /// `saferepr(kwargs, 1024)`.
-pub(crate) fn kwargs_repr(kwargs: &Map<String, Value>) -> String {
+pub(crate) fn kwargs_repr(kwargs: &JsonMap) -> String {
     let mut repr = SafeRepr::new();
     repr.dict(kwargs);
     repr.finish()
 }
 
 /// `saferepr(tuple(args), 1024)`.
-pub(crate) fn args_repr(args: &[Value]) -> String {
+pub(crate) fn args_repr(args: &[Json]) -> String {
     if args.is_empty() {
         return "()".to_owned();
     }
@@ -152,24 +150,21 @@ impl SafeRepr {
         self.budget -= char_count(body) + quotes + 2;
     }
 
-    fn value(&mut self, value: &Value) {
+    fn value(&mut self, value: &Json) {
         match value {
-            Value::Null => self.text("None"),
-            Value::Bool(true) => self.text("True"),
-            Value::Bool(false) => self.text("False"),
-            Value::Number(number) => {
-                let text = number.as_str();
-                if text.contains(['.', 'e', 'E']) {
-                    let mut float = String::with_capacity(text.len() + 4);
-                    push_python_float_text(text, &mut float);
-                    self.text(&float);
-                } else {
-                    self.text(text);
-                }
-            }
-            Value::String(text) => self.quoted(text),
-            Value::Array(items) => self.sequence("[", "]", items),
-            Value::Object(map) => self.dict(map),
+            Json::Null => self.text("None"),
+            Json::Bool(true) => self.text("True"),
+            Json::Bool(false) => self.text("False"),
+            // Spelled as Python's repr already; Python's repr of the non-finite floats.
+            Json::Number(number) => self.text(match number.as_str() {
+                "NaN" => "nan",
+                "Infinity" => "inf",
+                "-Infinity" => "-inf",
+                text => text,
+            }),
+            Json::String(text) => self.quoted(text),
+            Json::Array(items) => self.sequence("[", "]", items),
+            Json::Object(map) => self.dict(map),
         }
     }
 
@@ -200,7 +195,7 @@ impl SafeRepr {
         }
     }
 
-    fn sequence(&mut self, start: &str, end: &'static str, items: &[Value]) {
+    fn sequence(&mut self, start: &str, end: &'static str, items: &[Json]) {
         if !self.open(start, end) {
             return;
         }
@@ -216,7 +211,7 @@ impl SafeRepr {
         self.close();
     }
 
-    fn dict(&mut self, map: &Map<String, Value>) {
+    fn dict(&mut self, map: &JsonMap) {
         if !self.open("{", "}") {
             return;
         }
@@ -266,9 +261,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn map(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(map) => map,
+    fn map(value: serde_json::Value) -> JsonMap {
+        match Json::from(value) {
+            Json::Object(map) => map,
             _ => unreachable!("test input is an object"),
         }
     }
@@ -303,8 +298,8 @@ mod tests {
     #[test]
     fn args_are_a_tuple() {
         assert_eq!(args_repr(&[]), "()");
-        assert_eq!(args_repr(&[json!(7)]), "(7,)");
-        assert_eq!(args_repr(&[json!("e"), json!(null)]), "('e', None)");
+        assert_eq!(args_repr(&[7.into()]), "(7,)");
+        assert_eq!(args_repr(&["e".into(), Json::Null]), "('e', None)");
     }
 
     #[test]

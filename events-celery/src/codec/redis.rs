@@ -10,10 +10,10 @@
 
 use std::borrow::Cow;
 
+use super::json::Json;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::compression::compress;
 use super::decode::{DecodeOptions, check_content_encoding, check_content_type, decode_body, utf8};
@@ -393,7 +393,7 @@ fn scan_headers(s: &mut Scanner<'_>) -> Option<Option<HeadersIn>> {
         let value = match s.peek()? {
             b'"' => HeaderValue::Str(s.string()?.to_owned()),
             b'n' if s.null() => HeaderValue::Null,
-            b't' | b'f' => HeaderValue::Other(Value::Bool(s.boolean()?)),
+            b't' | b'f' => HeaderValue::Other(Json::Bool(s.boolean()?)),
             b'0'..=b'9' => HeaderValue::Count(s.integer()?),
             // `[null, null]` and `{}` mean what `null` means for these two.
             b'[' if name == "timelimit" => {
@@ -509,7 +509,7 @@ const PROPERTY_NAMES: [&str; 9] = [
 /// message is pushed to (kombu's steps 0, 3, 6, 9), so reading it leniently changes no value a
 /// handler sees. Strings with non-ASCII digits (which Python's `int()` also reads) count as no
 /// integer.
-pub(crate) fn kombu_priority(value: &Value) -> Option<u8> {
+pub(crate) fn kombu_priority(value: &Json) -> Option<u8> {
     fn clamp(negative: bool, magnitude: Option<u64>) -> u8 {
         match (negative, magnitude) {
             (true, _) => 0,
@@ -543,27 +543,39 @@ pub(crate) fn kombu_priority(value: &Value) -> Option<u8> {
         Some(clamp(negative && !zero, magnitude))
     }
     match value {
-        Value::Number(number) => Some(if let Some(n) = number.as_u64() {
+        // Python's `int()` refuses NaN and infinities (`1e400` reads as one): NaN counts as no
+        // priority, an infinity is clamped as a number that large would be.
+        Json::Number(number) if number.is_non_finite() => {
+            let f = number.as_f64();
+            (!f.is_nan()).then_some(if f > 0.0 { 9 } else { 0 })
+        }
+        Json::Number(number) => Some(if let Some(n) = number.as_u64() {
             clamp(false, Some(n))
         } else if number.as_i64().is_some() {
             0
-        } else if let Some(f) = number.as_f64() {
-            // `int()` truncates toward zero: -0.5 is 0.
-            clamp(f <= -1.0, Some(f.trunc().clamp(0.0, 9.0) as u64))
+        } else if number.is_integer() {
+            // An integer beyond 64 bits (the codec keeps its digits).
+            clamp(number.as_str().starts_with('-'), None)
         } else {
-            // An integer beyond f64 (`arbitrary_precision` keeps its digits).
-            clamp(number.to_string().starts_with('-'), None)
+            // `int()` truncates toward zero: -0.5 is 0.
+            let f = number.as_f64();
+            clamp(f <= -1.0, Some(f.trunc().clamp(0.0, 9.0) as u64))
         }),
-        Value::String(text) => integer_text(text),
-        Value::Bool(b) => Some(u8::from(*b)),
-        Value::Null | Value::Array(_) | Value::Object(_) => None,
+        Json::String(text) => integer_text(text),
+        Json::Bool(b) => Some(u8::from(*b)),
+        Json::Null | Json::Array(_) | Json::Object(_) => None,
     }
 }
 
 fn deserialize_priority<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<u8>, D::Error> {
-    Ok(kombu_priority(&Value::deserialize(deserializer)?))
+    // Read as text first: serde_json refuses numbers beyond f64 (`1e400`), which Python reads.
+    let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+    Ok(Json::parse(raw.get())
+        .ok()
+        .as_ref()
+        .and_then(kombu_priority))
 }
 
 /// Standard base64 that, as Python's `binascii`, ignores the bits after the last whole byte.
@@ -661,14 +673,14 @@ mod tests {
         h.group = Some("g".into());
         h.group_index = Some(u64::MAX);
         h.retries = u32::MAX;
-        h.timelimit.hard = Some(serde_json::from_str("1e-7").unwrap());
-        h.timelimit.soft = Some(serde_json::from_str("30").unwrap());
+        h.timelimit.hard = crate::codec::JsonNumber::from_json_text("1e-7");
+        h.timelimit.soft = crate::codec::JsonNumber::from_json_text("30");
         h.ignore_result = Some(true);
         h.replaced_task_nesting = 3;
         h.stamped_headers = Some(vec!["a".into(), "\u{1f697}".into()]);
-        h.stamps.insert("a".into(), json!([1, {"b": null}]));
+        h.stamps.insert("a".into(), json!([1, {"b": null}]).into());
         h.custom
-            .push(("x-\u{141}".into(), json!({"k": [1.5, "\t"]})));
+            .push(("x-\u{141}".into(), json!({"k": [1.5, "\t"]}).into()));
         everything.properties.origin = Some("gen1@host".into());
         everything.properties.expiration = Some("3600000".into());
         everything.properties.delivery_mode = None;
@@ -677,7 +689,7 @@ mod tests {
             exchange: "ex\\change".into(),
             routing_key: "\u{7f}".into(),
         };
-        everything.args = vec![json!(1), json!("two")];
+        everything.args = vec![1.into(), "two".into()];
         messages.push(everything);
         messages.push(TaskMessage::default());
         for message in &messages {
@@ -856,7 +868,7 @@ mod tests {
         )
         .unwrap();
         let envelope = message.to_redis().unwrap().envelope;
-        let parsed: Value = serde_json::from_str(&envelope).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&envelope).unwrap();
         let body = parsed["body"].as_str().unwrap().to_owned();
         assert!(body.len() > 200);
         let with_body = |body: &str| {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::codec::Json;
 use chrono::{DateTime, Utc};
 use events_core::{EventDescriptor, FailureCause, Handler, HandlerFailure, Registry};
-use serde_json::Value;
 use tracing::Instrument;
 
 use super::WorkerConfig;
@@ -285,7 +285,7 @@ impl Core {
                 "header `{PENDING_HANDLERS_HEADER}` must be a list of handler names, got {pending}"
             )));
         };
-        let names: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
+        let names: Vec<&str> = names.iter().filter_map(Json::as_str).collect();
         let chosen: Vec<Handler> = all
             .into_iter()
             .filter(|h| names.contains(&h.name()))
@@ -450,7 +450,7 @@ impl Core {
             .retain(|(name, _)| name != PENDING_HANDLERS_HEADER);
         retry.headers.custom.push((
             PENDING_HANDLERS_HEADER.to_owned(),
-            Value::Array(handlers.into_iter().map(Value::String).collect()),
+            Json::Array(handlers.into_iter().map(Json::String).collect()),
         ));
         retry.properties.delivery_tag = None;
         retry.raw_envelope = None;

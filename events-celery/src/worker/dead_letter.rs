@@ -12,11 +12,11 @@
 //! its retries holds a message for that handler alone, with its retry count reset, so replaying
 //! it runs just that handler again.
 
+use crate::codec::Json;
 use chrono::Utc;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::core::{DeadLetter, PENDING_HANDLERS_HEADER};
 use super::worker_identity;
@@ -44,7 +44,7 @@ pub(crate) fn replayable(message: &TaskMessage, handler: &str) -> TaskMessage {
         .retain(|(name, _)| name != PENDING_HANDLERS_HEADER);
     replay.headers.custom.push((
         PENDING_HANDLERS_HEADER.to_owned(),
-        Value::Array(vec![Value::String(handler.to_owned())]),
+        Json::Array(vec![Json::String(handler.to_owned())]),
     ));
     replay.properties.delivery_tag = None;
     replay.raw_envelope = None;
@@ -117,12 +117,12 @@ pub(crate) fn envelope_task_id(envelope: &[u8]) -> (Option<String>, Option<Strin
     #[derive(Deserialize)]
     struct Headers {
         #[serde(default)]
-        task: Option<Value>,
+        task: Option<serde_json::Value>,
         #[serde(default)]
-        id: Option<Value>,
+        id: Option<serde_json::Value>,
     }
-    let text = |v: Option<Value>| match v {
-        Some(Value::String(s)) => Some(s),
+    let text = |v: Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => Some(s),
         _ => None,
     };
     match serde_json::from_slice::<Envelope>(envelope) {

@@ -900,9 +900,22 @@ async fn restore_by_tag(link: &Link, tag: &str) -> Result<i64, CeleryError> {
     pipe.hget(UNACKED, tag);
     let (entry,): (Option<Vec<u8>>,) = link.run("reading an unacked message", &pipe).await?;
     let Some(entry) = entry else { return Ok(0) };
-    let parsed: Option<(serde_json::Value, String, String)> = serde_json::from_slice(&entry)
+    // Read with the codec's JSON: numbers stay exact and keys in their order, so the restored
+    // envelope is the one that was taken.
+    let parsed = crate::codec::Json::parse(&String::from_utf8_lossy(&entry))
         .ok()
-        .or_else(|| serde_json::from_str(&String::from_utf8_lossy(&entry)).ok());
+        .and_then(|entry| match entry {
+            crate::codec::Json::Array(parts) => <[crate::codec::Json; 3]>::try_from(parts).ok(),
+            _ => None,
+        })
+        .and_then(
+            |[envelope, exchange, routing_key]| match (exchange, routing_key) {
+                (crate::codec::Json::String(e), crate::codec::Json::String(r)) => {
+                    Some((envelope, e, r))
+                }
+                _ => None,
+            },
+        );
     let Some((mut envelope, exchange, routing_key)) = parsed else {
         tracing::error!(
             tag,
@@ -918,26 +931,31 @@ async fn restore_by_tag(link: &Link, tag: &str) -> Result<i64, CeleryError> {
             .await?;
         return Ok(0);
     };
-    if let serde_json::Value::String(raw) = &envelope {
+    if let crate::codec::Json::String(raw) = &envelope {
         // Recorded as text because it was not JSON: it goes back as it came (and will be
         // dead-lettered).
         let list = redis_queue_key(&routing_key, 0);
         return restore(link, tag, &list, "RPUSH", raw.as_bytes()).await;
     }
-    if let Some(headers) = envelope.get_mut("headers").and_then(|h| h.as_object_mut()) {
-        headers.insert("redelivered".to_owned(), true.into());
-    }
+    let redelivered = |object: Option<&mut crate::codec::Json>| {
+        if let Some(object) = object.and_then(crate::codec::Json::as_object_mut) {
+            object.insert("redelivered".to_owned(), crate::codec::Json::Bool(true));
+        }
+    };
+    redelivered(envelope.as_object_mut().and_then(|e| e.get_mut("headers")));
     // kombu's `_get_message_priority`, as the codec reads it.
     let priority = envelope
-        .pointer("/properties/priority")
+        .get("properties")
+        .and_then(|p| p.get("priority"))
         .and_then(crate::codec::kombu_priority)
         .unwrap_or(0);
-    if let Some(info) = envelope
-        .pointer_mut("/properties/delivery_info")
-        .and_then(|i| i.as_object_mut())
-    {
-        info.insert("redelivered".to_owned(), true.into());
-    }
+    redelivered(
+        envelope
+            .as_object_mut()
+            .and_then(|e| e.get_mut("properties"))
+            .and_then(crate::codec::Json::as_object_mut)
+            .and_then(|p| p.get_mut("delivery_info")),
+    );
     if !exchange.is_empty() {
         tracing::debug!(
             exchange,
