@@ -22,7 +22,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     examples::logging::init("warn", None);
     let url = std::env::var("CELERY_BROKER_URL").unwrap_or_else(|_| DEFAULT_BROKER.to_owned());
     // The other EVENTS_CELERY_* variables (queue, routes, priority…) apply too.
-    let backend = CeleryBackend::connect(CeleryConfig::from_env(Some(&url))?).await?;
+    let backend = CeleryBackend::connect(CeleryConfig::from_env_with_broker(&url)?).await?;
     println!("publishing to {}", backend.config().broker());
     events_core::init(backend.clone())?;
 

@@ -11,6 +11,17 @@
 //! cargo run -p examples --example celery_worker -- --replay-dead-letters 100
 //! ```
 //!
+//! Feed it from Python Celery (`send_task`, the shop's three events, as the Rust types here
+//! declare them):
+//!
+//! ```sh
+//! .venv/bin/python examples/python/send_events.py --broker amqp://guest:guest@127.0.0.1:5672// \
+//!     --queue celery --cases shop
+//! ```
+//!
+//! Without `--queue`, it consumes what the publisher's configuration sends to: the default
+//! queue (`EVENTS_CELERY_DEFAULT_QUEUE`, `celery`) and every queue in `EVENTS_CELERY_ROUTES`.
+//!
 //! Logging: `RUST_LOG` (`RUST_LOG=debug`, `RUST_LOG=warn,events_celery=debug`) or
 //! `--loglevel <level>` (Celery's flag); default `info`. Colour only on a terminal.
 //!
@@ -21,7 +32,7 @@ use std::time::Duration;
 
 use examples::logging;
 
-use events_celery::{Worker, WorkerConfig, replay_dead_letters};
+use events_celery::{CeleryConfig, Worker, WorkerConfig, replay_dead_letters};
 use events_core::handler;
 use examples::shop::{OrderCancelled, OrderPlaced, ProductCreated};
 
@@ -81,7 +92,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     logging::init("info", loglevel);
     let url = std::env::var("CELERY_BROKER_URL").unwrap_or_else(|_| DEFAULT_BROKER.to_owned());
     let mut queues = Vec::new();
-    let mut config = WorkerConfig::new(&url)?;
+    // The publisher's configuration (EVENTS_CELERY_DEFAULT_QUEUE, _ROUTES, _TASK_PREFIX,
+    // _QUEUE_MAX_PRIORITY…), so the worker consumes what `celery_publisher` sends.
+    let mut config = WorkerConfig::from_celery(&CeleryConfig::from_env_with_broker(&url)?);
     let mut replay = None;
     let mut args = argv.clone().into_iter();
     while let Some(arg) = args.next() {
@@ -103,17 +116,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    if queues.is_empty() {
-        queues.push("celery".to_owned());
+    if !queues.is_empty() {
+        config = config.queues(queues);
     }
     if let Some(limit) = replay {
-        for queue in &queues {
+        for queue in config.queue_names() {
             let moved = replay_dead_letters(&url, queue, limit).await?;
             println!("replayed {moved} dead letter(s) onto `{queue}`");
         }
         return Ok(());
     }
-    let stats = Worker::new(config.queues(queues))?.run().await?;
+    let stats = Worker::new(config)?.run().await?;
     println!("stopped: {:?}", stats.snapshot());
     Ok(())
 }

@@ -124,7 +124,7 @@ async fn prefill_queue(
             let backend = backend.clone();
             let mut m = message.clone();
             m.id = uuid::Uuid::new_v4().to_string();
-            tasks.spawn(async move { backend.send("bench.noop", m).await });
+            tasks.spawn(async move { backend.send(m).await });
             if tasks.len() >= 2000 {
                 tasks.join_next().await.transpose()?.transpose()?;
             }

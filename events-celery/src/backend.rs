@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
+use events_core::text::OneLine;
 use events_core::{
     Backend, BackendKind, BoxFuture, DomainEvent, Error, EventRef, Handler, Receipt,
 };
@@ -199,7 +200,7 @@ impl CeleryBackend {
 
     /// A backend configured from the environment (see [`CeleryConfig::from_env`]).
     pub fn from_env() -> Result<Self, CeleryError> {
-        Self::new(CeleryConfig::from_env(None)?)
+        Self::new(CeleryConfig::from_env()?)
     }
 
     /// The configuration.
@@ -212,6 +213,36 @@ impl CeleryBackend {
     /// backend runs them all.
     pub fn subscribed_handlers(&self) -> Vec<Handler> {
         self.inner.subscribed.lock().expect("not poisoned").clone()
+    }
+
+    /// Publishes a typed event with the configured options; resolves once the broker accepted
+    /// the message (what [`events_core::publish`] does through the bus, here with the
+    /// backend's own error type).
+    ///
+    /// This inherent method takes the event itself; the [`Backend`] trait's `publish`, which
+    /// takes an [`EventRef`], stays reachable as `Backend::publish(&backend, event)` (and is
+    /// what the bus calls).
+    ///
+    /// ```no_run
+    /// # use events_celery::{CeleryBackend, CeleryConfig};
+    /// # use events_core::domain_event;
+    /// # #[domain_event(name = "doc.order_placed")] struct OrderPlaced { order_id: u64 }
+    /// # async fn run(backend: CeleryBackend) -> Result<(), events_celery::CeleryError> {
+    /// let receipt = backend.publish(&OrderPlaced { order_id: 7 }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish<E: DomainEvent>(&self, event: &E) -> Result<Receipt, CeleryError> {
+        let event = EventRef::new(event);
+        let message = self.encode(event)?;
+        self.send_event(event.name(), message).await
+    }
+
+    /// [`publish`](Self::publish) without an async runtime: blocks the calling thread until the
+    /// broker accepted the message (do not call it on an async runtime's thread).
+    pub fn publish_blocking<E: DomainEvent>(&self, event: &E) -> Result<Receipt, CeleryError> {
+        let event = EventRef::new(event);
+        let message = self.encode(event)?;
+        self.send_event_blocking(event.name(), message)
     }
 
     /// Publishes a typed event with per-message options — countdown/eta, expires, priority,
@@ -236,11 +267,83 @@ impl CeleryBackend {
         let event = EventRef::new(event);
         let options = options(self.inner.config.encode_options(event.name()));
         let message = TaskMessage::from_event_ref(event, &options)?;
-        self.send(event.name(), message).await
+        self.send_event(event.name(), message).await
     }
 
-    /// Sends a task message as it is (the worker uses this for retries).
-    pub async fn send(
+    /// [`publish_with`](Self::publish_with) without an async runtime (see
+    /// [`publish_blocking`](Self::publish_blocking)).
+    pub fn publish_with_blocking<E: DomainEvent>(
+        &self,
+        event: &E,
+        options: impl FnOnce(EncodeOptions) -> EncodeOptions,
+    ) -> Result<Receipt, CeleryError> {
+        let event = EventRef::new(event);
+        let options = options(self.inner.config.encode_options(event.name()));
+        let message = TaskMessage::from_event_ref(event, &options)?;
+        self.send_event_blocking(event.name(), message)
+    }
+
+    /// Sends a task message as it is — id, headers, options and body untouched — routed as
+    /// its event is (the message's task is `<task prefix><event>`, and the event's
+    /// [`route`](CeleryConfig::route_for) gives the queue).
+    ///
+    /// The task must be the configured prefix followed by an event name, else the error is
+    /// [`CeleryError::UnsendableTask`]. The event need not be declared in this program (a
+    /// task that only Python runs, say); the receipt names it either way.
+    ///
+    /// ```no_run
+    /// # use events_celery::{CeleryBackend, TaskMessage};
+    /// # async fn run(backend: CeleryBackend) -> Result<(), Box<dyn std::error::Error>> {
+    /// let options = backend.config().encode_options("orders.order_placed").task_id("order-7");
+    /// let payload = serde_json::json!({"order_id": 7});
+    /// let message = TaskMessage::from_payload("orders.order_placed", payload, &options)?;
+    /// backend.send(message).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send(&self, message: TaskMessage) -> Result<Receipt, CeleryError> {
+        let event = self.event_of(&message)?;
+        self.send_event(event, message).await
+    }
+
+    /// [`send`](Self::send) without an async runtime (see
+    /// [`publish_blocking`](Self::publish_blocking)).
+    pub fn send_blocking(&self, message: TaskMessage) -> Result<Receipt, CeleryError> {
+        let event = self.event_of(&message)?;
+        self.send_event_blocking(event, message)
+    }
+
+    /// The event a message's task names, as the receipt keeps it.
+    fn event_of(&self, message: &TaskMessage) -> Result<&'static str, CeleryError> {
+        let prefix = self.inner.config.prefix();
+        let unsendable = |reason: String| CeleryError::UnsendableTask {
+            task: message.task.clone(),
+            reason,
+        };
+        let Some(name) = message.event_name(prefix) else {
+            return Err(unsendable(format!(
+                "its name is not the configured task prefix `{}` followed by an event name; \
+                 build the message with `CeleryConfig::encode_options(event)`, or configure the \
+                 prefix it uses (`CeleryConfig::task_prefix`)",
+                OneLine(prefix)
+            )));
+        };
+        let declared = events_core::Registry::collected()
+            .ok()
+            .and_then(|registry| registry.event(name));
+        match declared {
+            Some(event) => Ok(event.name()),
+            None => undeclared_name(name).ok_or_else(|| {
+                unsendable(format!(
+                    "`{}` is not an event declared in this program, and receipts already keep \
+                     {MAX_UNDECLARED} undeclared event names (or this one is longer than \
+                     {MAX_UNDECLARED_LEN} bytes); declare the event with `#[domain_event]`",
+                    OneLine(name)
+                ))
+            }),
+        }
+    }
+
+    async fn send_event(
         &self,
         event: &'static str,
         message: TaskMessage,
@@ -252,7 +355,7 @@ impl CeleryBackend {
         Ok(receipt)
     }
 
-    fn send_blocking(
+    fn send_event_blocking(
         &self,
         event: &'static str,
         message: TaskMessage,
@@ -307,6 +410,33 @@ impl CeleryBackend {
         };
         Ok((outgoing, receipt))
     }
+}
+
+/// How many distinct undeclared event names [`CeleryBackend::send`] keeps for its receipts.
+const MAX_UNDECLARED: usize = 1024;
+/// The longest undeclared event name kept.
+const MAX_UNDECLARED_LEN: usize = 256;
+
+/// The receipts' `&'static str` for an event that no `#[domain_event]` declares (a message
+/// built by hand for a task only Python runs): each distinct name is allocated once and kept
+/// for the life of the process, at most [`MAX_UNDECLARED`] names of at most
+/// [`MAX_UNDECLARED_LEN`] bytes (256 KiB).
+fn undeclared_name(name: &str) -> Option<&'static str> {
+    static NAMES: std::sync::OnceLock<Mutex<std::collections::HashSet<&'static str>>> =
+        std::sync::OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(&kept) = names.get(name) {
+        return Some(kept);
+    }
+    if names.len() >= MAX_UNDECLARED || name.len() > MAX_UNDECLARED_LEN {
+        return None;
+    }
+    let kept: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(kept);
+    Some(kept)
 }
 
 enum Outgoing {
@@ -446,13 +576,13 @@ impl Backend for CeleryBackend {
         let encoded = self.encode(event);
         Box::pin(async move {
             let message = encoded?;
-            Ok(self.send(event.name(), message).await?)
+            Ok(self.send_event(event.name(), message).await?)
         })
     }
 
     fn publish_blocking(&self, event: EventRef<'_>) -> Result<Receipt, Error> {
         let message = self.encode(event)?;
-        Ok(self.send_blocking(event.name(), message)?)
+        Ok(self.send_event_blocking(event.name(), message)?)
     }
 }
 
@@ -465,12 +595,11 @@ impl std::fmt::Debug for CeleryBackend {
 }
 
 fn build_from_config(text: &str) -> Result<Box<dyn Backend>, Error> {
-    let url = if text.eq_ignore_ascii_case("celery") {
-        None
+    let config = if text.eq_ignore_ascii_case("celery") {
+        CeleryConfig::from_env()?
     } else {
-        Some(text)
+        CeleryConfig::from_env_with_broker(text)?
     };
-    let config = CeleryConfig::from_env(url)?;
     Ok(Box::new(CeleryBackend::new(config)?))
 }
 

@@ -106,7 +106,8 @@ pub struct CeleryConfig {
     compression: Option<Compression>,
 }
 
-/// The environment variables [`CeleryConfig::from_env`] reads.
+/// The environment variables [`CeleryConfig::from_env`] (and so
+/// [`WorkerConfig::from_env`](crate::WorkerConfig::from_env)) reads.
 pub mod env {
     /// The broker URL (Celery's own name for it). Required.
     pub const BROKER_URL: &str = "CELERY_BROKER_URL";
@@ -146,10 +147,35 @@ impl CeleryConfig {
         })
     }
 
-    /// From the environment variables in [`env`](mod@env); `broker_url` overrides
-    /// `CELERY_BROKER_URL` when given.
-    pub fn from_env(broker_url: Option<&str>) -> Result<Self, CeleryError> {
-        Self::from_vars(broker_url, |name| std::env::var(name).ok())
+    /// From the environment variables in [`env`](mod@env): the broker from
+    /// `CELERY_BROKER_URL` (required), the rest from `EVENTS_CELERY_*` over the defaults of
+    /// [`new`](Self::new). [`WorkerConfig::from_celery`](crate::WorkerConfig::from_celery)
+    /// gives a worker the same settings.
+    ///
+    /// ```no_run
+    /// use events_celery::{CeleryBackend, CeleryConfig};
+    ///
+    /// let config = CeleryConfig::from_env()?;
+    /// let backend = CeleryBackend::new(config)?;
+    /// # Ok::<(), events_celery::CeleryError>(())
+    /// ```
+    pub fn from_env() -> Result<Self, CeleryError> {
+        Self::from_vars(None, |name| std::env::var(name).ok())
+    }
+
+    /// As [`from_env`](Self::from_env), with this broker URL instead of `CELERY_BROKER_URL`
+    /// (which is then not read).
+    ///
+    /// ```
+    /// use events_celery::{BrokerKind, CeleryConfig};
+    ///
+    /// // The URL from your own settings; queue, routes, timeouts… still from the environment.
+    /// let config = CeleryConfig::from_env_with_broker("redis://127.0.0.1:6379/0")?;
+    /// assert_eq!(config.broker().kind(), BrokerKind::Redis);
+    /// # Ok::<(), events_celery::CeleryError>(())
+    /// ```
+    pub fn from_env_with_broker(broker_url: &str) -> Result<Self, CeleryError> {
+        Self::from_vars(Some(broker_url), |name| std::env::var(name).ok())
     }
 
     /// [`from_env`](Self::from_env) over any source of variables (tests read a map).
@@ -172,7 +198,8 @@ impl CeleryConfig {
         if let Some(queue) = var(env::DEFAULT_QUEUE) {
             config = config.default_queue(queue.trim());
         }
-        if let Ok(prefix) = std::env::var(env::TASK_PREFIX) {
+        // Read as it is: an empty prefix is a valid choice (task names = event names).
+        if let Some(prefix) = lookup(env::TASK_PREFIX) {
             config = config.task_prefix(prefix);
         }
         if let Some(routes) = var(env::ROUTES) {
@@ -318,6 +345,16 @@ impl CeleryConfig {
         self.queue_max_priority
     }
 
+    /// The queue of events without a route.
+    pub(crate) fn default_queue_name(&self) -> &str {
+        self.default_route.queue_name()
+    }
+
+    /// The queues of the configured routes (not the default one), in no order.
+    pub(crate) fn routed_queues(&self) -> impl Iterator<Item = &str> {
+        self.routes.values().map(Route::queue_name)
+    }
+
     /// The encoding options for an event's messages under this configuration.
     pub fn encode_options(&self, event: &str) -> EncodeOptions {
         let route = self.route_for(event);
@@ -417,6 +454,32 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_given_broker_url_replaces_the_variable_and_the_rest_is_still_read() {
+        let vars: HashMap<&str, &str> = [
+            (env::BROKER_URL, "amqp://guest:guest@127.0.0.1:5672//"),
+            (env::TASK_PREFIX, ""),
+            (env::DEFAULT_QUEUE, "events"),
+            (env::ROUTES, "billing.invoice_due=billing"),
+            (env::QUEUE_MAX_PRIORITY, "10"),
+        ]
+        .into();
+        let lookup = |name: &str| vars.get(name).map(|v| (*v).to_owned());
+        let config = CeleryConfig::from_vars(Some("redis://127.0.0.1:6379/5"), lookup).unwrap();
+        assert_eq!(config.broker().to_string(), "redis://127.0.0.1:6379/5");
+        // An empty prefix is taken as it is (task names = event names).
+        assert_eq!(config.prefix(), "");
+        assert_eq!(config.route_for("anything").queue_name(), "events");
+
+        // The worker derived from it consumes both queues, with the same prefix and priority.
+        let worker = crate::WorkerConfig::from_celery(&config);
+        assert_eq!(worker.broker().to_string(), "redis://127.0.0.1:6379/5");
+        assert_eq!(worker.queue_names(), ["events", "billing"]);
+        assert_eq!(worker.task_prefix, "");
+        assert_eq!(worker.queue_max_priority, Some(10));
+        assert_eq!(worker.publish_timeout, config.timeout());
     }
 
     #[test]

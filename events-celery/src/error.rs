@@ -94,6 +94,17 @@ pub enum CeleryError {
          `macros`) or `tokio::runtime::Runtime::block_on`"
     )]
     NoRuntime(&'static str),
+
+    /// [`CeleryBackend::send`](crate::CeleryBackend::send) was given a message it cannot send
+    /// as an event: its task is not `<task prefix><event>` under the backend's configuration,
+    /// or names one undeclared event too many.
+    #[error("cannot send task `{}`: {reason}", events_core::text::OneLine(task))]
+    UnsendableTask {
+        /// The message's task name.
+        task: String,
+        /// Why, and what to do.
+        reason: String,
+    },
 }
 
 impl From<CeleryError> for events_core::Error {

@@ -350,6 +350,12 @@ pub async fn publish_json(name: &str, payload: serde_json::Value) -> Result<Rece
     bus()?.publish_json(name, payload).await
 }
 
+/// Publishes an event by name with a JSON payload on the global bus without an async runtime
+/// (see [`EventBus::publish_json_blocking`]).
+pub fn publish_json_blocking(name: &str, payload: serde_json::Value) -> Result<Receipt, Error> {
+    bus()?.publish_json_blocking(name, payload)
+}
+
 /// Subscribes a closure on the global bus (see [`EventBus::subscribe`]).
 #[track_caller]
 pub fn subscribe<E, R>(f: impl Fn(&E) -> R + Send + Sync + 'static) -> Result<(), Error>
@@ -359,4 +365,17 @@ where
 {
     let bus = bus()?;
     bus.subscribe(f)
+}
+
+/// Subscribes an async closure on the global bus (see [`EventBus::subscribe_async`]).
+#[track_caller]
+pub fn subscribe_async<E, F, Fut, R>(f: F) -> Result<(), Error>
+where
+    E: DomainEvent + Clone,
+    F: Fn(E) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoHandlerResult,
+{
+    let bus = bus()?;
+    bus.subscribe_async(f)
 }

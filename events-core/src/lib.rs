@@ -27,9 +27,10 @@
 //! - [`#[domain_event]`](domain_event) makes a type a [`DomainEvent`] with a stable name.
 //! - [`#[handler]`](handler) subscribes a function to the event type it takes; the linker
 //!   collects every handler into the [`Registry`], so there is no registration code.
-//! - [`init`] sets up the global bus on a [`Backend`]; [`publish`], [`publish_blocking`] and
-//!   [`publish_json`] send events through it. An explicit [`EventBus`] does the same without a
-//!   global.
+//! - [`init`] sets up the global bus on a [`Backend`]; [`publish`], [`publish_blocking`],
+//!   [`publish_json`] and [`publish_json_blocking`] send events through it, [`subscribe`] and
+//!   [`subscribe_async`] add closures. An explicit [`EventBus`] has the same methods, under
+//!   the same names, without a global.
 //!
 //! # Handler crates and the linker
 //!
@@ -61,7 +62,7 @@ pub mod __private;
 pub use backend::{Backend, BackendKind, Receipt, backend_from_config, redact_url};
 pub use bus::{
     EventBus, EventBusBuilder, bus, init, init_from, init_with, publish, publish_blocking,
-    publish_json, subscribe,
+    publish_json, publish_json_blocking, subscribe, subscribe_async,
 };
 pub use error::{Error, HandlerFailures};
 #[doc(hidden)]

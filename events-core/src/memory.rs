@@ -37,14 +37,18 @@ use crate::handler::{BoxFuture, FailureCause, Handler, HandlerFailure};
 /// bus.publish_blocking(&Pinged)?;
 /// # Ok::<(), events_core::Error>(())
 /// ```
+///
+/// Cloning is cheap and shares the subscriptions: keep a clone of the backend you hand to
+/// [`init`](crate::init) to ask it [`handler_count`](Self::handler_count) later.
+#[derive(Clone)]
 pub struct MemoryBackend {
-    table: Published,
+    table: Arc<Published>,
 }
 
 impl Default for MemoryBackend {
     fn default() -> Self {
         Self {
-            table: Published::new(Table::default()),
+            table: Arc::new(Published::new(Table::default())),
         }
     }
 }
@@ -52,7 +56,8 @@ impl Default for MemoryBackend {
 /// The subscriber table, read without locks or reference counting on every publish.
 ///
 /// Subscribing builds a new table and publishes it with one atomic store; every table ever
-/// published stays allocated until the backend is dropped, so a reader never sees a freed one.
+/// published stays allocated until the backend (its last clone) is dropped, so a reader never
+/// sees a freed one.
 /// Subscriptions are few (start-up, plus closures), so the retired tables cost little memory;
 /// [`Backend::subscribe_many`] publishes a whole batch as one table.
 struct Published {
@@ -81,10 +86,11 @@ impl Published {
     #[inline]
     fn load(&self) -> &Table {
         // SAFETY: `current` always points into a `Box<Table>` held by `all`. Boxes are only
-        // added to `all` (never removed or mutated) until `self` is dropped, which needs
-        // `&mut self` and so outlives every `&Table` handed out here; the box's heap
-        // allocation does not move when `all` grows. The Release store in `update` pairs with
-        // this Acquire load, so the table's contents are visible.
+        // added to `all` (never removed or mutated) until `self` is dropped (when the last
+        // `MemoryBackend` clone releases its `Arc`), which needs `&mut self` and so outlives
+        // every `&Table` handed out here; the box's heap allocation does not move when `all`
+        // grows. The Release store in `update` pairs with this Acquire load, so the table's
+        // contents are visible.
         unsafe { &*self.current.load(Ordering::Acquire) }
     }
 

@@ -12,6 +12,12 @@ Cases (every payload carries `"run"`, to tell test runs apart, and `"case"`):
     kombu_types  worker_interop.typed_values: datetimes (UTC, +02:00, naive), a date, a time,
                  Decimal, UUID, UTF-8 bytes and non-UTF-8 bytes, which kombu's JSON tags
     protocol_v1  worker_interop.order_placed from a second app with `task_protocol=1`
+    shop         the example worker's events (`examples/celery_worker.rs`, types in
+                 `examples/src/lib.rs`): products.product_created, orders.order_placed and
+                 orders.order_cancelled (both variants), as Rust's serde reads them; these
+                 payloads carry no "run" or "case". Not among the defaults:
+
+    python send_events.py --broker amqp://guest:guest@127.0.0.1:5672// --queue celery --cases shop
 
 `--compression zlib` (or any kombu method or alias) sends every message compressed.
 
@@ -30,6 +36,33 @@ from celery import Celery
 
 TASK_PREFIX = "domain_events."
 CASES = ["plain", "eta", "priority", "kombu_types", "protocol_v1"]
+# Sent only when asked for (`--cases shop`).
+EXTRA_CASES = ["shop"]
+
+
+def shop_events():
+    """(event, payload) pairs of the example worker's events, shaped as its Rust types."""
+    return [
+        (
+            "products.product_created",
+            {"product_id": "abc-123", "name": "Brake pad", "stock": 4},
+        ),
+        (
+            "orders.order_placed",
+            {
+                "order_id": 1001,
+                "customer": "Zoë Ångström 🚗",
+                "lines": [{"product_id": "abc-123", "quantity": 2, "unit_price_cents": 1999}],
+                "coupon": None,
+            },
+        ),
+        # serde's externally tagged enum: {"<Variant>": <fields or value>}.
+        (
+            "orders.order_cancelled",
+            {"ByCustomer": {"order_id": 1001, "reason": "changed my mind"}},
+        ),
+        ("orders.order_cancelled", {"OutOfStock": 1002}),
+    ]
 
 
 def make_app(broker, protocol, max_priority):
@@ -92,7 +125,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--broker", required=True)
     parser.add_argument("--queue", required=True)
-    parser.add_argument("--run", required=True, help="put in every payload")
+    parser.add_argument(
+        "--run", default="example", help="put in every payload (not the shop events')"
+    )
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--countdown", type=float, default=3.0)
     parser.add_argument("--priority", type=int, default=7)
@@ -104,9 +139,9 @@ def main():
     )
     args = parser.parse_args()
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = [c for c in cases if c not in CASES]
+    unknown = [c for c in cases if c not in CASES + EXTRA_CASES]
     if unknown:
-        parser.error(f"unknown cases {unknown}; expected some of {CASES}")
+        parser.error(f"unknown cases {unknown}; expected some of {CASES + EXTRA_CASES}")
 
     app = make_app(args.broker, 2, args.max_priority)
     sent = []
@@ -135,6 +170,9 @@ def main():
             send(case, "worker_interop.reminder_due", payload, priority=args.priority)
         elif case == "kombu_types":
             send(case, "worker_interop.typed_values", typed_values(args.run))
+        elif case == "shop":
+            for event, payload in shop_events():
+                send(case, event, payload)
         elif case == "protocol_v1":
             v1 = make_app(args.broker, 1, args.max_priority)
             send(case, "worker_interop.order_placed", order_placed(args.run, case), sender=v1)

@@ -118,7 +118,7 @@ impl Publishing {
                         if limit.is_some_and(|limit| seq >= limit) {
                             break;
                         }
-                        let result = backend.send(TICK_EVENT, tick(&backend, &run, seq)).await;
+                        let result = backend.send(tick(&backend, &run, seq)).await;
                         let ok = result.is_ok();
                         {
                             let mut outcome = state.outcome.lock().expect("not poisoned");

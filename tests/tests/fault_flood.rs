@@ -14,8 +14,8 @@ use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use tests::fault::{
-    Counts, PrivateRedis, Published, TICK_EVENT, WorkerProcess, WorkerSpec, cleanup_redis_queue_at,
-    command, fault_redis_url, forget_run, rust_count, rust_runs, sized, tick,
+    Counts, PrivateRedis, Published, WorkerProcess, WorkerSpec, cleanup_redis_queue_at, command,
+    fault_redis_url, forget_run, rust_count, rust_runs, sized, tick,
 };
 use tests::{amqp_channel, amqp_url, cleanup_amqp_queue, eventually, unique_queue};
 
@@ -58,10 +58,7 @@ async fn one_tick(url: &str, queue: &str, run: &str) {
     let backend = CeleryBackend::connect(CeleryConfig::new(url).unwrap().default_queue(queue))
         .await
         .unwrap();
-    backend
-        .send(TICK_EVENT, tick(&backend, run, 0))
-        .await
-        .unwrap();
+    backend.send(tick(&backend, run, 0)).await.unwrap();
 }
 
 /// The worker's stats line (`fault_worker stopped: [...]`): the value of `name` (0 when the
@@ -538,10 +535,7 @@ async fn redis_idle_worker_polls_once_not_once_per_fetcher() {
     for seq in 0..sized(5, 20) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let sent = Instant::now();
-        backend
-            .send(TICK_EVENT, tick(&backend, &run, seq))
-            .await
-            .unwrap();
+        backend.send(tick(&backend, &run, seq)).await.unwrap();
         let ran = time_to_run(&run, seq as usize, sent).await;
         waits.push(ran.expect("a message pushed to the idle worker never ran"));
     }

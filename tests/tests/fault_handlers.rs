@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use events_celery::{CeleryBackend, CeleryConfig, RetryPolicy, WorkerConfig};
-use events_core::{Backend, EventRef, domain_event, handler};
+use events_core::{domain_event, handler};
 use tests::fault::{
     Counts, Published, cleanup_redis_queue_at, command, dead_letter_reasons, fault_redis_url,
 };
@@ -167,10 +167,7 @@ async fn handler_faults(broker: &str, url: &str, test: &str) -> String {
 
     let r = || run.clone();
     // A handler that blocks its thread, then messages that must flow meanwhile.
-    backend
-        .publish(EventRef::new(&Blocks { run: r() }))
-        .await
-        .unwrap();
+    backend.publish(&Blocks { run: r() }).await.unwrap();
     assert!(
         eventually(Duration::from_secs(20), || async {
             (count(&run, "blocking") == 1).then_some(())
@@ -179,36 +176,15 @@ async fn handler_faults(broker: &str, url: &str, test: &str) -> String {
         .is_some(),
         "the blocking handler did not start"
     );
-    backend
-        .publish(EventRef::new(&BlocksRuntime { run: r() }))
-        .await
-        .unwrap();
+    backend.publish(&BlocksRuntime { run: r() }).await.unwrap();
     for _ in 0..20 {
-        backend
-            .publish(EventRef::new(&Quick { run: r() }))
-            .await
-            .unwrap();
+        backend.publish(&Quick { run: r() }).await.unwrap();
     }
-    backend
-        .publish(EventRef::new(&Panics { run: r() }))
-        .await
-        .unwrap();
-    backend
-        .publish(EventRef::new(&Errors { run: r() }))
-        .await
-        .unwrap();
-    backend
-        .publish(EventRef::new(&Hangs { run: r() }))
-        .await
-        .unwrap();
-    backend
-        .publish(EventRef::new(&HangsUnlimited { run: r() }))
-        .await
-        .unwrap();
-    backend
-        .publish(EventRef::new(&Overruns { run: r() }))
-        .await
-        .unwrap();
+    backend.publish(&Panics { run: r() }).await.unwrap();
+    backend.publish(&Errors { run: r() }).await.unwrap();
+    backend.publish(&Hangs { run: r() }).await.unwrap();
+    backend.publish(&HangsUnlimited { run: r() }).await.unwrap();
+    backend.publish(&Overruns { run: r() }).await.unwrap();
     let flowed = eventually(Duration::from_secs(30), || async {
         (count(&run, "quick") == 20).then_some(())
     })

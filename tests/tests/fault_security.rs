@@ -8,11 +8,11 @@ use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use events_celery::{BrokerUrl, CeleryBackend, CeleryConfig, Worker, WorkerConfig};
-use events_core::{Backend, EventRef, domain_event, handler};
+use events_core::{Backend, domain_event, handler};
 use tests::fault::{
-    Counts, PrivateRedis, Published, TICK_EVENT, WorkerProcess, WorkerSpec, cleanup_redis_queue_at,
-    command, dead_letter_reasons, fault_redis_url, forget_run, process_memory, rabbitmqctl,
-    rust_count, tick,
+    Counts, PrivateRedis, Published, WorkerProcess, WorkerSpec, cleanup_redis_queue_at, command,
+    dead_letter_reasons, fault_redis_url, forget_run, process_memory, rabbitmqctl, rust_count,
+    tick,
 };
 use tests::{InProcessWorker, amqp_url, cleanup_amqp_queue, eventually, unique_queue};
 
@@ -93,10 +93,10 @@ async fn round_trip(url: &str) -> Vec<String> {
     let backend = CeleryBackend::connect(config).await.unwrap();
     texts.push(backend.describe());
     backend
-        .publish(EventRef::new(&Secure {
+        .publish(&Secure {
             run: queue.clone(),
             filler: String::new(),
-        }))
+        })
         .await
         .unwrap();
     let config = WorkerConfig::new(url).unwrap().queues([queue.clone()]);
@@ -263,10 +263,10 @@ async fn size_limit(url: &str) -> (String, Vec<String>) {
         .unwrap();
     for filler in ["x".repeat(64 * 1024), String::new()] {
         backend
-            .publish(EventRef::new(&Secure {
+            .publish(&Secure {
                 run: run.clone(),
                 filler,
-            }))
+            })
             .await
             .unwrap();
     }
@@ -645,10 +645,7 @@ async fn redis_oversize_stream_stays_out_of_the_worker() {
             .is_some()
         }
     };
-    backend
-        .send(TICK_EVENT, tick(&backend, &run, 0))
-        .await
-        .unwrap();
+    backend.send(tick(&backend, &run, 0)).await.unwrap();
     assert!(
         ran(1).await,
         "the first message did not run:\n{}",
@@ -737,10 +734,7 @@ async fn redis_oversize_stream_stays_out_of_the_worker() {
         }
         worker.assert_running();
     }
-    backend
-        .send(TICK_EVENT, tick(&backend, &run, 1))
-        .await
-        .unwrap();
+    backend.send(tick(&backend, &run, 1)).await.unwrap();
     assert!(
         ran(2).await,
         "the last message did not run:\n{}",

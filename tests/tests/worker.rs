@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use events_celery::{CeleryBackend, CeleryConfig, RetryPolicy, WorkerConfig, replay_dead_letters};
-use events_core::{Backend, EventRef, domain_event, handler};
+use events_core::{domain_event, handler};
 use redis::AsyncCommands;
 use tests::{
     InProcessWorker, amqp_channel, amqp_url, delete_amqp_queue, eventually, redis, redis_url,
@@ -115,10 +115,10 @@ async fn every_handler_runs_once(url: &str) {
     let backend = backend(url, &queue).await;
     for amount in 0..20 {
         backend
-            .publish(EventRef::new(&OrderPaid {
+            .publish(&OrderPaid {
                 run: run.clone(),
                 amount_cents: amount,
-            }))
+            })
             .await
             .unwrap();
     }
@@ -162,7 +162,7 @@ async fn failed_handlers_are_retried_alone_then_dead_lettered(url: &str) -> Stri
     let run = queue.clone();
     let backend = backend(url, &queue).await;
     backend
-        .publish(EventRef::new(&InvoiceDue { run: run.clone() }))
+        .publish(&InvoiceDue { run: run.clone() })
         .await
         .unwrap();
     let worker = InProcessWorker::start(
@@ -336,7 +336,7 @@ async fn shutdown_finishes_running_messages_and_returns_the_rest(url: &str) -> S
     let backend = backend(url, &queue).await;
     for _ in 0..10 {
         backend
-            .publish(EventRef::new(&SlowReport { run: run.clone() }))
+            .publish(&SlowReport { run: run.clone() })
             .await
             .unwrap();
     }
@@ -404,10 +404,10 @@ async fn bad_messages_are_dead_lettered_and_the_worker_keeps_going() {
     ] {
         let _: () = redis.lpush(&queue, bad).await.unwrap();
     }
-    good.publish(EventRef::new(&OrderPaid {
+    good.publish(&OrderPaid {
         run: run.clone(),
         amount_cents: 5,
-    }))
+    })
     .await
     .unwrap();
     assert!(wait_for(&run, "send_receipt", 1).await);

@@ -17,6 +17,7 @@ pub use self::core::{PENDING_HANDLERS_HEADER, RetryPolicy, WorkerStats};
 pub use self::dead_letter::{DEAD_LETTER_SUFFIX, replay_dead_letters};
 use crate::broker::{BrokerKind, BrokerUrl};
 use crate::codec::{DEFAULT_TASK_PREFIX, DecodeOptions};
+use crate::config::CeleryConfig;
 use crate::error::CeleryError;
 
 /// How a [`Worker`] consumes and runs messages.
@@ -61,9 +62,13 @@ impl WorkerConfig {
     /// messages as cores, 3 retries per handler, a 30 s shutdown grace period, kombu's one-hour
     /// visibility timeout on Redis.
     pub fn new(broker_url: &str) -> Result<Self, CeleryError> {
+        Ok(Self::with_broker(BrokerUrl::parse(broker_url)?))
+    }
+
+    fn with_broker(broker: BrokerUrl) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
-        Ok(Self {
-            broker: BrokerUrl::parse(broker_url)?,
+        Self {
+            broker,
             queues: vec!["celery".to_owned()],
             task_prefix: DEFAULT_TASK_PREFIX.to_owned(),
             concurrency: cores,
@@ -82,7 +87,52 @@ impl WorkerConfig {
             reconnect_max_delay: Duration::from_secs(30),
             dead_letter_max_len: DEFAULT_DEAD_LETTER_MAX_LEN,
             redis_idle_poll: Duration::from_millis(50),
-        })
+        }
+    }
+
+    /// A worker for what a publisher with `config` sends: the same broker, task prefix,
+    /// `x-max-priority` and publish time limit (for retries and dead letters), consuming the
+    /// default queue and every routed queue (each once, the default first); the worker's own
+    /// settings keep the defaults of [`new`](Self::new). Set up one [`CeleryConfig`] and
+    /// derive both sides from it:
+    ///
+    /// ```
+    /// use events_celery::{CeleryConfig, Route, WorkerConfig};
+    ///
+    /// let celery = CeleryConfig::new("redis://127.0.0.1:6379/0")?
+    ///     .default_queue("events")
+    ///     .route("billing.invoice_due", Route::queue("billing"))
+    ///     .task_prefix("shop.");
+    /// let worker = WorkerConfig::from_celery(&celery).concurrency(4);
+    /// assert_eq!(worker.queue_names(), ["events", "billing"]);
+    /// // let backend = CeleryBackend::new(celery)?;  Worker::new(worker)?.run().await?;
+    /// # Ok::<(), events_celery::CeleryError>(())
+    /// ```
+    ///
+    /// (Compression is a publishing choice: the worker reads every kombu method whatever the
+    /// configuration says, and re-sends retries with the body they came with.)
+    pub fn from_celery(config: &CeleryConfig) -> Self {
+        let mut queues = vec![config.default_queue_name().to_owned()];
+        let mut routed: Vec<&str> = config.routed_queues().collect();
+        routed.sort_unstable();
+        for queue in routed {
+            if !queues.iter().any(|q| q == queue) {
+                queues.push(queue.to_owned());
+            }
+        }
+        let mut worker = Self::with_broker(config.broker().clone())
+            .queues(queues)
+            .task_prefix(config.prefix())
+            .publish_timeout(config.timeout());
+        worker.queue_max_priority = config.max_priority();
+        worker
+    }
+
+    /// [`from_celery`](Self::from_celery) of [`CeleryConfig::from_env`]: the broker from
+    /// `CELERY_BROKER_URL`, queues, prefix, priority and time limit from the
+    /// [`EVENTS_CELERY_*` variables](mod@crate::env) the publisher reads.
+    pub fn from_env() -> Result<Self, CeleryError> {
+        Ok(Self::from_celery(&CeleryConfig::from_env()?))
     }
 
     /// The queues to consume (default `celery`).
@@ -223,6 +273,11 @@ impl WorkerConfig {
     /// The broker.
     pub fn broker(&self) -> &BrokerUrl {
         &self.broker
+    }
+
+    /// The queues consumed.
+    pub fn queue_names(&self) -> &[String] {
+        &self.queues
     }
 }
 
