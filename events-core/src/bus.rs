@@ -170,7 +170,9 @@ impl EventBus {
     /// Publishes an event given by name with a JSON payload, as the seed's
     /// `publish_event(name, payload)`. The name must be a declared event
     /// ([`Error::UnknownEvent`] names the closest ones) and the payload must fit its type
-    /// ([`Error::InvalidPayload`] names the field and the reason).
+    /// ([`Error::InvalidPayload`] names the field and the reason), nesting at most
+    /// [`MAX_PAYLOAD_DEPTH`](crate::MAX_PAYLOAD_DEPTH) arrays and objects deep
+    /// ([`Error::PayloadTooDeep`]).
     pub async fn publish_json(
         &self,
         name: &str,
@@ -195,6 +197,15 @@ impl EventBus {
         name: &str,
         payload: serde_json::Value,
     ) -> Result<(&'static crate::EventDescriptor, crate::AnyEvent), Error> {
+        // serde_json decodes (and drops) a `Value` recursively, without its parser's depth
+        // limit: a deeper payload built in code would overflow the stack.
+        if crate::event::value_nests_deeper_than(&payload, crate::MAX_PAYLOAD_DEPTH) {
+            crate::event::drop_value_iteratively(payload);
+            return Err(Error::PayloadTooDeep {
+                event: self.registry.lookup(name)?.name(),
+                limit: crate::MAX_PAYLOAD_DEPTH,
+            });
+        }
         let descriptor = self.registry.lookup(name)?;
         let value = match descriptor.decode_value_traced(&payload) {
             Ok(value) => value,

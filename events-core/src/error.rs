@@ -168,6 +168,21 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// The payload given to [`publish_json`](crate::EventBus::publish_json) nests arrays and
+    /// objects deeper than [`MAX_PAYLOAD_DEPTH`](crate::MAX_PAYLOAD_DEPTH): decoding it would
+    /// overflow the stack, and no worker could parse it.
+    #[error(
+        "payload for event `{event}` nests arrays and objects deeper than {limit} levels, the \
+         most a worker parses (serde_json's limit): send a shallower payload (a tree as a list \
+         of nodes with parent indices)"
+    )]
+    PayloadTooDeep {
+        /// The event's name.
+        event: &'static str,
+        /// The limit ([`MAX_PAYLOAD_DEPTH`](crate::MAX_PAYLOAD_DEPTH)).
+        limit: usize,
+    },
+
     /// The event could not be serialised.
     #[error("event `{event}` could not be serialized: {source}")]
     Serialize {

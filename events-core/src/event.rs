@@ -87,6 +87,45 @@ impl fmt::Display for SourceLocation {
     }
 }
 
+/// How deep arrays and objects may nest in an event's JSON payload: a Celery message's body is
+/// parsed to 128 levels (serde_json's limit) and holds the payload inside two of them (the
+/// body array and the kwargs object). [`EventBus::publish_json`](crate::EventBus::publish_json)
+/// refuses a deeper payload ([`Error::PayloadTooDeep`](crate::Error::PayloadTooDeep)), as the
+/// Celery backend refuses to serialise a deeper event.
+pub const MAX_PAYLOAD_DEPTH: usize = 126;
+
+/// Whether arrays and objects in `value` nest more than `limit` deep, found without recursion
+/// (a value built in code can be deeper than the stack).
+pub(crate) fn value_nests_deeper_than(value: &serde_json::Value, limit: usize) -> bool {
+    use serde_json::Value;
+    let mut stack = vec![(value, 0)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: &mut dyn Iterator<Item = &Value> = match value {
+            Value::Array(items) => &mut items.iter(),
+            Value::Object(map) => &mut map.values(),
+            _ => continue,
+        };
+        if depth == limit {
+            return true;
+        }
+        stack.extend(children.map(|child| (child, depth + 1)));
+    }
+    false
+}
+
+/// Drops `value` without recursion (serde_json's drop recurses once per level).
+pub(crate) fn drop_value_iteratively(value: serde_json::Value) {
+    use serde_json::Value;
+    let mut stack = vec![value];
+    while let Some(mut value) = stack.pop() {
+        match &mut value {
+            Value::Array(items) => stack.append(items),
+            Value::Object(map) => stack.extend(std::mem::take(map).into_iter().map(|(_, v)| v)),
+            _ => {}
+        }
+    }
+}
+
 /// A decoded event whose type is known only at run time (see [`EventDescriptor::decode_json`]).
 pub type AnyEvent = Box<dyn Any + Send + Sync>;
 

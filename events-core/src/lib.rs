@@ -68,7 +68,8 @@ pub use error::{Error, HandlerFailures};
 #[doc(hidden)]
 pub use event::DeclaredEvent;
 pub use event::{
-    AnyEvent, DomainEvent, EventDescriptor, EventField, EventRef, PayloadMismatch, SourceLocation,
+    AnyEvent, DomainEvent, EventDescriptor, EventField, EventRef, MAX_PAYLOAD_DEPTH,
+    PayloadMismatch, SourceLocation,
 };
 pub use handler::{
     BoxError, BoxFuture, EventValue, FailureCause, Handler, HandlerDescriptor, HandlerFailure,

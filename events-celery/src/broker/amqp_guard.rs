@@ -30,8 +30,8 @@ use crate::codec::REFUSED_HEADER;
 
 /// The deepest nesting of tables and arrays a message's `headers` may have (the table itself
 /// is level 1). Celery's own headers nest 3 levels at most; lapin's parser needs about 1 KB of
-/// stack per level.
-pub(crate) const MAX_HEADER_DEPTH: usize = 64;
+/// stack per level. The codec refuses to write deeper headers.
+pub(crate) use crate::codec::MAX_HEADER_DEPTH;
 
 /// AMQP frame type of a content header.
 const FRAME_HEADER: u8 = 2;

@@ -254,12 +254,13 @@ impl TaskMessage {
                 AmqpValue::Array(names.iter().map(|name| string(name.clone())).collect())
             }),
         );
-        push("stamps", from_map(&h.stamps, "stamps")?);
+        // The headers table is level 1.
+        push("stamps", from_map(&h.stamps, "stamps", 1)?);
         for (name, value) in &h.custom {
             if name.len() > 255 {
                 return Err(EncodeError::AmqpKeyTooLong(name.clone()));
             }
-            push(name, from_json(value, name)?);
+            push(name, from_json(value, name, 1)?);
         }
         if let Some(compression) = self.properties.compression {
             // kombu adds it to the headers last, after compressing the body.
@@ -447,31 +448,58 @@ fn from_number(number: &JsonNumber, header: &str) -> Result<AmqpValue, EncodeErr
     }
 }
 
-fn from_map(map: &JsonMap, header: &str) -> Result<AmqpValue, EncodeError> {
+/// `map` as a table inside `depth` tables and arrays; deeper than
+/// [`MAX_HEADER_DEPTH`] is refused, as the worker's guard refuses it.
+fn from_map(map: &JsonMap, header: &str, depth: usize) -> Result<AmqpValue, EncodeError> {
+    let depth = deeper(depth, header)?;
     let mut table = Vec::with_capacity(map.len());
     for (key, value) in map {
         if key.len() > 255 {
             return Err(EncodeError::AmqpKeyTooLong(key.clone()));
         }
-        table.push((key.clone(), from_json(value, &format!("{header}.{key}"))?));
+        table.push((
+            key.clone(),
+            from_json(value, &format!("{header}.{key}"), depth)?,
+        ));
     }
     Ok(AmqpValue::Table(AmqpTable(table)))
 }
 
-fn from_json(value: &Json, header: &str) -> Result<AmqpValue, EncodeError> {
+/// `value` as a field value inside `depth` tables and arrays.
+fn from_json(value: &Json, header: &str, depth: usize) -> Result<AmqpValue, EncodeError> {
     Ok(match value {
         Json::Null => AmqpValue::Void,
         Json::Bool(b) => AmqpValue::Bool(*b),
         Json::Number(number) => from_number(number, header)?,
         Json::String(text) => AmqpValue::LongString(text.as_bytes().to_vec()),
-        Json::Array(items) => AmqpValue::Array(
-            items
-                .iter()
-                .map(|item| from_json(item, header))
-                .collect::<Result<_, _>>()?,
-        ),
-        Json::Object(map) => from_map(map, header)?,
+        Json::Array(items) => {
+            let depth = deeper(depth, header)?;
+            AmqpValue::Array(
+                items
+                    .iter()
+                    .map(|item| from_json(item, header, depth))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        Json::Object(map) => from_map(map, header, depth)?,
     })
+}
+
+/// How deep tables and arrays may nest in a message's headers, the headers table being level
+/// 1: the worker's guard dead-letters a deeper message before lapin parses it (lapin's parser
+/// needs about 1 KB of stack per level), so the publisher refuses to write one.
+pub(crate) const MAX_HEADER_DEPTH: usize = 64;
+
+/// One table or array further in, if within [`MAX_HEADER_DEPTH`].
+fn deeper(depth: usize, header: &str) -> Result<usize, EncodeError> {
+    if depth < MAX_HEADER_DEPTH {
+        Ok(depth + 1)
+    } else {
+        Err(EncodeError::TooDeep {
+            part: format!("header `{header}`"),
+            limit: MAX_HEADER_DEPTH,
+        })
+    }
 }
 
 /// A header's value: strings, voids and non-negative integers as they are, the rest through
@@ -603,7 +631,7 @@ mod tests {
                 "f": {}}"#,
         )
         .unwrap();
-        let AmqpValue::Table(table) = from_json(&value, "h").unwrap() else {
+        let AmqpValue::Table(table) = from_json(&value, "h", 1).unwrap() else {
             unreachable!("objects become tables")
         };
         let tags: String = table.iter().map(|(_, value)| value.type_tag()).collect();
@@ -614,7 +642,7 @@ mod tests {
         );
         let big = Json::parse("1180591620717411303424").unwrap();
         assert!(matches!(
-            from_json(&big, "x-big"),
+            from_json(&big, "x-big", 1),
             Err(EncodeError::AmqpValueOutOfRange { header, .. }) if header == "x-big"
         ));
     }

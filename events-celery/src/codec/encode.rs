@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::json::{Json, JsonMap, JsonNumber};
 use chrono::{DateTime, FixedOffset, SubsecRound, TimeZone, Utc};
-use events_core::{DomainEvent, EventRef};
+use events_core::{DomainEvent, EventRef, MAX_PAYLOAD_DEPTH};
 
 use super::compression::Compression;
 use super::error::EncodeError;
@@ -128,6 +128,8 @@ pub struct EncodeOptions {
     parent_id: Option<String>,
     root_id: Option<String>,
     headers: Vec<(String, Json)>,
+    /// A header [`header`](Self::header) refused for nesting too deep (encoding then fails).
+    too_deep_header: Option<String>,
     kwargs_repr: KwargsRepr,
     time_limit: TimeLimit,
     reply_to: Option<String>,
@@ -157,6 +159,7 @@ impl EncodeOptions {
             parent_id: None,
             root_id: None,
             headers: Vec::new(),
+            too_deep_header: None,
             kwargs_repr: KwargsRepr::Python,
             time_limit: TimeLimit::default(),
             reply_to: None,
@@ -258,9 +261,17 @@ impl EncodeOptions {
     /// Adds a custom header (after Celery's own, as `send_task(headers=...)` puts it). Setting
     /// a name again replaces its value, as in a Python dict; a name Celery uses for its own
     /// headers is ignored.
+    ///
+    /// A value nesting arrays and objects deeper than a worker reads (126 levels) is not kept:
+    /// encoding with these options then fails with [`EncodeError::TooDeep`].
     pub fn header(mut self, name: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
         let name = name.into();
         let value = Json::from(value.into());
+        if value.nests_deeper_than(MAX_PAYLOAD_DEPTH) {
+            value.drop_iteratively();
+            self.too_deep_header = Some(name);
+            return self;
+        }
         match self
             .headers
             .iter_mut()
@@ -329,12 +340,13 @@ impl TaskMessage {
     ) -> Result<Self, EncodeError> {
         // Into the codec's own JSON value: wide integers exact, and a NaN or infinity refused
         // with its field named (serde_json would silently write `null`).
+        // `from_serialize` refuses a value nesting deeper than a worker reads.
         let payload =
             Json::from_serialize(event.serializable()).map_err(|error| EncodeError::Serialize {
                 event: event.name().to_owned(),
                 source: serde::ser::Error::custom(error),
             })?;
-        Self::from_payload(event.name(), payload, options)
+        Self::from_bounded_payload(event.name(), payload, options)
     }
 
     /// The task message for an event given as its name and JSON payload (a [`Json`], or a
@@ -344,7 +356,31 @@ impl TaskMessage {
         payload: impl Into<Json>,
         options: &EncodeOptions,
     ) -> Result<Self, EncodeError> {
+        // Converted without recursion; a value built in code may be deeper than the stack.
         let payload = payload.into();
+        if payload.nests_deeper_than(MAX_PAYLOAD_DEPTH) {
+            payload.drop_iteratively();
+            return Err(EncodeError::TooDeep {
+                part: format!("the payload of `{event_name}`"),
+                limit: MAX_PAYLOAD_DEPTH,
+            });
+        }
+        Self::from_bounded_payload(event_name, payload, options)
+    }
+
+    /// [`from_payload`](Self::from_payload) for a payload known to nest at most
+    /// [`MAX_PAYLOAD_DEPTH`] deep.
+    fn from_bounded_payload(
+        event_name: &str,
+        payload: Json,
+        options: &EncodeOptions,
+    ) -> Result<Self, EncodeError> {
+        if let Some(header) = &options.too_deep_header {
+            return Err(EncodeError::TooDeep {
+                part: format!("header `{header}`"),
+                limit: MAX_PAYLOAD_DEPTH,
+            });
+        }
         if let Some(priority) = options.priority.filter(|&p| p > 9) {
             return Err(EncodeError::InvalidPriority(priority));
         }

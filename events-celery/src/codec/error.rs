@@ -36,6 +36,18 @@ pub enum EncodeError {
         /// The value, as JSON.
         value: String,
     },
+    /// A value nests arrays and objects deeper than a worker reads (only a value built in
+    /// code can: a message given to `send`, a custom header).
+    #[error(
+        "{part} nests arrays and objects deeper than {limit} levels, the most a worker reads: \
+         it is refused rather than sent as a message no worker can read; send a shallower value"
+    )]
+    TooDeep {
+        /// What nests too deep (`header \`x-tree\``, `the payload`).
+        part: String,
+        /// The limit.
+        limit: usize,
+    },
     /// An AMQP field-table key longer than 255 bytes.
     #[error("header name `{0}` is longer than the 255 bytes AMQP allows")]
     AmqpKeyTooLong(String),

@@ -23,8 +23,9 @@ use serde::forward_to_deserialize_any;
 
 use super::python_json::{push_json_value, push_python_float, push_python_float_text};
 
-/// How deep arrays and objects may nest (serde_json's own limit).
-const MAX_DEPTH: usize = 128;
+/// How deep arrays and objects may nest (serde_json's own limit; the publish paths refuse a
+/// deeper value).
+pub(crate) const MAX_DEPTH: usize = 128;
 
 /// A JSON value as the codec holds it: exact numbers, ordered objects.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -195,17 +196,66 @@ impl From<serde_json::Number> for JsonNumber {
 }
 
 impl From<serde_json::Value> for Json {
+    /// Converts without recursion, so a value of any depth converts (a publish path then
+    /// refuses one deeper than a worker reads, see [`Json::nests_deeper_than`]).
     fn from(value: serde_json::Value) -> Self {
         use serde_json::Value;
-        match value {
-            Value::Null => Json::Null,
-            Value::Bool(b) => Json::Bool(b),
-            Value::Number(n) => Json::Number(n.into()),
-            Value::String(s) => Json::String(s),
-            Value::Array(items) => Json::Array(items.into_iter().map(Json::from).collect()),
-            Value::Object(map) => {
-                Json::Object(map.into_iter().map(|(k, v)| (k, v.into())).collect())
-            }
+        /// An array or object being converted: what is done, what is left.
+        enum Frame {
+            Array(Vec<Json>, std::vec::IntoIter<Value>),
+            Object(JsonMap, serde_json::map::IntoIter, String),
+        }
+        let mut stack: Vec<Frame> = Vec::new();
+        let mut next = value;
+        loop {
+            let mut done = match next {
+                Value::Null => Some(Json::Null),
+                Value::Bool(b) => Some(Json::Bool(b)),
+                Value::Number(n) => Some(Json::Number(n.into())),
+                Value::String(s) => Some(Json::String(s)),
+                Value::Array(items) => {
+                    let converted = Vec::with_capacity(items.len());
+                    stack.push(Frame::Array(converted, items.into_iter()));
+                    None
+                }
+                Value::Object(map) => {
+                    let converted = JsonMap::with_capacity(map.len());
+                    stack.push(Frame::Object(converted, map.into_iter(), String::new()));
+                    None
+                }
+            };
+            // Hand what is done to its container, and find the next value to convert.
+            next = loop {
+                let Some(top) = stack.last_mut() else {
+                    // The stack empties only after the outermost value is done.
+                    return done.unwrap_or_default();
+                };
+                let child = match top {
+                    Frame::Array(converted, rest) => {
+                        converted.extend(done.take());
+                        rest.next()
+                    }
+                    Frame::Object(converted, rest, key) => {
+                        if let Some(value) = done.take() {
+                            converted.insert(std::mem::take(key), value);
+                        }
+                        rest.next().map(|(k, v)| {
+                            *key = k;
+                            v
+                        })
+                    }
+                };
+                match child {
+                    Some(child) => break child,
+                    None => {
+                        done = Some(match stack.pop() {
+                            Some(Frame::Array(converted, _)) => Json::Array(converted),
+                            Some(Frame::Object(converted, ..)) => Json::Object(converted),
+                            None => unreachable!("`top` was on the stack"),
+                        });
+                    }
+                }
+            };
         }
     }
 }
@@ -248,13 +298,15 @@ impl Json {
     /// The Rust value as a `Json`. Floats that JSON cannot carry (`NaN`, `±inf`) are refused,
     /// naming where they are (`ratio`, `lines[2].price`), where serde_json would write `null`.
     pub fn from_serialize<T: serde::Serialize + ?Sized>(value: &T) -> Result<Json, JsonError> {
-        match value.serialize(ser::ToJson) {
+        match value.serialize(ser::ToJson::default()) {
             Ok(json) => Ok(json),
+            // Its path is as long as the value is deep.
+            Err(error) if error.0.starts_with(ser::TOO_DEEP) => Err(error),
             Err(error) => {
                 // Again, tracking the path, to say where.
                 let mut track = serde_path_to_error::Track::new();
                 let traced = value.serialize(serde_path_to_error::Serializer::new(
-                    ser::ToJson,
+                    ser::ToJson::default(),
                     &mut track,
                 ));
                 let path = track.path().to_string();
@@ -262,6 +314,38 @@ impl Json {
                     Err(traced) if path != "." => JsonError(format!("at `{path}`: {traced}")),
                     _ => error,
                 })
+            }
+        }
+    }
+
+    /// Whether arrays and objects nest more than `limit` deep (`[[1]]` nests 2 deep, `1` 0).
+    /// Walks the value without recursion, so it answers for a value of any depth; the publish
+    /// paths refuse a payload deeper than [`events_core::MAX_PAYLOAD_DEPTH`].
+    pub fn nests_deeper_than(&self, limit: usize) -> bool {
+        let mut stack = vec![(self, 0)];
+        while let Some((value, depth)) = stack.pop() {
+            let children: &mut dyn Iterator<Item = &Json> = match value {
+                Json::Array(items) => &mut items.iter(),
+                Json::Object(map) => &mut map.0.values(),
+                _ => continue,
+            };
+            if depth == limit {
+                return true;
+            }
+            stack.extend(children.map(|child| (child, depth + 1)));
+        }
+        false
+    }
+
+    /// Drops the value without recursion (the derived drop recurses once per level, and a
+    /// value built in code can be deeper than the stack).
+    pub fn drop_iteratively(self) {
+        let mut stack = vec![self];
+        while let Some(mut value) = stack.pop() {
+            match &mut value {
+                Json::Array(items) => stack.append(items),
+                Json::Object(map) => stack.extend(std::mem::take(map).into_iter().map(|(_, v)| v)),
+                _ => {}
             }
         }
     }

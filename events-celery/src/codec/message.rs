@@ -16,7 +16,7 @@ use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
 use super::compression::{COMPRESSION_HEADER, Compression};
 use super::error::{DecodeError, PayloadError, json_type};
 use super::kombu_json::untag;
-use super::python_json::{push_json_map, push_json_str, push_json_value};
+use super::python_json::{push_json_str, push_map, push_value};
 use super::timestamp::{isoformat, parse_iso8601};
 
 /// The name of the keyword argument that carries the event: `kwargs = {"payload": <event>}`.
@@ -563,13 +563,14 @@ pub(crate) fn push_headers_json(
             out.push(']');
         }
     }
+    // Inside kombu's envelope and the headers object: 2 levels.
     entry(out, "stamps");
-    push_json_map(out, &h.stamps)?;
+    push_map(out, &h.stamps, 2)?;
     for (name, value) in &h.custom {
         out.push_str(", ");
         push_json_str(out, name)?;
         out.push_str(": ");
-        push_json_value(out, value)?;
+        push_value(out, value, 2)?;
     }
     if let Some(compression) = message.properties.compression {
         // kombu adds it to the headers last, after compressing the body.
@@ -585,25 +586,27 @@ pub(crate) fn push_body_json(
     out: &mut String,
     message: &TaskMessage,
 ) -> Result<(), serde_json::Error> {
+    // The worker parses the body as one document: args' items and embed's values are inside
+    // 2 levels, kwargs inside 1, so a payload may nest 126 deep (`MAX_PAYLOAD_DEPTH`).
     out.push('[');
     out.push('[');
     for (index, arg) in message.args.iter().enumerate() {
         if index > 0 {
             out.push_str(", ");
         }
-        push_json_value(out, arg)?;
+        push_value(out, arg, 2)?;
     }
     out.push_str("], ");
-    push_json_map(out, &message.kwargs)?;
+    push_map(out, &message.kwargs, 1)?;
     let embed = &message.embed;
     out.push_str(", {\"callbacks\": ");
-    push_json_value(out, &embed.callbacks)?;
+    push_value(out, &embed.callbacks, 2)?;
     out.push_str(", \"errbacks\": ");
-    push_json_value(out, &embed.errbacks)?;
+    push_value(out, &embed.errbacks, 2)?;
     out.push_str(", \"chain\": ");
-    push_json_value(out, &embed.chain)?;
+    push_value(out, &embed.chain, 2)?;
     out.push_str(", \"chord\": ");
-    push_json_value(out, &embed.chord)?;
+    push_value(out, &embed.chord, 2)?;
     out.push_str("}]");
     Ok(())
 }

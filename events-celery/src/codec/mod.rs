@@ -81,6 +81,8 @@
 mod amqp;
 mod compression;
 mod decode;
+#[cfg(test)]
+mod depth_tests;
 mod encode;
 mod error;
 mod json;
@@ -93,8 +95,8 @@ mod scan;
 mod timestamp;
 mod uuid4;
 
-pub(crate) use amqp::REFUSED_HEADER;
 pub use amqp::{AmqpMessage, AmqpProperties, AmqpTable, AmqpValue};
+pub(crate) use amqp::{MAX_HEADER_DEPTH, REFUSED_HEADER};
 pub use compression::{COMPRESSION_HEADER, Compression};
 pub use decode::{DEFAULT_MAX_MESSAGE_BYTES, DecodeOptions};
 pub use encode::{

@@ -8,7 +8,7 @@
 
 use std::io;
 
-use super::json::{Json, JsonMap};
+use super::json::{Json, JsonMap, MAX_DEPTH};
 use super::scan;
 use serde::Serialize;
 use serde_json::ser::Formatter;
@@ -175,8 +175,20 @@ pub(crate) fn push_json_str(out: &mut String, text: &str) -> Result<(), serde_js
     Ok(())
 }
 
-/// Appends `value` as Python's `json.dumps` writes it.
+/// Appends `value` as Python's `json.dumps` writes it. A value nesting arrays and objects
+/// deeper than a worker parses (128 levels; only a value built in code can) is an error, not a
+/// stack overflow.
 pub(crate) fn push_json_value(out: &mut String, value: &Json) -> Result<(), serde_json::Error> {
+    push_value(out, value, 0)
+}
+
+/// `value`, inside `depth` arrays and objects (`depth` counting those of the document it is
+/// written into, so that the document as a whole stays within the limit).
+pub(crate) fn push_value(
+    out: &mut String,
+    value: &Json,
+    depth: usize,
+) -> Result<(), serde_json::Error> {
     match value {
         Json::Null => out.push_str("null"),
         Json::Bool(true) => out.push_str("true"),
@@ -185,22 +197,29 @@ pub(crate) fn push_json_value(out: &mut String, value: &Json) -> Result<(), serd
         Json::Number(number) => out.push_str(number.as_str()),
         Json::String(text) => push_json_str(out, text)?,
         Json::Array(items) => {
+            let depth = deeper(depth)?;
             out.push('[');
             for (index, item) in items.iter().enumerate() {
                 if index > 0 {
                     out.push_str(", ");
                 }
-                push_json_value(out, item)?;
+                push_value(out, item, depth)?;
             }
             out.push(']');
         }
-        Json::Object(map) => push_json_map(out, map)?,
+        Json::Object(map) => push_map(out, map, depth)?,
     }
     Ok(())
 }
 
-/// Appends `map` as a JSON object, as Python's `json.dumps` writes a dict.
-pub(crate) fn push_json_map(out: &mut String, map: &JsonMap) -> Result<(), serde_json::Error> {
+/// Appends `map` as a JSON object, as Python's `json.dumps` writes a dict, inside `depth`
+/// arrays and objects.
+pub(crate) fn push_map(
+    out: &mut String,
+    map: &JsonMap,
+    depth: usize,
+) -> Result<(), serde_json::Error> {
+    let depth = deeper(depth)?;
     out.push('{');
     for (index, (key, item)) in map.iter().enumerate() {
         if index > 0 {
@@ -208,10 +227,23 @@ pub(crate) fn push_json_map(out: &mut String, map: &JsonMap) -> Result<(), serde
         }
         push_json_str(out, key)?;
         out.push_str(": ");
-        push_json_value(out, item)?;
+        push_value(out, item, depth)?;
     }
     out.push('}');
     Ok(())
+}
+
+/// One array or object further in, if a worker can still parse it.
+fn deeper(depth: usize) -> Result<usize, serde_json::Error> {
+    if depth < MAX_DEPTH {
+        Ok(depth + 1)
+    } else {
+        Err(serde::ser::Error::custom(format_args!(
+            "a value nests arrays and objects deeper than {MAX_DEPTH} levels, the most a worker \
+             parses: it is refused rather than sent as a message no worker can read; send a \
+             shallower value"
+        )))
+    }
 }
 
 /// Whether every byte is printable ASCII other than `"` and the backslash (written as it is).

@@ -1,14 +1,58 @@
 //! Rust values into [`Json`], as serde_json would write them — except that integers of any
 //! width stay exact, floats are spelled as Python's `repr`, and a float JSON cannot carry
-//! (`NaN`, `±inf`) is an error rather than `null`.
+//! (`NaN`, `±inf`) is an error rather than `null`, and a value nesting deeper than a worker
+//! can read is an error rather than a stack overflow.
 
 use serde::Serialize;
 use serde::ser::{self, Impossible};
 
+use events_core::MAX_PAYLOAD_DEPTH as MAX_DEPTH;
+
 use super::{Json, JsonError, JsonMap, JsonNumber};
 
-/// Serialises into a [`Json`].
-pub(super) struct ToJson;
+/// How many serde calls may nest, counting those that write no bracket (`Option`, newtypes):
+/// a recursive type (`enum Tree { Leaf, Node(Box<Tree>) }`) recurses through them, and each
+/// level costs stack.
+const MAX_LEVELS: u32 = 4 * MAX_DEPTH as u32;
+
+/// The start of a depth error's message (`from_serialize` does not trace its path: it is as
+/// long as the value is deep).
+pub(super) const TOO_DEEP: &str = "the value nests deeper than";
+
+/// Serialises into a [`Json`], counting how deep it is: `brackets` arrays and objects around the
+/// value being written, `levels` serde calls (brackets, `Some` and newtypes).
+#[derive(Clone, Copy, Default)]
+pub(super) struct ToJson {
+    brackets: u32,
+    levels: u32,
+}
+
+impl ToJson {
+    /// One level further in, writing `brackets` more arrays or objects (0, 1, or 2 for a
+    /// tuple or struct variant's `{"Variant": [...]}`).
+    fn deeper(self, brackets: u32) -> Result<Self, JsonError> {
+        let inner = Self {
+            brackets: self.brackets + brackets,
+            levels: self.levels + 1,
+        };
+        if inner.brackets > MAX_DEPTH as u32 {
+            Err(JsonError(format!(
+                "{TOO_DEEP} {MAX_DEPTH} arrays and objects, the most a worker reads (serde_json's \
+                 and this codec's parse limit): a recursive type (a tree, a linked list) this \
+                 deep is refused rather than sent as a message no worker can read; flatten it \
+                 (a list of nodes with parent indices) or send a shallower value"
+            )))
+        } else if inner.levels > MAX_LEVELS {
+            Err(JsonError(format!(
+                "{TOO_DEEP} {MAX_LEVELS} levels of Options, newtypes, arrays and objects: a \
+                 recursive type this deep is refused rather than overflowing the stack; flatten \
+                 it or send a shallower value"
+            )))
+        } else {
+            Ok(inner)
+        }
+    }
+}
 
 fn float(value: f64) -> Result<Json, JsonError> {
     if value.is_finite() {
@@ -94,7 +138,7 @@ impl ser::Serializer for ToJson {
         Ok(Json::Null)
     }
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<Json, JsonError> {
-        value.serialize(self)
+        value.serialize(self.deeper(0)?)
     }
     fn serialize_unit(self) -> Result<Json, JsonError> {
         Ok(Json::Null)
@@ -115,7 +159,7 @@ impl ser::Serializer for ToJson {
         _name: &'static str,
         value: &T,
     ) -> Result<Json, JsonError> {
-        value.serialize(self)
+        value.serialize(self.deeper(0)?)
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
@@ -125,11 +169,11 @@ impl ser::Serializer for ToJson {
         value: &T,
     ) -> Result<Json, JsonError> {
         let mut map = JsonMap::with_capacity(1);
-        map.insert(variant.to_owned(), value.serialize(self)?);
+        map.insert(variant.to_owned(), value.serialize(self.deeper(1)?)?);
         Ok(Json::Object(map))
     }
     fn serialize_seq(self, len: Option<usize>) -> Result<Seq, JsonError> {
-        Ok(Seq(Vec::with_capacity(len.unwrap_or(0))))
+        Ok(Seq(Vec::with_capacity(len.unwrap_or(0)), self.deeper(1)?))
     }
     fn serialize_tuple(self, len: usize) -> Result<Seq, JsonError> {
         self.serialize_seq(Some(len))
@@ -144,12 +188,16 @@ impl ser::Serializer for ToJson {
         variant: &'static str,
         len: usize,
     ) -> Result<Variant<Seq>, JsonError> {
-        Ok(Variant(variant, Seq(Vec::with_capacity(len))))
+        Ok(Variant(
+            variant,
+            Seq(Vec::with_capacity(len), self.deeper(1)?.deeper(1)?),
+        ))
     }
     fn serialize_map(self, len: Option<usize>) -> Result<Map, JsonError> {
         Ok(Map {
             map: JsonMap::with_capacity(len.unwrap_or(0)),
             key: None,
+            inner: self.deeper(1)?,
         })
     }
     fn serialize_struct(self, _name: &'static str, len: usize) -> Result<Map, JsonError> {
@@ -162,17 +210,18 @@ impl ser::Serializer for ToJson {
         variant: &'static str,
         len: usize,
     ) -> Result<Variant<Map>, JsonError> {
-        Ok(Variant(variant, self.serialize_map(Some(len))?))
+        Ok(Variant(variant, self.deeper(1)?.serialize_map(Some(len))?))
     }
 }
 
-pub(super) struct Seq(Vec<Json>);
+/// An array being written, and how to write its items.
+pub(super) struct Seq(Vec<Json>, ToJson);
 
 impl ser::SerializeSeq for Seq {
     type Ok = Json;
     type Error = JsonError;
     fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), JsonError> {
-        self.0.push(value.serialize(ToJson)?);
+        self.0.push(value.serialize(self.1)?);
         Ok(())
     }
     fn end(self) -> Result<Json, JsonError> {
@@ -202,9 +251,11 @@ impl ser::SerializeTupleStruct for Seq {
     }
 }
 
+/// An object being written, and how to write its values.
 pub(super) struct Map {
     map: JsonMap,
     key: Option<String>,
+    inner: ToJson,
 }
 
 impl ser::SerializeMap for Map {
@@ -219,7 +270,7 @@ impl ser::SerializeMap for Map {
             .key
             .take()
             .ok_or_else(|| JsonError("a map value came without its key".to_owned()))?;
-        self.map.insert(key, value.serialize(ToJson)?);
+        self.map.insert(key, value.serialize(self.inner)?);
         Ok(())
     }
     fn end(self) -> Result<Json, JsonError> {
@@ -235,7 +286,8 @@ impl ser::SerializeStruct for Map {
         key: &'static str,
         value: &T,
     ) -> Result<(), JsonError> {
-        self.map.insert(key.to_owned(), value.serialize(ToJson)?);
+        self.map
+            .insert(key.to_owned(), value.serialize(self.inner)?);
         Ok(())
     }
     fn end(self) -> Result<Json, JsonError> {
