@@ -265,7 +265,7 @@ impl CeleryBackend {
         options: impl FnOnce(EncodeOptions) -> EncodeOptions,
     ) -> Result<Receipt, CeleryError> {
         let event = EventRef::new(event);
-        let options = options(self.inner.config.encode_options(event.name()));
+        let options = options(self.options_for(event.name()));
         let message = TaskMessage::from_event_ref(event, &options)?;
         self.send_event(event.name(), message).await
     }
@@ -278,7 +278,7 @@ impl CeleryBackend {
         options: impl FnOnce(EncodeOptions) -> EncodeOptions,
     ) -> Result<Receipt, CeleryError> {
         let event = EventRef::new(event);
-        let options = options(self.inner.config.encode_options(event.name()));
+        let options = options(self.options_for(event.name()));
         let message = TaskMessage::from_event_ref(event, &options)?;
         self.send_event_blocking(event.name(), message)
     }
@@ -377,8 +377,20 @@ impl CeleryBackend {
         self.inner.jobs.send(job).map_err(|_| dropped())
     }
 
+    /// The configured options for `event`, plus — when a handler is publishing — where the
+    /// message comes from (`events_core::origin`): the worker bounds publish cycles with it.
+    fn options_for(&self, event: &str) -> EncodeOptions {
+        let options = self.inner.config.encode_options(event);
+        match events_core::origin::current() {
+            Some(origin) => options
+                .header(crate::codec::PUBLISH_DEPTH_HEADER, origin.depth())
+                .header(crate::codec::PUBLISH_CHAIN_HEADER, origin.chain().to_vec()),
+            None => options,
+        }
+    }
+
     fn encode(&self, event: EventRef<'_>) -> Result<TaskMessage, CeleryError> {
-        let options = self.inner.config.encode_options(event.name());
+        let options = self.options_for(event.name());
         Ok(TaskMessage::from_event_ref(event, &options)?)
     }
 

@@ -52,6 +52,7 @@ mod error;
 mod event;
 mod handler;
 mod memory;
+pub mod origin;
 mod registry;
 pub mod text;
 

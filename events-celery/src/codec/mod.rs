@@ -96,6 +96,14 @@ mod timestamp;
 mod uuid4;
 
 pub use amqp::{AmqpMessage, AmqpProperties, AmqpTable, AmqpValue};
+
+/// The header in which a message published by a handler carries how many publishes deep it is
+/// (`events_core::origin`); a worker dead-letters one at
+/// [`MAX_PUBLISH_DEPTH`](events_core::MAX_PUBLISH_DEPTH) as a publish cycle.
+pub const PUBLISH_DEPTH_HEADER: &str = "x-events-depth";
+/// The header that carries the names of the events on the way to a message published by a
+/// handler, oldest first (the last 64).
+pub const PUBLISH_CHAIN_HEADER: &str = "x-events-chain";
 pub(crate) use amqp::{MAX_HEADER_DEPTH, REFUSED_HEADER};
 pub use compression::{COMPRESSION_HEADER, Compression};
 pub use decode::{DEFAULT_MAX_MESSAGE_BYTES, DecodeOptions};

@@ -15,6 +15,7 @@ use tracing::Instrument;
 use super::WorkerConfig;
 use super::quiet::Loudness;
 use crate::codec::{DecodeError, TaskMessage};
+use events_core::origin::{self, PublishOrigin};
 use events_core::text::OneLine;
 
 /// The custom header a retry carries: the names of the handlers still to run.
@@ -88,6 +89,8 @@ struct Job {
     message: TaskMessage,
     event: Arc<dyn Any + Send + Sync>,
     handlers: Vec<Handler>,
+    /// Where what its handlers publish comes from.
+    origin: PublishOrigin,
 }
 
 /// The worker's shared state: configuration, handlers by event, counters.
@@ -236,6 +239,10 @@ impl Core {
                 message.task
             )));
         };
+        let origin = match publish_origin(&message, name) {
+            Ok(origin) => origin,
+            Err(dead) => return Examined::Dead(dead),
+        };
         let now = Utc::now();
         if let Some(expires) = message.headers.expires
             && expires < now
@@ -256,6 +263,7 @@ impl Core {
                 message,
                 event,
                 handlers,
+                origin,
             })),
             Err(dead) => Examined::Dead(dead),
         }
@@ -304,6 +312,7 @@ impl Core {
             message,
             event,
             handlers,
+            origin,
         } = *job;
         if handlers.is_empty() {
             tracing::debug!("no handlers subscribed to event");
@@ -311,7 +320,10 @@ impl Core {
         let mut failures = Vec::new();
         for handler in &handlers {
             let span = tracing::info_span!("handler", handler = handler.name());
-            let outcome = self.run_handler(handler, &event).instrument(span).await;
+            let outcome = self
+                .run_handler(handler, &event, &origin)
+                .instrument(span)
+                .await;
             if let Err(failure) = outcome {
                 failures.push((handler, failure));
             }
@@ -366,6 +378,7 @@ impl Core {
         &self,
         handler: &Handler,
         event: &Arc<dyn Any + Send + Sync>,
+        origin: &PublishOrigin,
     ) -> Result<(), HandlerFailure> {
         let limit = handler.options().time_limit.or(self.config.time_limit);
         if handler.is_async() {
@@ -374,6 +387,7 @@ impl Core {
                 handler: handler.name(),
                 threshold: self.config.blocking_poll,
                 stats: &self.stats,
+                origin,
             };
             return match limit {
                 Some(limit) => tokio::time::timeout(limit, run)
@@ -386,8 +400,7 @@ impl Core {
         if limit.is_none() && timing.is_some_and(Timing::is_quick) {
             // Measured quick: a thread hop would cost more than the handler.
             let started = std::time::Instant::now();
-            let outcome = handler
-                .run_sync(&**event)
+            let outcome = origin::scope(Some(origin.clone()), || handler.run_sync(&**event))
                 .unwrap_or_else(|| unreachable!("a sync handler runs synchronously"));
             if let Some(timing) = timing {
                 timing.record(started.elapsed());
@@ -395,11 +408,10 @@ impl Core {
             return outcome;
         }
         // Sync handlers may be CPU-heavy or block: run them off the async threads.
-        let (h, e) = (handler.clone(), Arc::clone(event));
+        let (h, e, o) = (handler.clone(), Arc::clone(event), origin.clone());
         let task = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let outcome = h
-                .run_sync(&*e)
+            let outcome = origin::scope(Some(o), || h.run_sync(&*e))
                 .unwrap_or_else(|| unreachable!("a sync handler runs synchronously"));
             (outcome, started.elapsed())
         });
@@ -464,6 +476,43 @@ impl Core {
     }
 }
 
+/// Where what the handlers of `message` (event `name`) publish comes from; a message already
+/// [`MAX_PUBLISH_DEPTH`](events_core::MAX_PUBLISH_DEPTH) publishes deep is a cycle of handlers
+/// publishing through the broker, dead-lettered naming it instead of looping forever.
+fn publish_origin(message: &TaskMessage, name: &str) -> Result<PublishOrigin, DeadLetter> {
+    let header = |wanted: &str| {
+        message
+            .headers
+            .custom
+            .iter()
+            .find(|(header, _)| header == wanted)
+            .map(|(_, value)| value)
+    };
+    let depth = header(crate::codec::PUBLISH_DEPTH_HEADER)
+        .and_then(|depth| depth.as_u64())
+        .map_or(0, |depth| u32::try_from(depth).unwrap_or(u32::MAX));
+    let chain: Vec<String> = header(crate::codec::PUBLISH_CHAIN_HEADER)
+        .and_then(|chain| chain.as_array())
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let origin = PublishOrigin::handling(name, depth, chain);
+    if depth as usize >= events_core::MAX_PUBLISH_DEPTH {
+        return Err(DeadLetter::new(format!(
+            "publish cycle through the broker: this message is {depth} publishes deep ({}); a \
+             handler must not publish, directly or through other events' handlers, the event \
+             it handles — dead-lettered at the limit of {} instead of looping forever",
+            origin.chain().join(" -> "),
+            events_core::MAX_PUBLISH_DEPTH
+        )));
+    }
+    Ok(origin)
+}
+
 enum Examined {
     Dead(DeadLetter),
     Expired(Box<TaskMessage>),
@@ -478,6 +527,8 @@ struct PollWatch<'a, F> {
     handler: &'a str,
     threshold: Duration,
     stats: &'a WorkerStats,
+    /// Current while the handler is polled: what it publishes comes from here.
+    origin: &'a PublishOrigin,
 }
 
 impl<F: Future + Unpin> Future for PollWatch<'_, F> {
@@ -489,7 +540,10 @@ impl<F: Future + Unpin> Future for PollWatch<'_, F> {
     ) -> std::task::Poll<F::Output> {
         let this = self.get_mut();
         let started = std::time::Instant::now();
-        let polled = std::pin::Pin::new(&mut this.inner).poll(cx);
+        let inner = &mut this.inner;
+        let polled = origin::scope(Some(this.origin.clone()), || {
+            std::pin::Pin::new(inner).poll(cx)
+        });
         let took = started.elapsed();
         if took >= this.threshold {
             this.stats.blocking_polls.fetch_add(1, Ordering::Relaxed);
