@@ -122,13 +122,24 @@ async fn cycles_stop_at_the_limit(broker: &str, url: &str) {
     assert_eq!(reasons.len(), 2, "{broker}: {reasons:#?}");
     // The first message is published from outside any handler (depth 0); the one published
     // 64 deep is refused: 64 runs each.
-    assert_eq!(counted.get(&echo_run), Some(&(MAX_PUBLISH_DEPTH as u32)), "{broker}");
-    assert_eq!(counted.get(&ping_run), Some(&(MAX_PUBLISH_DEPTH as u32)), "{broker}");
+    assert_eq!(
+        counted.get(&echo_run),
+        Some(&(MAX_PUBLISH_DEPTH as u32)),
+        "{broker}"
+    );
+    assert_eq!(
+        counted.get(&ping_run),
+        Some(&(MAX_PUBLISH_DEPTH as u32)),
+        "{broker}"
+    );
     let echo = reasons
         .iter()
         .find(|r| r.contains("cycle.echo -> cycle.echo"))
         .unwrap_or_else(|| panic!("{broker}: no echo cycle named in {reasons:#?}"));
-    assert!(echo.contains("publish cycle") && echo.contains("64 publishes deep"), "{echo}");
+    assert!(
+        echo.contains("publish cycle") && echo.contains("64 publishes deep"),
+        "{echo}"
+    );
     let ping = reasons
         .iter()
         .find(|r| r.contains("cycle.ping -> cycle.pong -> cycle.ping"))
