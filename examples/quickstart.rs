@@ -62,32 +62,15 @@ fn reserve_stock(event: &OrderPlaced) {
     );
 }
 
+// The examples' logging set-up, included rather than linked: linking the examples library
+// would also link its shop events, whose names this file declares too.
+#[path = "src/logging.rs"]
+#[allow(unreachable_pub)]
+mod logging;
+
 fn main() -> Result<(), Error> {
     // `RUST_LOG` chooses what is logged (default: warnings); colour only on a terminal.
-    use std::io::IsTerminal;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-    let (filter, problem) = match filter.parse::<tracing_subscriber::filter::Targets>() {
-        Ok(targets) => (targets, None),
-        Err(e) => (
-            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::WARN),
-            Some(format!(
-                "log filter `{filter}` is not valid ({e}); using `warn`"
-            )),
-        ),
-    };
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
-        .with(filter)
-        .init();
-    if let Some(problem) = problem {
-        tracing::warn!("{problem}");
-    }
+    logging::init("warn", None);
 
     events_core::init(MemoryBackend::new())?;
 
