@@ -79,6 +79,29 @@ pub fn workspace_dir() -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// Runs `examples/python/send_events.py` with `args` (off the async threads); panics with its
+/// error output if it fails. Returns what it printed: a line per message sent.
+pub async fn send_events_py<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut command = std::process::Command::new(python());
+    command
+        .arg(workspace_dir().join("examples/python/send_events.py"))
+        .args(args);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("the blocking pool runs it")
+        .expect("run send_events.py");
+    assert!(
+        output.status.success(),
+        "send_events.py failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("send_events.py prints UTF-8")
+}
+
 /// The Python that has Celery: `EVENTS_TEST_PYTHON`, default `<workspace>/.venv/bin/python`.
 ///
 /// Panics — the interop tests fail, they never skip — when it is missing or has no Celery,

@@ -12,7 +12,7 @@ use events_core::handler;
 use examples::shop::{OrderCancelled, OrderPlaced, ProductCreated};
 use tests::{
     InProcessWorker, amqp_channel, amqp_url, cleanup_amqp_queue, cleanup_redis_queue, eventually,
-    python, redis_url, unique_queue, workspace_dir,
+    redis_url, send_events_py, unique_queue,
 };
 
 /// What the handlers saw, as text, with the queue's worker's broker URL to tell the tests apart.
@@ -97,21 +97,9 @@ async fn python_feeds_the_example_worker(url: &str) {
         .await;
         assert!(declared.is_some(), "the worker did not declare `{queue}`");
     }
-    let mut command = std::process::Command::new(python());
-    command
-        .arg(workspace_dir().join("examples/python/send_events.py"))
-        .args(["--broker", url, "--queue", &queue, "--cases", "shop"]);
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .expect("run send_events.py");
-    assert!(
-        output.status.success(),
-        "send_events.py failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let sent = String::from_utf8_lossy(&output.stdout).lines().count();
-    assert_eq!(sent, 4, "{}", String::from_utf8_lossy(&output.stdout));
+    let output = send_events_py(["--broker", url, "--queue", &queue, "--cases", "shop"]).await;
+    let sent = output.lines().count();
+    assert_eq!(sent, 4, "{output}");
     let done = eventually(Duration::from_secs(20), || async {
         (seen(url).len() >= 4).then_some(())
     })

@@ -28,7 +28,7 @@ use tests::fault::{
 };
 use tests::{
     InProcessWorker, PythonWorkerSpec, amqp_url, cleanup_amqp_queue, cleanup_redis_queue,
-    eventually, python, redis_url, unique_queue, workspace_dir,
+    eventually, redis_url, send_events_py, unique_queue,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -236,29 +236,28 @@ async fn python_sends(
     cases: &str,
     compression: Option<&str>,
 ) -> HashMap<String, Sent> {
-    let mut command = std::process::Command::new(python());
-    command
-        .arg(workspace_dir().join("examples/python/send_events.py"))
-        .args(["--broker", broker_url, "--queue", queue, "--run", run])
-        .args(["--cases", cases])
-        .args(["--countdown", "3"]);
+    let mut args: Vec<String> = [
+        "--broker",
+        broker_url,
+        "--queue",
+        queue,
+        "--run",
+        run,
+        "--cases",
+        cases,
+        "--countdown",
+        "3",
+    ]
+    .map(str::to_owned)
+    .into();
     if let Some(compression) = compression {
-        command.args(["--compression", compression]);
+        args.extend(["--compression".to_owned(), compression.to_owned()]);
     }
     if let Some(max) = max_priority {
-        command.args(["--max-priority", &max.to_string()]);
+        args.extend(["--max-priority".to_owned(), max.to_string()]);
     }
-    let output = tokio::task::spawn_blocking(move || command.output())
+    send_events_py(args)
         .await
-        .unwrap()
-        .expect("run send_events.py");
-    assert!(
-        output.status.success(),
-        "send_events.py failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
         .lines()
         .map(|line| {
             let sent: Sent = serde_json::from_str(line).expect("a JSON line");
