@@ -241,11 +241,31 @@ async fn amqp_flooded_queue_does_not_starve_a_quiet_one() {
          when its message ran"
     );
     // The rest of the flood is dead-lettered too, its log lines rate-limited with a count.
-    let drained = eventually(Duration::from_secs(300), || async {
-        (declare(true).await == 0).then_some(())
+    // Done when every message is in the dead-letter queue: an empty flooded queue can still
+    // have up to `prefetch` messages taken but not yet settled.
+    let dead = format!("{flooded}.dead_letter");
+    let dead_lettered = |channel: lapin::Channel, dead: String| async move {
+        channel
+            .queue_declare(
+                dead.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..durable
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_or(0, |q| q.message_count() as usize)
+    };
+    let drained = eventually(Duration::from_secs(300), || {
+        let (channel, dead) = (channel.clone(), dead.clone());
+        async move { (dead_lettered(channel, dead).await >= n).then_some(()) }
     })
     .await;
-    assert!(drained.is_some(), "the worker did not drain the flood");
+    assert!(
+        drained.is_some(),
+        "the worker did not dead-letter the whole flood"
+    );
     assert!(
         worker.terminate(Duration::from_secs(30)),
         "{}",
