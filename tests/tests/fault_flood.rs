@@ -241,8 +241,23 @@ async fn amqp_flooded_queue_does_not_starve_a_quiet_one() {
          when its message ran"
     );
     // The rest of the flood is dead-lettered too, its log lines rate-limited with a count.
+    // Drained once every dead letter is in the dead-letter queue: an empty queue alone still
+    // leaves the last prefetched messages in flight, and a stop then would return them to it.
+    // (Declared as the worker declares it, durable: never a `NOT_FOUND` closing the channel.)
+    let dead_letter_queue = format!("{flooded}.dead_letter");
+    let dead_letters = || {
+        let (channel, queue) = (channel.clone(), dead_letter_queue.clone());
+        async move {
+            channel
+                .queue_declare(queue.as_str().into(), durable, FieldTable::default())
+                .await
+                .unwrap()
+                .message_count() as usize
+        }
+    };
     let drained = eventually(Duration::from_secs(300), || async {
-        (declare(true).await == 0).then_some(())
+        let dead = dead_letters().await;
+        (declare(true).await == 0 && dead >= n).then_some(())
     })
     .await;
     assert!(drained.is_some(), "the worker did not drain the flood");
