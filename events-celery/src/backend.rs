@@ -8,14 +8,12 @@ use events_core::text::OneLine;
 use events_core::{
     Backend, BackendKind, BoxFuture, DomainEvent, Error, EventRef, Handler, Receipt,
 };
-use futures_util::future::join_all;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::broker::{
-    AmqpPublisher, BrokerKind, QueueArguments, RedisOutgoing, RedisPublisher, amqp_outgoing,
-};
-use crate::codec::{EncodeOptions, TaskMessage, redis_queue_key};
+use crate::broker::topology::QueueArguments;
+use crate::broker::{AnyOutgoing, AnyTransport, Publication, PublishSettings, Transport};
+use crate::codec::{EncodeOptions, TaskMessage};
 use crate::config::CeleryConfig;
 use crate::error::CeleryError;
 
@@ -46,7 +44,7 @@ pub struct CeleryBackend {
 
 struct Inner {
     config: CeleryConfig,
-    publisher: Publisher,
+    transport: AnyTransport,
     /// Publishes waiting for the I/O thread's dispatcher.
     jobs: mpsc::UnboundedSender<Job>,
     io: IoRuntime,
@@ -57,12 +55,7 @@ struct Inner {
 const MAX_BATCH: usize = 512;
 
 /// One publish handed to the I/O thread.
-struct Job {
-    outgoing: Outgoing,
-    /// When the publish fails with [`CeleryError::Timeout`], connecting and waiting included.
-    deadline: Instant,
-    reply: Reply,
-}
+type Job = Publication<AnyOutgoing, Reply>;
 
 /// Where a publish's result goes: an async caller, or a thread blocked in `publish_blocking`.
 enum Reply {
@@ -70,13 +63,7 @@ enum Reply {
     Blocking(std::sync::mpsc::SyncSender<Result<(), CeleryError>>),
 }
 
-impl Job {
-    fn finish(self, result: Result<(), CeleryError>) {
-        self.reply.send(result);
-    }
-}
-
-impl Reply {
+impl crate::broker::Reply for Reply {
     fn send(self, result: Result<(), CeleryError>) {
         // The caller may have given up (its future dropped): nothing to tell then.
         match self {
@@ -88,11 +75,6 @@ impl Reply {
 
 fn dropped() -> CeleryError {
     CeleryError::Config("the publish task was dropped (the backend is shutting down)".to_owned())
-}
-
-enum Publisher {
-    Amqp(AmqpPublisher),
-    Redis(RedisPublisher),
 }
 
 /// The backend's own tokio runtime, where every broker connection lives.
@@ -142,22 +124,17 @@ impl CeleryBackend {
     /// A backend for `config`. Connects on first use; see [`connect`](Self::connect) to
     /// fail fast at start-up instead.
     pub fn new(config: CeleryConfig) -> Result<Self, CeleryError> {
-        let publisher = match config.broker().kind() {
-            BrokerKind::Amqp => Publisher::Amqp(AmqpPublisher::new(
-                config.broker().clone(),
-                QueueArguments {
-                    max_priority: config.max_priority(),
-                },
-            )),
-            BrokerKind::Redis => Publisher::Redis(RedisPublisher::new(
-                config.broker().clone(),
-                config.timeout(),
-            )),
-        };
+        let transport = AnyTransport::new(
+            config.broker().clone(),
+            PublishSettings {
+                queue_arguments: QueueArguments::with_max_priority(config.max_priority()),
+                timeout: config.timeout(),
+            },
+        );
         let (jobs, queued) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             config,
-            publisher,
+            transport,
             jobs,
             io: IoRuntime::new()?,
             subscribed: Mutex::new(Vec::new()),
@@ -180,13 +157,7 @@ impl CeleryBackend {
             .io
             .run(async move {
                 let broker = inner.config.broker().clone();
-                let connecting = async {
-                    match &inner.publisher {
-                        Publisher::Amqp(p) => p.ensure_connected().await,
-                        Publisher::Redis(p) => p.ensure_connected().await,
-                    }
-                };
-                tokio::time::timeout(timeout, connecting)
+                tokio::time::timeout(timeout, inner.transport.ensure_connected())
                     .await
                     .unwrap_or(Err(CeleryError::Timeout {
                         broker,
@@ -368,7 +339,7 @@ impl CeleryBackend {
     }
 
     /// Hands a message to the I/O thread; its result comes back through `reply`.
-    fn enqueue(&self, outgoing: Outgoing, reply: Reply) -> Result<(), CeleryError> {
+    fn enqueue(&self, outgoing: AnyOutgoing, reply: Reply) -> Result<(), CeleryError> {
         let job = Job {
             outgoing,
             deadline: Instant::now() + self.inner.config.timeout(),
@@ -399,27 +370,14 @@ impl CeleryBackend {
         &self,
         event: &'static str,
         message: TaskMessage,
-    ) -> Result<(Outgoing, Receipt), CeleryError> {
+    ) -> Result<(AnyOutgoing, Receipt), CeleryError> {
         let route = self.inner.config.route_for(event);
         let receipt = Receipt::Enqueued {
             event,
             task_id: message.id.clone(),
             queue: route.queue_name().to_owned(),
         };
-        let outgoing = match &self.inner.publisher {
-            Publisher::Amqp(_) => Outgoing::Amqp(Box::new(amqp_outgoing(message.into_amqp()?))),
-            Publisher::Redis(_) => {
-                let redis = message.to_redis()?;
-                let priority = message.properties.priority.unwrap_or(0);
-                Outgoing::Redis(RedisOutgoing {
-                    queue: route.queue_name().to_owned(),
-                    exchange: route.queue_name().to_owned(),
-                    routing_key: route.queue_name().to_owned(),
-                    key: redis_queue_key(route.queue_name(), priority),
-                    envelope: redis.envelope,
-                })
-            }
-        };
+        let outgoing = self.inner.transport.prepare(message, route.queue_name())?;
         Ok((outgoing, receipt))
     }
 }
@@ -451,11 +409,6 @@ fn undeclared_name(name: &str) -> Option<&'static str> {
     Some(kept)
 }
 
-enum Outgoing {
-    Amqp(Box<crate::broker::AmqpOutgoing>),
-    Redis(RedisOutgoing),
-}
-
 /// The I/O thread's dispatcher: takes whatever publishes are waiting (up to [`MAX_BATCH`]) and
 /// delivers them as one batch, in a task of its own, so several batches can be in flight.
 async fn dispatch(inner: Weak<Inner>, mut queued: mpsc::UnboundedReceiver<Job>) {
@@ -483,77 +436,9 @@ impl Inner {
         let now = Instant::now();
         let (jobs, late): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.deadline > now);
         for job in late {
-            job.finish(Err(self.timeout_error()));
+            crate::broker::Reply::send(job.reply, Err(self.timeout_error()));
         }
-        let Some(deadline) = jobs.iter().map(|j| j.deadline).min() else {
-            return;
-        };
-        match &self.publisher {
-            Publisher::Redis(p) => {
-                let messages: Vec<&RedisOutgoing> = jobs
-                    .iter()
-                    .map(|j| match &j.outgoing {
-                        Outgoing::Redis(m) => m,
-                        Outgoing::Amqp(_) => unreachable!("prepared for this backend's broker"),
-                    })
-                    .collect();
-                let delivered = tokio::time::timeout_at(
-                    tokio::time::Instant::from_std(deadline),
-                    p.publish_many(&messages),
-                )
-                .await;
-                match delivered {
-                    Ok(Ok(results)) => {
-                        for (job, result) in jobs.into_iter().zip(results) {
-                            job.finish(result);
-                        }
-                    }
-                    Ok(Err(error)) => {
-                        for job in jobs {
-                            job.finish(Err(error.duplicate()));
-                        }
-                    }
-                    Err(_) => {
-                        for job in jobs {
-                            job.finish(Err(self.timeout_error()));
-                        }
-                    }
-                }
-            }
-            Publisher::Amqp(p) => {
-                // Each caller hears back as soon as its own confirm arrives.
-                let timed_out = std::sync::atomic::AtomicBool::new(false);
-                join_all(jobs.into_iter().map(|job| {
-                    let timed_out = &timed_out;
-                    async move {
-                        let Job {
-                            outgoing,
-                            deadline,
-                            reply,
-                        } = job;
-                        let Outgoing::Amqp(message) = outgoing else {
-                            unreachable!("prepared for this backend's broker");
-                        };
-                        let result = tokio::time::timeout_at(
-                            tokio::time::Instant::from_std(deadline),
-                            p.publish(*message),
-                        )
-                        .await
-                        .unwrap_or_else(|_| {
-                            timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
-                            Err(self.timeout_error())
-                        });
-                        reply.send(result);
-                    }
-                }))
-                .await;
-                let timed_out = timed_out.into_inner();
-                if timed_out {
-                    // A publish that timed out may leave the link half-broken: start afresh.
-                    p.reset().await;
-                }
-            }
-        }
+        self.transport.publish_batch(jobs).await;
     }
 }
 

@@ -143,9 +143,12 @@ pub use codec::{
 };
 
 mod backend;
+mod backoff;
 mod broker;
 mod config;
 mod error;
+mod quiet;
+mod stopping;
 mod worker;
 
 pub use backend::CeleryBackend;
@@ -153,6 +156,7 @@ pub use broker::{BrokerKind, BrokerUrl};
 pub use config::{CeleryConfig, Route, env};
 pub use error::CeleryError;
 pub use worker::{
-    DEAD_LETTER_SUFFIX, DEFAULT_DEAD_LETTER_MAX_LEN, PENDING_HANDLERS_HEADER, RetryPolicy, Worker,
-    WorkerConfig, WorkerStats, replay_dead_letters, shutdown_signal,
+    DEAD_LETTER_SUFFIX, DEFAULT_DEAD_LETTER_MAX_LEN, HEARTBEAT, HandlerFailed,
+    PENDING_HANDLERS_HEADER, RetryPolicy, Worker, WorkerConfig, WorkerEvent, WorkerObserver,
+    WorkerStats, replay_dead_letters, shutdown_signal,
 };

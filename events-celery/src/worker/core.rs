@@ -1,47 +1,25 @@
 //! What the worker does with one message, whichever broker it came from: decode, route to the
-//! event's handlers, run them, and decide how to settle it.
+//! event's handlers, run them, decide how to settle it — and tell every observer what happened
+//! (the one place [`WorkerEvent`]s are emitted).
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::codec::Json;
 use chrono::{DateTime, Utc};
+use events_core::origin::{self, PublishOrigin};
 use events_core::{EventDescriptor, FailureCause, Handler, HandlerFailure, Registry};
 use tracing::Instrument;
 
 use super::WorkerConfig;
-use super::quiet::Loudness;
+use super::events::{HandlerFailed, Log, WorkerEvent, WorkerObserver, WorkerStats};
+use super::pending;
+use crate::backoff::{Backoff, Jitter};
+use crate::broker::consume::{BrokerEvent, ConsumeSettings, Consumer, DeadLetter, Verdict};
 use crate::codec::{DecodeError, TaskMessage};
-use events_core::origin::{self, PublishOrigin};
-use events_core::text::OneLine;
-
-/// The custom header a retry carries: the names of the handlers still to run.
-pub const PENDING_HANDLERS_HEADER: &str = "x-events-handlers";
-
-/// Why a message went to the dead-letter destination.
-#[derive(Debug, Clone)]
-pub(crate) struct DeadLetter {
-    /// What went wrong, in a sentence.
-    pub(crate) reason: String,
-    /// The handler that exhausted its retries, if that is the reason.
-    pub(crate) handler: Option<String>,
-    /// What to keep instead of the original message: for an exhausted handler, a message for
-    /// that handler alone, ready to replay.
-    pub(crate) replay: Option<Box<TaskMessage>>,
-}
-
-impl DeadLetter {
-    fn new(reason: impl Into<String>) -> Self {
-        Self {
-            reason: bounded(reason.into()),
-            handler: None,
-            replay: None,
-        }
-    }
-}
+use crate::quiet::Quiet;
 
 /// The longest reason kept: an error that quotes a hostile message (a 500 KiB string where a
 /// number belongs) must not bloat dead letters and log lines with it.
@@ -71,17 +49,15 @@ fn bounded(reason: String) -> String {
     )
 }
 
-/// How to settle a message.
-pub(crate) enum Verdict {
-    /// Done (every handler succeeded, or it expired): acknowledge.
-    Ack,
-    /// Not due yet: postpone until `eta` without holding a slot, then acknowledge.
-    Postpone(DateTime<Utc>),
-    /// Publish these (retry and/or dead letter) first, then acknowledge.
-    Forward {
-        retry: Option<Box<TaskMessage>>,
-        dead: Vec<DeadLetter>,
-    },
+/// A dead letter of `message` (when it could be decoded) for `reason`.
+fn dead_letter(message: Option<&TaskMessage>, reason: String) -> DeadLetter {
+    DeadLetter {
+        reason: bounded(reason),
+        handler: None,
+        replay: None,
+        task: message.map(|m| m.task.clone()),
+        id: message.map(|m| m.id.clone()),
+    }
 }
 
 /// A decoded message ready to run.
@@ -93,15 +69,19 @@ struct Job {
     origin: PublishOrigin,
 }
 
-/// The worker's shared state: configuration, handlers by event, counters.
+/// The worker's shared state: configuration, handlers by event, observers.
 pub(crate) struct Core {
     pub(crate) config: WorkerConfig,
+    settings: ConsumeSettings,
     registry: &'static Registry,
     handlers: HashMap<&'static str, Vec<Handler>>,
     timings: HashMap<String, Timing>,
-    pub(crate) stats: Arc<WorkerStats>,
-    /// Rate limits for the log lines a flood of messages repeats.
-    pub(crate) quiet: super::quiet::Quiet,
+    /// The first observer: the counters.
+    stats: Arc<WorkerStats>,
+    /// The second: the log lines (rate-limited where a flood repeats them).
+    pub(crate) log: Log,
+    /// The observers added with `Worker::observe`.
+    observers: Vec<Arc<dyn WorkerObserver>>,
 }
 
 /// Sync handlers whose runs are this short run on the async thread itself; others go to the
@@ -136,12 +116,25 @@ impl Timing {
     }
 }
 
+/// What a message needs, found before running it.
+enum Examined {
+    Dead(String),
+    Expired,
+    NotDue(DateTime<Utc>),
+    Ready {
+        event: Arc<dyn Any + Send + Sync>,
+        handlers: Vec<Handler>,
+        origin: PublishOrigin,
+    },
+}
+
 impl Core {
     pub(crate) fn new(
         config: WorkerConfig,
         registry: &'static Registry,
         handlers: Vec<Handler>,
         stats: Arc<WorkerStats>,
+        observers: Vec<Arc<dyn WorkerObserver>>,
     ) -> Self {
         let mut by_event: HashMap<&'static str, Vec<Handler>> = HashMap::new();
         let mut timings = HashMap::new();
@@ -149,13 +142,19 @@ impl Core {
             timings.insert(handler.name().to_owned(), Timing::default());
             by_event.entry(handler.event()).or_default().push(handler);
         }
+        let settings = config.consume_settings();
         Self {
+            log: Log {
+                quiet: Quiet::default(),
+                dead_letter_max_len: config.dead_letter_max_len,
+            },
             config,
+            settings,
             registry,
             handlers: by_event,
             timings,
             stats,
-            quiet: super::quiet::Quiet::default(),
+            observers,
         }
     }
 
@@ -164,53 +163,98 @@ impl Core {
         self.handlers.values().map(Vec::len).sum()
     }
 
-    /// Decides what to do with a message and, when it is due, runs its handlers.
-    pub(crate) async fn process(&self, decoded: Result<TaskMessage, DecodeError>) -> Verdict {
-        let verdict = match self.examine(decoded) {
-            Examined::Dead(dead) => Verdict::Forward {
-                retry: None,
-                dead: vec![dead],
-            },
-            Examined::Expired(message) => {
-                const EXPIRED: &str =
-                    "task expired before it could run; discarding it as Celery does";
-                if self.quiet.allow(EXPIRED, Loudness::Warn) {
-                    tracing::warn!(
-                        task_id = message.id.as_str(),
-                        task = message.task.as_str(),
-                        expires = ?message.headers.expires,
-                        "{EXPIRED}"
-                    );
-                }
-                self.stats.expired.fetch_add(1, Ordering::Relaxed);
-                Verdict::Ack
-            }
-            Examined::NotDue(eta) => Verdict::Postpone(eta),
-            Examined::Ready(job) => {
-                let span = tracing::info_span!(
-                    "task",
-                    task_id = job.message.id.as_str(),
-                    task = job.message.task.as_str(),
-                    retries = job.message.headers.retries,
-                );
-                self.execute(job).instrument(span).await
-            }
-        };
-        if let Verdict::Forward { dead, .. } = &verdict {
-            self.stats
-                .dead_lettered
-                .fetch_add(dead.len() as u64, Ordering::Relaxed);
-        }
-        verdict
+    /// Messages whose handlers ran so far.
+    pub(crate) fn processed(&self) -> u64 {
+        self.stats.processed.load(Ordering::Relaxed)
     }
 
-    fn examine(&self, decoded: Result<TaskMessage, DecodeError>) -> Examined {
+    /// This worker's name.
+    pub(crate) fn hostname(&self) -> &str {
+        &self.settings.hostname
+    }
+
+    /// Tells every observer: the counters, the log, then those added.
+    pub(crate) fn emit(&self, event: WorkerEvent<'_>) {
+        self.stats.on_event(&event);
+        self.log.on_event(&event);
+        for observer in &self.observers {
+            observer.on_event(&event);
+        }
+    }
+
+    /// Decides what to do with a message taken from `queue` and, when it is due, runs its
+    /// handlers.
+    pub(crate) async fn decide(
+        &self,
+        queue: &str,
+        decoded: Result<TaskMessage, DecodeError>,
+    ) -> Verdict {
         let message = match decoded {
             Ok(message) => message,
             Err(error) => {
-                return Examined::Dead(DeadLetter::new(format!("undecodable message: {error}")));
+                return self.reject(queue, None, format!("undecodable message: {error}"));
             }
         };
+        self.emit(WorkerEvent::Received {
+            task: &message,
+            queue,
+            at: SystemTime::now(),
+        });
+        match self.examine(&message) {
+            Examined::Dead(reason) => self.reject(queue, Some(&message), reason),
+            Examined::Expired => {
+                self.emit(WorkerEvent::Expired {
+                    task: &message,
+                    queue,
+                });
+                Verdict::Ack
+            }
+            Examined::NotDue(eta) => {
+                self.emit(WorkerEvent::Postponed {
+                    task: &message,
+                    queue,
+                    eta,
+                });
+                Verdict::Postpone(eta)
+            }
+            Examined::Ready {
+                event,
+                handlers,
+                origin,
+            } => {
+                let span = tracing::info_span!(
+                    "task",
+                    task_id = message.id.as_str(),
+                    task = message.task.as_str(),
+                    retries = message.headers.retries,
+                );
+                let job = Job {
+                    message,
+                    event,
+                    handlers,
+                    origin,
+                };
+                self.execute(queue, job).instrument(span).await
+            }
+        }
+    }
+
+    /// Dead-letters a message that cannot run.
+    fn reject(&self, queue: &str, message: Option<&TaskMessage>, reason: String) -> Verdict {
+        let dead = dead_letter(message, reason);
+        self.emit(WorkerEvent::Rejected {
+            task: message,
+            queue,
+            reason: &dead.reason,
+            handler: None,
+        });
+        Verdict::Forward {
+            retry: None,
+            dead: vec![dead],
+        }
+    }
+
+    fn examine(&self, message: &TaskMessage) -> Examined {
         let prefix = self.config.task_prefix.as_str();
         let Some(name) = message.event_name(prefix) else {
             // An event's name sent as the task name, without the prefix.
@@ -218,11 +262,11 @@ impl Core {
                 Some(event) => format!("; did you mean `{prefix}{}`?", event.name()),
                 None => String::new(),
             };
-            return Examined::Dead(DeadLetter::new(format!(
+            return Examined::Dead(format!(
                 "unknown task `{}`: this worker runs only domain-event tasks named \
                  `{prefix}<event>`{hint}",
                 message.task
-            )));
+            ));
         };
         let Some(descriptor) = self.registry.event(name) else {
             // Only names that are actually close: none rather than the least unlike.
@@ -234,20 +278,20 @@ impl Core {
                     format!("; did you mean {}?", names.join(" or "))
                 }
             };
-            return Examined::Dead(DeadLetter::new(format!(
+            return Examined::Dead(format!(
                 "unknown task `{}`: no `#[domain_event]` named `{name}` in this worker{hint}",
                 message.task
-            )));
+            ));
         };
-        let origin = match publish_origin(&message, name) {
+        let origin = match publish_origin(message, name) {
             Ok(origin) => origin,
-            Err(dead) => return Examined::Dead(dead),
+            Err(reason) => return Examined::Dead(reason),
         };
         let now = Utc::now();
         if let Some(expires) = message.headers.expires
             && expires < now
         {
-            return Examined::Expired(Box::new(message));
+            return Examined::Expired;
         }
         if let Some(eta) = message.headers.eta
             && eta > now
@@ -256,16 +300,15 @@ impl Core {
         }
         let event = match message.decode_payload(descriptor) {
             Ok(event) => Arc::from(event),
-            Err(error) => return Examined::Dead(DeadLetter::new(format!("{error}"))),
+            Err(error) => return Examined::Dead(format!("{error}")),
         };
-        match self.handlers_for(descriptor, &message) {
-            Ok(handlers) => Examined::Ready(Box::new(Job {
-                message,
+        match self.handlers_for(descriptor, message) {
+            Ok(handlers) => Examined::Ready {
                 event,
                 handlers,
                 origin,
-            })),
-            Err(dead) => Examined::Dead(dead),
+            },
+            Err(reason) => Examined::Dead(reason),
         }
     }
 
@@ -274,49 +317,52 @@ impl Core {
         &self,
         descriptor: &EventDescriptor,
         message: &TaskMessage,
-    ) -> Result<Vec<Handler>, DeadLetter> {
+    ) -> Result<Vec<Handler>, String> {
         let all = self
             .handlers
             .get(descriptor.name())
             .cloned()
             .unwrap_or_default();
-        let Some((_, pending)) = message
-            .headers
-            .custom
-            .iter()
-            .find(|(name, _)| name == PENDING_HANDLERS_HEADER)
-        else {
-            return Ok(all);
+        let names = match pending::read(message) {
+            None => return Ok(all),
+            Some(Ok(names)) => names,
+            Some(Err(pending)) => {
+                return Err(format!(
+                    "header `{}` must be a list of handler names, got {pending}",
+                    pending::PENDING_HANDLERS_HEADER
+                ));
+            }
         };
-        let Some(names) = pending.as_array() else {
-            return Err(DeadLetter::new(format!(
-                "header `{PENDING_HANDLERS_HEADER}` must be a list of handler names, got {pending}"
-            )));
-        };
-        let names: Vec<&str> = names.iter().filter_map(Json::as_str).collect();
         let chosen: Vec<Handler> = all
             .into_iter()
             .filter(|h| names.contains(&h.name()))
             .collect();
         if chosen.is_empty() && !names.is_empty() {
-            return Err(DeadLetter::new(format!(
+            return Err(format!(
                 "none of the handlers this retry is for ({}) exist in this worker",
                 names.join(", ")
-            )));
+            ));
         }
         Ok(chosen)
     }
 
-    async fn execute(&self, job: Box<Job>) -> Verdict {
+    async fn execute(&self, queue: &str, job: Job) -> Verdict {
         let Job {
             message,
             event,
             handlers,
             origin,
-        } = *job;
+        } = job;
         if handlers.is_empty() {
             tracing::debug!("no handlers subscribed to event");
         }
+        self.emit(WorkerEvent::Started {
+            task: &message,
+            queue,
+            at: SystemTime::now(),
+            handlers: &handlers,
+        });
+        let started = Instant::now();
         let mut failures = Vec::new();
         for handler in &handlers {
             let span = tracing::info_span!("handler", handler = handler.name());
@@ -325,51 +371,68 @@ impl Core {
                 .instrument(span)
                 .await;
             if let Err(failure) = outcome {
-                failures.push((handler, failure));
-            }
-        }
-        self.stats.processed.fetch_add(1, Ordering::Relaxed);
-        if failures.is_empty() {
-            self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
-            return Verdict::Ack;
-        }
-        let mut again = Vec::new();
-        let mut dead = Vec::new();
-        for (handler, failure) in failures {
-            let limit = handler
-                .options()
-                .max_retries
-                .unwrap_or(self.config.retry.max_retries);
-            if message.headers.retries < limit {
-                again.push(handler.name().to_owned());
-            } else {
-                const EXHAUSTED: &str = "handler exhausted its retries; dead-lettering";
-                if self.quiet.allow(EXHAUSTED, Loudness::Error) {
-                    tracing::error!(
-                        handler = handler.name(),
-                        retries = message.headers.retries,
-                        error = %OneLine(failure.chain()),
-                        "{EXHAUSTED}"
-                    );
-                }
-                dead.push(DeadLetter {
-                    reason: bounded(format!(
-                        "handler `{}` failed after {} retries: {}",
-                        handler.name(),
-                        message.headers.retries,
-                        failure.chain()
-                    )),
-                    handler: Some(handler.name().to_owned()),
-                    replay: Some(Box::new(super::dead_letter::replayable(
-                        &message,
-                        handler.name(),
-                    ))),
+                let limit = handler
+                    .options()
+                    .max_retries
+                    .unwrap_or(self.config.retry.max_retries);
+                failures.push(HandlerFailed {
+                    failure,
+                    will_retry: message.headers.retries < limit,
                 });
             }
         }
+        let runtime = started.elapsed();
+        if failures.is_empty() {
+            self.emit(WorkerEvent::Succeeded {
+                task: &message,
+                queue,
+                runtime,
+            });
+            return Verdict::Ack;
+        }
+        self.emit(WorkerEvent::Failed {
+            task: &message,
+            queue,
+            runtime,
+            failures: &failures,
+        });
+        let mut again = Vec::new();
+        let mut dead = Vec::new();
+        for failed in failures {
+            let handler = failed.failure.handler();
+            if failed.will_retry {
+                again.push(handler.to_owned());
+                continue;
+            }
+            let letter = DeadLetter {
+                reason: bounded(format!(
+                    "handler `{handler}` failed after {} retries: {}",
+                    message.headers.retries,
+                    failed.failure.chain()
+                )),
+                handler: Some(handler.to_owned()),
+                replay: Some(Box::new(pending::replayable(&message, handler))),
+                task: Some(message.task.clone()),
+                id: Some(message.id.clone()),
+            };
+            self.emit(WorkerEvent::Rejected {
+                task: Some(&message),
+                queue,
+                reason: &letter.reason,
+                handler: Some(handler),
+            });
+            dead.push(letter);
+        }
         let retry = (!again.is_empty()).then(|| {
-            self.stats.retried.fetch_add(1, Ordering::Relaxed);
-            Box::new(self.retry_message(&message, again))
+            let (retry, delay) = self.retry_message(&message, &again);
+            self.emit(WorkerEvent::Retried {
+                task: &message,
+                queue,
+                retry: &retry,
+                handlers: &again,
+                delay,
+            });
+            Box::new(retry)
         });
         Verdict::Forward { retry, dead }
     }
@@ -386,7 +449,7 @@ impl Core {
                 inner: std::pin::pin!(handler.run(&**event)),
                 handler: handler.name(),
                 threshold: self.config.blocking_poll,
-                stats: &self.stats,
+                core: self,
                 origin,
             };
             return match limit {
@@ -399,7 +462,7 @@ impl Core {
         let timing = self.timings.get(handler.name());
         if limit.is_none() && timing.is_some_and(Timing::is_quick) {
             // Measured quick: a thread hop would cost more than the handler.
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let outcome = origin::scope(Some(origin.clone()), || handler.run_sync(&**event))
                 .unwrap_or_else(|| unreachable!("a sync handler runs synchronously"));
             if let Some(timing) = timing {
@@ -410,7 +473,7 @@ impl Core {
         // Sync handlers may be CPU-heavy or block: run them off the async threads.
         let (h, e, o) = (handler.clone(), Arc::clone(event), origin.clone());
         let task = tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let outcome = origin::scope(Some(o), || h.run_sync(&*e))
                 .unwrap_or_else(|| unreachable!("a sync handler runs synchronously"));
             (outcome, started.elapsed())
@@ -443,8 +506,9 @@ impl Core {
         }
     }
 
-    /// The retry of `message` for the handlers named, as Celery's `Task.retry` writes it.
-    fn retry_message(&self, message: &TaskMessage, handlers: Vec<String>) -> TaskMessage {
+    /// The retry of `message` for the handlers named, as Celery's `Task.retry` writes it, and
+    /// how long it waits.
+    fn retry_message(&self, message: &TaskMessage, handlers: &[String]) -> (TaskMessage, Duration) {
         let mut retry = message.clone();
         let delay = self.config.retry.delay(message.headers.retries);
         retry.headers.retries = message.headers.retries + 1;
@@ -456,30 +520,72 @@ impl Core {
             .or_else(|| Some(message.id.clone()));
         retry.headers.eta = Some((Utc::now() + delay).fixed_offset());
         retry.headers.ignore_result = Some(false);
-        retry
-            .headers
-            .custom
-            .retain(|(name, _)| name != PENDING_HANDLERS_HEADER);
-        retry.headers.custom.push((
-            PENDING_HANDLERS_HEADER.to_owned(),
-            Json::Array(handlers.into_iter().map(Json::String).collect()),
-        ));
-        retry.properties.delivery_tag = None;
-        retry.raw_envelope = None;
-        tracing::warn!(
-            retries = retry.headers.retries,
-            delay = ?delay,
-            handlers = ?retry.headers.custom.last().map(|(_, v)| v),
-            "retrying failed handlers"
-        );
-        retry
+        pending::set(&mut retry, handlers.iter().cloned());
+        (retry, delay)
+    }
+}
+
+impl Consumer for Core {
+    fn settings(&self) -> &ConsumeSettings {
+        &self.settings
+    }
+
+    fn quiet(&self) -> &Quiet {
+        &self.log.quiet
+    }
+
+    fn process(
+        &self,
+        queue: &str,
+        decoded: Result<TaskMessage, DecodeError>,
+    ) -> impl Future<Output = Verdict> + Send {
+        self.decide(queue, decoded)
+    }
+
+    fn report(&self, event: BrokerEvent<'_>) {
+        match event {
+            BrokerEvent::Consuming => self.emit(WorkerEvent::Connected),
+            BrokerEvent::ConnectionLost { error } => {
+                self.emit(WorkerEvent::ConnectionLost { error });
+            }
+            BrokerEvent::Refused {
+                queue,
+                size,
+                stored,
+            } => {
+                self.emit(WorkerEvent::Refused {
+                    queue,
+                    size,
+                    limit: self.settings.decode.limit(),
+                    stored,
+                });
+                if !stored {
+                    let reason = format!("message of {size} bytes over the size limit");
+                    self.emit(WorkerEvent::DeadLetterDropped {
+                        queue,
+                        reason: &reason,
+                    });
+                }
+            }
+            BrokerEvent::DeadLettered {
+                queue,
+                reason,
+                stored: true,
+            } => self.emit(WorkerEvent::DeadLettered { queue, reason }),
+            BrokerEvent::DeadLettered {
+                queue,
+                reason,
+                stored: false,
+            } => self.emit(WorkerEvent::DeadLetterDropped { queue, reason }),
+            BrokerEvent::Requeued { count } => self.emit(WorkerEvent::Requeued { count }),
+        }
     }
 }
 
 /// Where what the handlers of `message` (event `name`) publish comes from; a message already
 /// [`MAX_PUBLISH_DEPTH`](events_core::MAX_PUBLISH_DEPTH) publishes deep is a cycle of handlers
 /// publishing through the broker, dead-lettered naming it instead of looping forever.
-fn publish_origin(message: &TaskMessage, name: &str) -> Result<PublishOrigin, DeadLetter> {
+fn publish_origin(message: &TaskMessage, name: &str) -> Result<PublishOrigin, String> {
     let header = |wanted: &str| {
         message
             .headers
@@ -502,22 +608,15 @@ fn publish_origin(message: &TaskMessage, name: &str) -> Result<PublishOrigin, De
         .unwrap_or_default();
     let origin = PublishOrigin::handling(name, depth, chain);
     if depth as usize >= events_core::MAX_PUBLISH_DEPTH {
-        return Err(DeadLetter::new(format!(
+        return Err(format!(
             "publish cycle through the broker: this message is {depth} publishes deep ({}); a \
              handler must not publish, directly or through other events' handlers, the event \
              it handles — dead-lettered at the limit of {} instead of looping forever",
             origin.chain().join(" -> "),
             events_core::MAX_PUBLISH_DEPTH
-        )));
+        ));
     }
     Ok(origin)
-}
-
-enum Examined {
-    Dead(DeadLetter),
-    Expired(Box<TaskMessage>),
-    NotDue(DateTime<Utc>),
-    Ready(Box<Job>),
 }
 
 /// An async handler's future, timed poll by poll: a poll longer than `threshold` held a runtime
@@ -526,7 +625,7 @@ struct PollWatch<'a, F> {
     inner: F,
     handler: &'a str,
     threshold: Duration,
-    stats: &'a WorkerStats,
+    core: &'a Core,
     /// Current while the handler is polled: what it publishes comes from here.
     origin: &'a PublishOrigin,
 }
@@ -539,22 +638,17 @@ impl<F: Future + Unpin> Future for PollWatch<'_, F> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
         let this = self.get_mut();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let inner = &mut this.inner;
         let polled = origin::scope(Some(this.origin.clone()), || {
             std::pin::Pin::new(inner).poll(cx)
         });
         let took = started.elapsed();
         if took >= this.threshold {
-            this.stats.blocking_polls.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                handler = this.handler,
-                blocked_ms = took.as_millis() as u64,
-                "async handler blocked its runtime thread for {took:?} without yielding: other \
-                 messages on that thread waited and its time limit could not interrupt it; do \
-                 blocking work in a sync handler (run on the blocking pool) or in \
-                 tokio::task::spawn_blocking"
-            );
+            this.core.emit(WorkerEvent::BlockingPoll {
+                handler: this.handler,
+                blocked: took,
+            });
         }
         polled
     }
@@ -589,54 +683,7 @@ impl RetryPolicy {
     /// The delay before retry number `retries + 1`: exponential backoff, capped, with jitter
     /// (a random amount between half of it and all of it).
     pub fn delay(&self, retries: u32) -> Duration {
-        let factor = 2u32.saturating_pow(retries.min(31));
-        let full = self.base_delay.saturating_mul(factor).min(self.max_delay);
-        let half = full / 2;
-        half + half.mul_f64(fastrand::f64())
-    }
-}
-
-/// Counters for each outcome, updated as the worker runs.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    /// Messages whose handlers ran (successfully or not).
-    pub processed: AtomicU64,
-    /// Messages whose handlers all succeeded.
-    pub succeeded: AtomicU64,
-    /// Retry messages published.
-    pub retried: AtomicU64,
-    /// Dead letters published.
-    pub dead_lettered: AtomicU64,
-    /// Messages discarded because they expired.
-    pub expired: AtomicU64,
-    /// Messages postponed until their eta.
-    pub postponed: AtomicU64,
-    /// Messages returned to the queue (shutdown, or a failure to settle them).
-    pub requeued: AtomicU64,
-    /// Polls of async handlers that ran longer than
-    /// [`WorkerConfig::blocking_poll_warning`]: each blocked a runtime thread.
-    pub blocking_polls: AtomicU64,
-    /// Redis: dead letters dropped because their list held
-    /// [`WorkerConfig::dead_letter_max_len`] records (their messages were acknowledged
-    /// without a record; also counted in `dead_lettered`).
-    pub dead_letters_dropped: AtomicU64,
-}
-
-impl WorkerStats {
-    /// A snapshot of the counters as `(name, value)` pairs.
-    pub fn snapshot(&self) -> [(&'static str, u64); 9] {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        [
-            ("processed", get(&self.processed)),
-            ("succeeded", get(&self.succeeded)),
-            ("retried", get(&self.retried)),
-            ("dead_lettered", get(&self.dead_lettered)),
-            ("expired", get(&self.expired)),
-            ("postponed", get(&self.postponed)),
-            ("requeued", get(&self.requeued)),
-            ("blocking_polls", get(&self.blocking_polls)),
-            ("dead_letters_dropped", get(&self.dead_letters_dropped)),
-        ]
+        Backoff::nth(self.base_delay, self.max_delay, retries, Jitter::Below)
     }
 }
 

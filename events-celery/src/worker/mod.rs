@@ -1,11 +1,11 @@
-//! The Celery worker: consumes task messages from RabbitMQ or Redis — sent by Rust or by
-//! Python Celery — and runs every `#[handler]` of the event, at least once.
+//! The Celery worker: consumes task messages from RabbitMQ or Redis (through the broker's
+//! transport) — sent by Rust or by Python Celery — runs every `#[handler]` of the event, at
+//! least once, and tells observers what happened ([`WorkerEvent`]).
 
-mod amqp;
 mod core;
 mod dead_letter;
-mod quiet;
-mod redis;
+mod events;
+mod pending;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,12 +13,18 @@ use std::time::Duration;
 
 use events_core::{Handler, Registry};
 
-pub use self::core::{PENDING_HANDLERS_HEADER, RetryPolicy, WorkerStats};
+pub use self::core::RetryPolicy;
 pub use self::dead_letter::{DEAD_LETTER_SUFFIX, replay_dead_letters};
-use crate::broker::{BrokerKind, BrokerUrl};
+pub use self::events::{HEARTBEAT, HandlerFailed, WorkerEvent, WorkerObserver, WorkerStats};
+pub use self::pending::PENDING_HANDLERS_HEADER;
+use crate::broker::consume::ConsumeSettings;
+use crate::broker::topology::QueueArguments;
+use crate::broker::{AnyTransport, BrokerUrl, Transport};
 use crate::codec::{DEFAULT_TASK_PREFIX, DecodeOptions};
 use crate::config::CeleryConfig;
 use crate::error::CeleryError;
+use crate::quiet;
+use crate::stopping::pause;
 
 /// How a [`Worker`] consumes and runs messages.
 ///
@@ -279,6 +285,27 @@ impl WorkerConfig {
     pub fn queue_names(&self) -> &[String] {
         &self.queues
     }
+
+    /// What the broker's consumer needs of this configuration.
+    pub(crate) fn consume_settings(&self) -> ConsumeSettings {
+        ConsumeSettings {
+            broker: self.broker.clone(),
+            queues: self.queues.clone(),
+            queue_arguments: QueueArguments::with_max_priority(self.queue_max_priority),
+            concurrency: self.concurrency,
+            prefetch: self.prefetch,
+            grace_period: self.grace_period,
+            visibility_timeout: self.visibility_timeout,
+            restore_interval: self.restore_interval,
+            decode: self.decode.clone(),
+            redis_fetchers: self.redis_fetchers,
+            redis_idle_poll: self.redis_idle_poll,
+            publish_timeout: self.publish_timeout,
+            reconnect_max_delay: self.reconnect_max_delay,
+            dead_letter_max_len: self.dead_letter_max_len,
+            hostname: worker_identity(),
+        }
+    }
 }
 
 /// The default of [`WorkerConfig::dead_letter_max_len`]: 100,000 records per queue.
@@ -317,6 +344,7 @@ pub struct Worker {
     registry: &'static Registry,
     handlers: Vec<Handler>,
     stats: Arc<WorkerStats>,
+    observers: Vec<Arc<dyn WorkerObserver>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -325,6 +353,7 @@ impl std::fmt::Debug for Worker {
             .field("config", &self.config)
             .field("handlers", &self.handlers.len())
             .field("stats", &self.stats.snapshot())
+            .field("observers", &self.observers.len())
             .finish_non_exhaustive()
     }
 }
@@ -355,7 +384,33 @@ impl Worker {
             registry,
             handlers,
             stats: Arc::new(WorkerStats::default()),
+            observers: Vec::new(),
         })
+    }
+
+    /// Adds an observer of the worker's events ([`WorkerEvent`]): it hears what happens to
+    /// every message (received, started, succeeded, failed, retried, rejected, expired,
+    /// postponed…) and to the worker (online, heartbeat, connection lost, offline), as it
+    /// happens, after the worker's own counters ([`WorkerStats`]) and log lines. With no
+    /// observer added, the events cost the worker nothing beyond its counters.
+    ///
+    /// ```no_run
+    /// use events_celery::{Worker, WorkerConfig, WorkerEvent};
+    ///
+    /// # async fn run() -> Result<(), events_celery::CeleryError> {
+    /// let worker = Worker::new(WorkerConfig::new("redis://127.0.0.1:6379/0")?)?.observe(
+    ///     |event: &WorkerEvent<'_>| {
+    ///         if let WorkerEvent::Failed { task, failures, .. } = event {
+    ///             eprintln!("{} failed in {} handlers", task.id, failures.len());
+    ///         }
+    ///     },
+    /// );
+    /// worker.run().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn observe(mut self, observer: impl WorkerObserver) -> Self {
+        self.observers.push(Arc::new(observer));
+        self
     }
 
     /// The live counters (clone the `Arc` before `run` to watch them).
@@ -386,6 +441,7 @@ impl Worker {
             self.registry,
             self.handlers,
             Arc::clone(&self.stats),
+            self.observers,
         ));
         tracing::info!(
             broker = %core.config.broker,
@@ -400,21 +456,37 @@ impl Worker {
             tracing::info!("shutdown requested: no new messages; finishing the running ones");
             let _ = stop.send(true);
         });
+        core.emit(WorkerEvent::Online {
+            hostname: core.hostname(),
+            queues: &core.config.queues,
+        });
         // The counts of rate-limited log lines, logged as their windows end.
         let flushing = {
             let (core, mut stopping) = (Arc::clone(&core), stopping.clone());
             tokio::spawn(async move {
                 while !pause(&mut stopping, quiet::WINDOW / 4).await {
-                    core.quiet.flush(false);
+                    core.log.quiet.flush(false);
                 }
             })
         };
-        let outcome = match core.config.broker.kind() {
-            BrokerKind::Amqp => amqp::run(Arc::clone(&core), stopping).await,
-            BrokerKind::Redis => redis::run(Arc::clone(&core), stopping).await,
+        let beating = {
+            let (core, mut stopping) = (Arc::clone(&core), stopping.clone());
+            tokio::spawn(async move {
+                while !pause(&mut stopping, HEARTBEAT).await {
+                    core.emit(WorkerEvent::Heartbeat {
+                        hostname: core.hostname(),
+                        processed: core.processed(),
+                    });
+                }
+            })
         };
+        let outcome = AnyTransport::consume(Arc::clone(&core), stopping).await;
         flushing.abort();
-        core.quiet.flush(true);
+        beating.abort();
+        core.log.quiet.flush(true);
+        core.emit(WorkerEvent::Offline {
+            hostname: core.hostname(),
+        });
         outcome?;
         tracing::info!(stats = ?self.stats.snapshot(), "worker stopped");
         Ok(self.stats)
@@ -444,78 +516,8 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Waits `delay`, or less if the worker is stopping; returns whether it is stopping.
-pub(crate) async fn pause(
-    stopping: &mut tokio::sync::watch::Receiver<bool>,
-    delay: Duration,
-) -> bool {
-    if *stopping.borrow() {
-        return true;
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => *stopping.borrow(),
-        _ = stopping.changed() => true,
-    }
-}
-
-/// Delays between attempts at something that failed (connecting, a periodic command):
-/// 200 ms doubling to a maximum, each with jitter (±25 %) so that workers that failed together
-/// do not retry together.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    /// The first delay.
-    pub(crate) const MIN: Duration = Duration::from_millis(200);
-
-    /// Delays from [`MIN`](Self::MIN) to `max`.
-    pub(crate) fn new(max: Duration) -> Self {
-        Self {
-            next: Self::MIN.min(max),
-            max,
-        }
-    }
-
-    /// The delay before the next attempt (the following one will be twice as long).
-    pub(crate) fn step(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (base * 2).min(self.max);
-        base.mul_f64(0.75 + fastrand::f64() * 0.5)
-    }
-
-    /// After a success: start again from the shortest delay.
-    pub(crate) fn reset(&mut self) {
-        self.next = Self::MIN.min(self.max);
-    }
-}
-
-/// `gen<pid>@<host>`-style identity of this worker, for dead-letter records.
-pub(crate) fn worker_identity() -> String {
+/// `rust<pid>@<host>`-style identity of this worker, for dead-letter records and events.
+fn worker_identity() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
     format!("rust{}@{host}", std::process::id())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_its_maximum_and_resets() {
-        let max = Duration::from_secs(1);
-        let mut backoff = Backoff::new(max);
-        let mut base = Backoff::MIN;
-        for _ in 0..8 {
-            let delay = backoff.step();
-            assert!(
-                delay >= base.mul_f64(0.75) && delay <= base.mul_f64(1.25),
-                "{delay:?}"
-            );
-            base = (base * 2).min(max);
-        }
-        backoff.reset();
-        assert!(backoff.step() <= Backoff::MIN.mul_f64(1.25));
-    }
 }

@@ -1,16 +1,22 @@
-//! Redis, as kombu's transport uses it: `LPUSH` of the JSON envelope onto the queue's list (or
-//! its priority list), with the `_kombu.binding.*` entries kombu writes for the queue.
+//! The Redis transport, as kombu's uses Redis: `LPUSH` of the JSON envelope onto the queue's
+//! list (or its priority list), with the `_kombu.binding.*` entries kombu writes for the queue;
+//! the one way to connect.
+
+pub(crate) mod consume;
+pub(crate) mod dead_letter;
+mod restore;
+pub(crate) mod topology;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use redis::aio::MultiplexedConnection;
 use tokio::sync::Mutex;
 
-use super::BrokerUrl;
+use super::consume::Consumer;
+use super::{BrokerUrl, Publication, PublishSettings, Reply, Transport};
+use crate::codec::TaskMessage;
 use crate::error::CeleryError;
-
-/// Kombu's separator inside binding members and priority list keys.
-pub(crate) const KOMBU_SEP: &str = "\x06\x16";
 
 /// A message ready for `LPUSH`.
 #[derive(Debug, Clone)]
@@ -27,7 +33,8 @@ pub(crate) struct RedisOutgoing {
     pub(crate) envelope: String,
 }
 
-/// Publishes to Redis over one multiplexed connection: concurrent publishes are pipelined.
+/// The Redis transport: publishes over one multiplexed connection (concurrent publishes are
+/// pipelined); consumes through [`consume`].
 pub(crate) struct RedisPublisher {
     url: BrokerUrl,
     /// How long the client waits for a reply: the publish time limit, which also bounds it.
@@ -37,7 +44,7 @@ pub(crate) struct RedisPublisher {
 }
 
 impl RedisPublisher {
-    pub(crate) fn new(url: BrokerUrl, response_timeout: std::time::Duration) -> Self {
+    fn with_timeout(url: BrokerUrl, response_timeout: std::time::Duration) -> Self {
         Self {
             url,
             response_timeout,
@@ -58,7 +65,7 @@ impl RedisPublisher {
     }
 
     /// Connects now if not connected.
-    pub(crate) async fn ensure_connected(&self) -> Result<(), CeleryError> {
+    async fn connect_now(&self) -> Result<(), CeleryError> {
         let mut connection = self.connection().await?;
         let pong: redis::RedisResult<()> = redis::cmd("PING").exec_async(&mut connection).await;
         if let Err(error) = pong {
@@ -119,15 +126,11 @@ impl RedisPublisher {
         if !unbound.is_empty() {
             let mut bind = redis::pipe();
             for message in &unbound {
-                let member =
-                    [message.routing_key.as_str(), "", message.queue.as_str()].join(KOMBU_SEP);
-                bind.sadd(format!("_kombu.binding.{}", message.exchange), &member)
-                    .ignore()
-                    .sadd(
-                        format!("_kombu.binding_permanent.{}", message.exchange),
-                        &member,
-                    )
-                    .ignore();
+                let entries =
+                    topology::binding(&message.exchange, &message.routing_key, &message.queue);
+                for (set, member) in entries {
+                    bind.sadd(set, member).ignore();
+                }
             }
             bind.exec_async(connection).await?;
             let mut bound = self.bound.lock().expect("not poisoned");
@@ -138,6 +141,141 @@ impl RedisPublisher {
             pipe.cmd("LPUSH").arg(&message.key).arg(&message.envelope);
         }
         pipe.ignore_errors().query_async(connection).await
+    }
+}
+
+impl Transport for RedisPublisher {
+    type Outgoing = RedisOutgoing;
+
+    fn new(url: BrokerUrl, settings: PublishSettings) -> Self {
+        Self::with_timeout(url, settings.timeout)
+    }
+
+    async fn ensure_connected(&self) -> Result<(), CeleryError> {
+        self.connect_now().await
+    }
+
+    fn prepare(&self, message: TaskMessage, queue: &str) -> Result<RedisOutgoing, CeleryError> {
+        let redis = message.to_redis()?;
+        let priority = message.properties.priority.unwrap_or(0);
+        Ok(RedisOutgoing {
+            queue: queue.to_owned(),
+            exchange: queue.to_owned(),
+            routing_key: queue.to_owned(),
+            key: topology::redis_queue_key(queue, priority),
+            envelope: redis.envelope,
+        })
+    }
+
+    async fn publish_batch<R: Reply>(&self, batch: Vec<Publication<RedisOutgoing, R>>) {
+        let Some(deadline) = batch.iter().map(|p| p.deadline).min() else {
+            return;
+        };
+        let messages: Vec<&RedisOutgoing> = batch.iter().map(|p| &p.outgoing).collect();
+        let delivered = tokio::time::timeout_at(
+            tokio::time::Instant::from_std(deadline),
+            self.publish_many(&messages),
+        )
+        .await;
+        match delivered {
+            Ok(Ok(results)) => {
+                for (publication, result) in batch.into_iter().zip(results) {
+                    publication.reply.send(result);
+                }
+            }
+            Ok(Err(error)) => {
+                for publication in batch {
+                    publication.reply.send(Err(error.duplicate()));
+                }
+            }
+            Err(_) => {
+                for publication in batch {
+                    publication.reply.send(Err(CeleryError::Timeout {
+                        broker: self.url.clone(),
+                        operation: "publishing",
+                        after: self.response_timeout,
+                    }));
+                }
+            }
+        }
+    }
+
+    async fn consume<C: Consumer>(
+        consumer: Arc<C>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), CeleryError> {
+        consume::run(consumer, stopping).await
+    }
+
+    async fn replay_dead_letters(
+        url: &BrokerUrl,
+        queue: &str,
+        limit: usize,
+    ) -> Result<usize, CeleryError> {
+        dead_letter::replay(url, queue, limit).await
+    }
+}
+
+/// A shared connection for bookkeeping, reconnected after failures.
+pub(crate) struct Link {
+    url: BrokerUrl,
+    connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+}
+
+impl Link {
+    /// A link to `url`, connecting on first use.
+    pub(crate) fn new(url: BrokerUrl) -> Self {
+        Self {
+            url,
+            connection: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn get(&self) -> Result<MultiplexedConnection, CeleryError> {
+        let mut guard = self.connection.lock().await;
+        if let Some(connection) = guard.as_ref() {
+            return Ok(connection.clone());
+        }
+        let connection = connect(&self.url).await?;
+        *guard = Some(connection.clone());
+        Ok(connection)
+    }
+
+    pub(crate) async fn run<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, CeleryError> {
+        let mut connection = self.get().await?;
+        let result = pipe.query_async(&mut connection).await;
+        self.settle(operation, result).await
+    }
+
+    pub(crate) async fn script(
+        &self,
+        operation: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<i64, CeleryError> {
+        let mut connection = self.get().await?;
+        let result = invocation.invoke_async(&mut connection).await;
+        self.settle(operation, result).await
+    }
+
+    /// Forgets a connection that broke, so the next call reconnects; names the operation.
+    async fn settle<T>(
+        &self,
+        operation: &'static str,
+        result: redis::RedisResult<T>,
+    ) -> Result<T, CeleryError> {
+        match result {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                if is_connection_error(&error) {
+                    self.connection.lock().await.take();
+                }
+                Err(CeleryError::broker(&self.url, operation, &error))
+            }
+        }
     }
 }
 

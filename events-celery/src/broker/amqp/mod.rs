@@ -1,22 +1,32 @@
-//! RabbitMQ: one connection, a few confirm-mode channels shared by every publish, reconnected
-//! after the broker goes away.
+//! The RabbitMQ transport: the one way to connect (through the frame guard), publishing with
+//! confirms over a few shared channels (reconnected after the broker goes away), and the
+//! conversions between the codec's AMQP message and `lapin`'s.
 
-use std::collections::HashSet;
+pub(crate) mod consume;
+pub(crate) mod dead_letter;
+mod guard;
+pub(crate) mod topology;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_rs::util::RuntimeParts;
 use async_rs::{Runtime, Tokio};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::tcp::{AMQPUriTcpExt, AsyncTcpStream, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
 use tokio::sync::Mutex;
 
-use super::BrokerUrl;
-use super::amqp_guard::{FrameGuard, GuardedReactor};
+use self::guard::{FrameGuard, GuardedReactor};
+use self::topology::Declared;
+use super::consume::Consumer;
+use super::topology::{DelayBucket, QueueArguments, QueueSpec};
+use super::{BrokerUrl, Publication, PublishSettings, Reply, Transport};
+use crate::codec::TaskMessage;
 use crate::error::CeleryError;
+use futures_util::future::join_all;
 
 /// Opens a connection to RabbitMQ: the one way the crate connects, for publishers and workers.
 ///
@@ -69,32 +79,11 @@ pub(crate) struct AmqpOutgoing {
     pub(crate) body: Vec<u8>,
 }
 
-/// How queues are declared: as Celery declares them, so both can declare the same queue
-/// without `PRECONDITION_FAILED`.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct QueueArguments {
-    /// `x-max-priority` (Celery's `task_queue_max_priority`).
-    pub(crate) max_priority: Option<u8>,
-}
-
-impl QueueArguments {
-    pub(crate) fn to_field_table(&self) -> FieldTable {
-        let mut table = FieldTable::default();
-        if let Some(max) = self.max_priority {
-            table.insert(
-                ShortString::from("x-max-priority"),
-                AMQPValue::LongInt(i32::from(max)),
-            );
-        }
-        table
-    }
-}
-
 struct Link {
     connection: Connection,
     channels: Vec<Channel>,
     next: AtomicUsize,
-    declared: std::sync::Mutex<HashSet<String>>,
+    declared: Declared,
 }
 
 impl Link {
@@ -103,10 +92,12 @@ impl Link {
     }
 }
 
-/// Publishes to RabbitMQ with publisher confirms.
+/// The RabbitMQ transport: publishes with publisher confirms; consumes through [`consume`].
 pub(crate) struct AmqpPublisher {
     url: BrokerUrl,
     queue_arguments: QueueArguments,
+    /// How long one publish may take.
+    timeout: std::time::Duration,
     /// The connection in use: read on every publish without waiting.
     current: std::sync::RwLock<Option<Arc<Link>>>,
     /// Held while (re)connecting, so one caller connects and the others wait for it.
@@ -114,10 +105,16 @@ pub(crate) struct AmqpPublisher {
 }
 
 impl AmqpPublisher {
-    pub(crate) fn new(url: BrokerUrl, queue_arguments: QueueArguments) -> Self {
+    /// A publisher declaring the queues it publishes to with `queue_arguments`.
+    pub(crate) fn with_arguments(
+        url: BrokerUrl,
+        queue_arguments: QueueArguments,
+        timeout: std::time::Duration,
+    ) -> Self {
         Self {
             url,
             queue_arguments,
+            timeout,
             current: std::sync::RwLock::new(None),
             link: Mutex::new(()),
         }
@@ -177,7 +174,7 @@ impl AmqpPublisher {
             connection,
             channels,
             next: AtomicUsize::new(0),
-            declared: std::sync::Mutex::new(HashSet::new()),
+            declared: Declared::default(),
         })
     }
 
@@ -188,25 +185,11 @@ impl AmqpPublisher {
         channel: &Channel,
         queue: &str,
     ) -> Result<(), CeleryError> {
-        if link.declared.lock().expect("not poisoned").contains(queue) {
-            return Ok(());
-        }
-        channel
-            .queue_declare(
-                ShortString::from(queue),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                self.queue_arguments.to_field_table(),
-            )
-            .await
-            .map_err(|e| self.broker_error("queue.declare", e))?;
+        let spec = QueueSpec::durable(queue, self.queue_arguments.clone());
         link.declared
-            .lock()
-            .expect("not poisoned")
-            .insert(queue.to_owned());
-        Ok(())
+            .queue(channel, &spec)
+            .await
+            .map_err(|(operation, e)| self.broker_error(operation, e))
     }
 
     /// Publishes one message and waits for the broker's confirm. Unroutable (returned) and
@@ -256,69 +239,28 @@ impl AmqpPublisher {
             .map_err(|e| self.broker_error("channel.open", e))
     }
 
-    /// Declares the delay bucket of `seconds` once per connection: a fanout exchange and a
-    /// durable queue `events.delay.<seconds>s` whose messages expire after `seconds` into the
-    /// default exchange, keeping their routing key — so they land back on their queue. Returns
-    /// the exchange to publish to.
-    pub(crate) async fn delay_bucket(&self, seconds: u64) -> Result<String, CeleryError> {
-        let name = format!("events.delay.{seconds}s");
+    /// Declares the delay bucket for a wait of `remaining` once per connection (see
+    /// [`DelayBucket`]); returns the exchange to publish to.
+    pub(crate) async fn delay_bucket(
+        &self,
+        remaining: std::time::Duration,
+    ) -> Result<String, CeleryError> {
+        let bucket = DelayBucket::for_wait(remaining);
         let link = self.link().await?;
-        if link.declared.lock().expect("not poisoned").contains(&name) {
-            return Ok(name);
-        }
-        let channel = &link.channels[0];
-        channel
-            .exchange_declare(
-                ShortString::from(name.as_str()),
-                lapin::ExchangeKind::Fanout,
-                lapin::options::ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| self.broker_error("exchange.declare", e))?;
-        let mut arguments = FieldTable::default();
-        arguments.insert(
-            ShortString::from("x-message-ttl"),
-            AMQPValue::LongLongInt(i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)),
-        );
-        arguments.insert(
-            ShortString::from("x-dead-letter-exchange"),
-            AMQPValue::LongString("".into()),
-        );
-        channel
-            .queue_declare(
-                ShortString::from(name.as_str()),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                arguments,
-            )
-            .await
-            .map_err(|e| self.broker_error("queue.declare", e))?;
-        channel
-            .queue_bind(
-                ShortString::from(name.as_str()),
-                ShortString::from(name.as_str()),
-                ShortString::from(""),
-                lapin::options::QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| self.broker_error("queue.bind", e))?;
         link.declared
-            .lock()
-            .expect("not poisoned")
-            .insert(name.clone());
-        Ok(name)
+            .delay_bucket(&link.channels[0], &bucket)
+            .await
+            .map_err(|(operation, e)| self.broker_error(operation, e))?;
+        Ok(bucket.exchange.name)
     }
 
-    /// Connects now if not connected.
-    pub(crate) async fn ensure_connected(&self) -> Result<(), CeleryError> {
-        self.link().await.map(drop)
+    /// What a publish that ran out of time fails with.
+    pub(crate) fn timeout_error(&self) -> CeleryError {
+        CeleryError::Timeout {
+            broker: self.url.clone(),
+            operation: "publishing",
+            after: self.timeout,
+        }
     }
 
     /// Drops the current connection; the next publish reconnects.
@@ -333,6 +275,67 @@ impl AmqpPublisher {
                 .close(200, ShortString::from("reconnecting"))
                 .await;
         }
+    }
+}
+
+impl Transport for AmqpPublisher {
+    type Outgoing = AmqpOutgoing;
+
+    fn new(url: BrokerUrl, settings: PublishSettings) -> Self {
+        Self::with_arguments(url, settings.queue_arguments, settings.timeout)
+    }
+
+    async fn ensure_connected(&self) -> Result<(), CeleryError> {
+        self.link().await.map(drop)
+    }
+
+    fn prepare(&self, message: TaskMessage, _queue: &str) -> Result<AmqpOutgoing, CeleryError> {
+        Ok(amqp_outgoing(message.into_amqp()?))
+    }
+
+    async fn publish_batch<R: Reply>(&self, batch: Vec<Publication<AmqpOutgoing, R>>) {
+        // Each caller hears back as soon as its own confirm arrives.
+        let timed_out = std::sync::atomic::AtomicBool::new(false);
+        join_all(batch.into_iter().map(|publication| {
+            let timed_out = &timed_out;
+            async move {
+                let Publication {
+                    outgoing,
+                    deadline,
+                    reply,
+                } = publication;
+                let result = tokio::time::timeout_at(
+                    tokio::time::Instant::from_std(deadline),
+                    self.publish(outgoing),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    timed_out.store(true, Ordering::Relaxed);
+                    Err(self.timeout_error())
+                });
+                reply.send(result);
+            }
+        }))
+        .await;
+        if timed_out.into_inner() {
+            // A publish that timed out may leave the link half-broken: start afresh.
+            self.reset().await;
+        }
+    }
+
+    async fn consume<C: Consumer>(
+        consumer: Arc<C>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), CeleryError> {
+        consume::run(consumer, stopping).await
+    }
+
+    async fn replay_dead_letters(
+        url: &BrokerUrl,
+        queue: &str,
+        limit: usize,
+    ) -> Result<usize, CeleryError> {
+        dead_letter::replay(url, queue, limit).await
     }
 }
 
