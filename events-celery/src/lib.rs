@@ -146,6 +146,7 @@ mod backend;
 mod broker;
 mod config;
 mod error;
+mod registration;
 mod worker;
 
 pub use backend::CeleryBackend;

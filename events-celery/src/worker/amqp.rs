@@ -247,9 +247,11 @@ async fn handle(
     ))
     .await
     .unwrap_or_else(|_| {
-        Err(CeleryError::Config(
-            "settling the message timed out".to_owned(),
-        ))
+        Err(CeleryError::Timeout {
+            broker: core.config.broker.clone(),
+            operation: "publishing what a message leads to (retry, dead letter, postponement)",
+            after: core.config.publish_timeout * 2,
+        })
     });
     match settled {
         Ok(()) => acks.ack(tag),
