@@ -281,3 +281,85 @@ impl std::fmt::Display for ErrorText {
 }
 
 impl std::error::Error for ErrorText {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each failure a batch shares keeps its own variant when it can be copied, and its text
+    /// (never a configuration error) when it cannot.
+    #[test]
+    fn a_batch_failure_is_duplicated_as_what_it_is() {
+        let copied = CeleryError::ShuttingDown.duplicate();
+        assert!(matches!(copied, CeleryError::ShuttingDown), "{copied:?}");
+        let panicked = CeleryError::Panicked {
+            what: "the publish task",
+            message: "boom".to_owned(),
+        };
+        assert!(matches!(
+            panicked.duplicate(),
+            CeleryError::Panicked { what: "the publish task", ref message } if message == "boom"
+        ));
+        let registry = CeleryError::Registry(events_core::Error::NotInitialized);
+        let copied = registry.duplicate();
+        assert!(matches!(copied, CeleryError::Batch { .. }), "{copied:?}");
+        assert!(copied.to_string().contains("not initialized"), "{copied}");
+    }
+
+    #[test]
+    fn messages_say_what_went_wrong_and_what_to_do() {
+        for (error, says) in [
+            (
+                CeleryError::ShuttingDown,
+                "keep a clone of the backend alive",
+            ),
+            (
+                CeleryError::Runtime(std::io::Error::other("no threads")),
+                "out of threads or memory",
+            ),
+            (
+                CeleryError::Panicked {
+                    what: "the publish task",
+                    message: "boom".to_owned(),
+                },
+                "a bug in events-celery",
+            ),
+            (
+                CeleryError::Replay {
+                    queue: "q".to_owned(),
+                    reason: "inspect it".to_owned(),
+                },
+                "cannot replay the dead letters of `q`: inspect it",
+            ),
+        ] {
+            let message = error.to_string();
+            assert!(message.contains(says), "{message}");
+            assert!(
+                !message.contains("invalid Celery configuration"),
+                "{message}"
+            );
+        }
+    }
+
+    /// A registry error stays the core error it is, not a failure of the Celery backend.
+    #[test]
+    fn registry_errors_convert_to_the_core_error_itself() {
+        let core: events_core::Error =
+            CeleryError::Registry(events_core::Error::NotInitialized).into();
+        assert!(
+            matches!(core, events_core::Error::NotInitialized),
+            "{core:?}"
+        );
+        let core: events_core::Error = CeleryError::ShuttingDown.into();
+        assert!(
+            matches!(
+                core,
+                events_core::Error::Backend {
+                    backend: "celery",
+                    ..
+                }
+            ),
+            "{core:?}"
+        );
+    }
+}

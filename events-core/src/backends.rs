@@ -46,7 +46,8 @@
 //!
 //! let backend = events_core::backend_from_config("loopback://anything")?;
 //! assert_eq!(backend.kind(), BackendKind::new("loopback"));
-//! assert_eq!(events_core::backends::find("LOOPBACK")?.krate(), env!("CARGO_CRATE_NAME"));
+//! let loopback = events_core::backends::find("LOOPBACK")?;
+//! assert_eq!(loopback.description(), "in-process dispatch under another name");
 //! # Ok::<(), events_core::Error>(())
 //! ```
 //!
