@@ -74,7 +74,7 @@ impl crate::broker::Reply for Reply {
 }
 
 fn dropped() -> CeleryError {
-    CeleryError::Config("the publish task was dropped (the backend is shutting down)".to_owned())
+    CeleryError::ShuttingDown
 }
 
 /// The backend's own tokio runtime, where every broker connection lives.
@@ -90,7 +90,7 @@ impl IoRuntime {
             .thread_name("events-celery-io")
             .enable_all()
             .build()
-            .map_err(|e| CeleryError::Config(format!("cannot start the I/O runtime: {e}")))?;
+            .map_err(CeleryError::Runtime)?;
         Ok(Self {
             handle: runtime.handle().clone(),
             runtime: Mutex::new(Some(runtime)),
@@ -104,9 +104,11 @@ impl IoRuntime {
     ) -> Result<T, CeleryError> {
         match self.handle.spawn(future).await {
             Ok(result) => result,
-            Err(join) => Err(CeleryError::Config(format!(
-                "the publish task failed: {join}"
-            ))),
+            Err(join) if join.is_cancelled() => Err(CeleryError::ShuttingDown),
+            Err(join) => Err(CeleryError::Panicked {
+                what: "the publish task",
+                message: join.to_string(),
+            }),
         }
     }
 }
@@ -444,7 +446,7 @@ impl Inner {
 
 impl Backend for CeleryBackend {
     fn kind(&self) -> BackendKind {
-        BackendKind::Celery
+        Self::KIND
     }
 
     fn describe(&self) -> String {
@@ -490,20 +492,3 @@ impl std::fmt::Debug for CeleryBackend {
             .finish_non_exhaustive()
     }
 }
-
-fn build_from_config(text: &str) -> Result<Box<dyn Backend>, Error> {
-    let config = if text.eq_ignore_ascii_case("celery") {
-        CeleryConfig::from_env()?
-    } else {
-        CeleryConfig::from_env_with_broker(text)?
-    };
-    Ok(Box::new(CeleryBackend::new(config)?))
-}
-
-#[events_core::__private::distributed_slice(events_core::__private::BACKEND_FACTORIES)]
-#[linkme(crate = events_core::__private::linkme)]
-static CELERY_FACTORY: events_core::__private::BackendFactory =
-    events_core::__private::BackendFactory {
-        kind: BackendKind::Celery,
-        build: build_from_config,
-    };

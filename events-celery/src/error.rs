@@ -9,7 +9,8 @@ use crate::codec::{DecodeError, EncodeError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CeleryError {
-    /// The configuration is unusable.
+    /// The configuration is unusable (a broker URL, an environment variable, a worker
+    /// setting); the text says which and what to write instead.
     #[error("invalid Celery configuration: {0}")]
     Config(String),
 
@@ -39,7 +40,8 @@ pub enum CeleryError {
     /// reached the broker, so treat it as not sent and publish again if needed.
     #[error(
         "{operation} on the broker at {broker} did not finish within {after:?}; the broker may be \
-         down or overloaded (the time limit is `CeleryConfig::publish_timeout`)"
+         down or overloaded (the limit is `CeleryConfig::publish_timeout` for a publish, twice \
+         `WorkerConfig::publish_timeout` for the worker's own publishes)"
     )]
     Timeout {
         /// The broker, without password.
@@ -71,6 +73,49 @@ pub enum CeleryError {
         exchange: String,
         /// The routing key.
         routing_key: String,
+    },
+
+    /// The backend is shutting down: its I/O runtime stopped (the program is exiting, or the
+    /// last clone of the backend was dropped) before the publish finished.
+    #[error(
+        "the Celery backend is shutting down (its I/O runtime stopped) before the publish \
+         finished, so the message may not have been sent: publish before the program exits and \
+         keep a clone of the backend alive while publishing"
+    )]
+    ShuttingDown,
+
+    /// The backend's I/O runtime could not be started.
+    #[error(
+        "cannot start the Celery backend's I/O runtime (one thread): {0}; the system may be out \
+         of threads or memory"
+    )]
+    Runtime(#[source] std::io::Error),
+
+    /// A task of this crate panicked: a bug.
+    #[error("{what} panicked: {message}; this is a bug in events-celery, please report it")]
+    Panicked {
+        /// Which task.
+        what: &'static str,
+        /// The panic, as text.
+        message: String,
+    },
+
+    /// Dead letters could not be replayed.
+    #[error("cannot replay the dead letters of `{queue}`: {reason}")]
+    Replay {
+        /// The queue whose dead letters were replayed.
+        queue: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+
+    /// A batch of publishes failed as a whole with an error that cannot be copied for each
+    /// publish: each gets its text.
+    #[error("the batch this publish was part of failed: {source}")]
+    Batch {
+        /// The batch's error, as text.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// The event could not be encoded.
@@ -108,10 +153,15 @@ pub enum CeleryError {
 }
 
 impl From<CeleryError> for events_core::Error {
+    /// A registry error stays the core error it is; everything else is a failure of the
+    /// `celery` backend ([`events_core::Error::Backend`]).
     fn from(error: CeleryError) -> Self {
-        events_core::Error::Backend {
-            backend: "celery",
-            source: Box::new(error),
+        match error {
+            CeleryError::Registry(error) => error,
+            error => events_core::Error::Backend {
+                backend: "celery",
+                source: Box::new(error),
+            },
         }
     }
 }
@@ -188,7 +238,29 @@ impl CeleryError {
                 routing_key: routing_key.clone(),
             },
             CeleryError::NoRuntime(method) => CeleryError::NoRuntime(method),
-            other => CeleryError::Config(other.to_string()),
+            CeleryError::ShuttingDown => CeleryError::ShuttingDown,
+            CeleryError::Panicked { what, message } => CeleryError::Panicked {
+                what,
+                message: message.clone(),
+            },
+            CeleryError::Replay { queue, reason } => CeleryError::Replay {
+                queue: queue.clone(),
+                reason: reason.clone(),
+            },
+            CeleryError::UnsendableTask { task, reason } => CeleryError::UnsendableTask {
+                task: task.clone(),
+                reason: reason.clone(),
+            },
+            CeleryError::Batch { source } => CeleryError::Batch {
+                source: text(source.as_ref()),
+            },
+            // Not copyable (the client or codec error inside): kept as text.
+            other @ (CeleryError::Runtime(_)
+            | CeleryError::Encode(_)
+            | CeleryError::Decode(_)
+            | CeleryError::Registry(_)) => CeleryError::Batch {
+                source: Box::new(ErrorText(other.to_string())),
+            },
         }
     }
 }
@@ -209,3 +281,85 @@ impl std::fmt::Display for ErrorText {
 }
 
 impl std::error::Error for ErrorText {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each failure a batch shares keeps its own variant when it can be copied, and its text
+    /// (never a configuration error) when it cannot.
+    #[test]
+    fn a_batch_failure_is_duplicated_as_what_it_is() {
+        let copied = CeleryError::ShuttingDown.duplicate();
+        assert!(matches!(copied, CeleryError::ShuttingDown), "{copied:?}");
+        let panicked = CeleryError::Panicked {
+            what: "the publish task",
+            message: "boom".to_owned(),
+        };
+        assert!(matches!(
+            panicked.duplicate(),
+            CeleryError::Panicked { what: "the publish task", ref message } if message == "boom"
+        ));
+        let registry = CeleryError::Registry(events_core::Error::NotInitialized);
+        let copied = registry.duplicate();
+        assert!(matches!(copied, CeleryError::Batch { .. }), "{copied:?}");
+        assert!(copied.to_string().contains("not initialized"), "{copied}");
+    }
+
+    #[test]
+    fn messages_say_what_went_wrong_and_what_to_do() {
+        for (error, says) in [
+            (
+                CeleryError::ShuttingDown,
+                "keep a clone of the backend alive",
+            ),
+            (
+                CeleryError::Runtime(std::io::Error::other("no threads")),
+                "out of threads or memory",
+            ),
+            (
+                CeleryError::Panicked {
+                    what: "the publish task",
+                    message: "boom".to_owned(),
+                },
+                "a bug in events-celery",
+            ),
+            (
+                CeleryError::Replay {
+                    queue: "q".to_owned(),
+                    reason: "inspect it".to_owned(),
+                },
+                "cannot replay the dead letters of `q`: inspect it",
+            ),
+        ] {
+            let message = error.to_string();
+            assert!(message.contains(says), "{message}");
+            assert!(
+                !message.contains("invalid Celery configuration"),
+                "{message}"
+            );
+        }
+    }
+
+    /// A registry error stays the core error it is, not a failure of the Celery backend.
+    #[test]
+    fn registry_errors_convert_to_the_core_error_itself() {
+        let core: events_core::Error =
+            CeleryError::Registry(events_core::Error::NotInitialized).into();
+        assert!(
+            matches!(core, events_core::Error::NotInitialized),
+            "{core:?}"
+        );
+        let core: events_core::Error = CeleryError::ShuttingDown.into();
+        assert!(
+            matches!(
+                core,
+                events_core::Error::Backend {
+                    backend: "celery",
+                    ..
+                }
+            ),
+            "{core:?}"
+        );
+    }
+}

@@ -148,6 +148,7 @@ mod broker;
 mod config;
 mod error;
 mod quiet;
+mod registration;
 mod stopping;
 mod worker;
 

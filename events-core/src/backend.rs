@@ -1,4 +1,5 @@
-//! The backend trait, backend kinds, and the link-time table of backend factories.
+//! The backend trait, what a publish returns, backend kinds, and URL redaction for messages
+//! (the registry of backend factories is [`backends`](crate::backends)).
 
 use std::fmt;
 use std::str::FromStr;
@@ -70,71 +71,62 @@ impl Receipt {
     }
 }
 
-/// The kinds of backend, as the seed's `EventBackendType`.
+/// A backend's kind: the name it is registered under (`memory`, `celery`, or your own), as the
+/// seed's `EventBackendType`.
 ///
-/// Parses case-insensitively from `"memory"` or `"celery"`, and from a broker URL (`amqp://`,
-/// `amqps://`, `redis://`, `rediss://` mean Celery):
+/// Any crate can add a kind ([`register_backend!`](crate::register_backend), see
+/// [`backends`](crate::backends)), so a kind is a name rather than a closed list. Parsing looks
+/// it up among the registered backends, case-insensitively, by name or by the scheme of a URL
+/// (`amqp://…` is `celery` when `events-celery` is linked):
 ///
 /// ```
 /// use events_core::BackendKind;
 ///
-/// assert_eq!("Memory".parse::<BackendKind>()?, BackendKind::Memory);
-/// assert_eq!("amqp://guest:guest@localhost//".parse::<BackendKind>()?, BackendKind::Celery);
-/// assert!("kafka".parse::<BackendKind>().is_err());
+/// assert_eq!("Memory".parse::<BackendKind>()?, BackendKind::MEMORY);
+/// assert_eq!(BackendKind::MEMORY.as_str(), "memory");
+/// // Not registered here: the error lists what is.
+/// let err = "kafka".parse::<BackendKind>().unwrap_err();
+/// assert!(err.to_string().contains("registered: `memory`"));
 /// # Ok::<(), events_core::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum BackendKind {
-    /// In-process dispatch ([`MemoryBackend`](crate::MemoryBackend)).
-    Memory,
-    /// Celery task messages on a broker (the `events-celery` crate).
-    Celery,
-}
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendKind(&'static str);
 
 impl BackendKind {
-    /// The accepted kind names, for messages.
-    pub const ACCEPTED: &'static str = "`memory`, `celery`";
+    /// In-process dispatch ([`MemoryBackend`](crate::MemoryBackend)).
+    pub const MEMORY: BackendKind = BackendKind::new("memory");
 
-    /// The kind's name: `memory` or `celery`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Memory => "memory",
-            BackendKind::Celery => "celery",
-        }
+    /// The kind named `name`: lower-case ASCII letters, digits, `+`, `-`, `.` or `_`, starting
+    /// with a letter (`"celery"`, `"loopback"`). Panics otherwise — at compile time in a
+    /// `const`.
+    pub const fn new(name: &'static str) -> Self {
+        assert!(
+            crate::backends::is_identifier(name),
+            "a backend kind name must be lower-case ASCII letters, digits, `+`, `-`, `.` or `_`, \
+             starting with a letter (`celery`, `loopback`)"
+        );
+        Self(name)
+    }
+
+    /// The kind's name: `memory`, `celery`, ….
+    pub const fn as_str(self) -> &'static str {
+        self.0
     }
 }
 
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.0)
     }
 }
-
-const CELERY_SCHEMES: [&str; 4] = ["amqp", "amqps", "redis", "rediss"];
 
 impl FromStr for BackendKind {
     type Err = Error;
 
+    /// The kind of the registered backend that `s` selects, by name or URL scheme: see
+    /// [`backends::find`](crate::backends::find).
     fn from_str(s: &str) -> Result<Self, Error> {
-        let trimmed = s.trim();
-        if trimmed.eq_ignore_ascii_case("memory") {
-            return Ok(BackendKind::Memory);
-        }
-        if trimmed.eq_ignore_ascii_case("celery") {
-            return Ok(BackendKind::Celery);
-        }
-        if let Some((scheme, _)) = trimmed.split_once("://")
-            && CELERY_SCHEMES
-                .iter()
-                .any(|known| scheme.eq_ignore_ascii_case(known))
-        {
-            return Ok(BackendKind::Celery);
-        }
-        Err(Error::UnsupportedBackend {
-            given: redact_url(trimmed),
-            accepted: BackendKind::ACCEPTED,
-        })
+        crate::backends::find(s).map(|factory| factory.kind())
     }
 }
 
@@ -209,33 +201,15 @@ fn is_secret_key(key: &str) -> bool {
         .any(|secret| key.contains(secret))
 }
 
-/// A backend that can be built from configuration text, registered at link time by the crate
-/// that provides it (`events-celery` registers the Celery backend).
-#[doc(hidden)]
-pub struct BackendFactory {
-    /// The kind it builds.
-    pub kind: BackendKind,
-    /// Builds the backend from the configuration text (a kind name or a URL).
-    pub build: fn(&str) -> Result<Box<dyn Backend>, Error>,
-}
-
-/// Builds a backend from a kind name or URL (see [`BackendKind`]).
+/// Builds a backend from a kind name or URL: the registered backend that selects
+/// ([`backends::find`](crate::backends::find)) builds it from the text.
 ///
 /// `"memory"` builds a [`MemoryBackend`](crate::MemoryBackend); `"celery"` and broker URLs
-/// build the Celery backend when the `events-celery` crate is linked.
+/// (`amqp://`, `amqps://`, `redis://`, `rediss://`) build the Celery backend when the
+/// `events-celery` crate is linked; other crates register their own kinds
+/// ([`register_backend!`](crate::register_backend)).
 pub fn backend_from_config(config: &str) -> Result<Box<dyn Backend>, Error> {
-    let kind: BackendKind = config.parse()?;
-    if kind == BackendKind::Memory {
-        return Ok(Box::new(crate::MemoryBackend::new()));
-    }
-    crate::__private::BACKEND_FACTORIES
-        .iter()
-        .find(|f| f.kind == kind)
-        .map(|f| (f.build)(config.trim()))
-        .unwrap_or(Err(Error::BackendNotLinked {
-            kind: kind.as_str(),
-            krate: "events_celery",
-        }))
+    crate::backends::find(config)?.build(config)
 }
 
 #[cfg(test)]
@@ -243,29 +217,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kinds_parse_case_insensitively_and_from_urls() {
-        for (text, kind) in [
-            ("memory", BackendKind::Memory),
-            (" MEMORY ", BackendKind::Memory),
-            ("Celery", BackendKind::Celery),
-            ("amqp://guest:guest@127.0.0.1:5672//", BackendKind::Celery),
-            ("AMQPS://h/v", BackendKind::Celery),
-            ("redis://127.0.0.1:6379/0", BackendKind::Celery),
-            ("rediss://:pw@h:6380/1", BackendKind::Celery),
-        ] {
-            assert_eq!(text.parse::<BackendKind>().unwrap(), kind, "{text}");
+    fn kinds_parse_case_insensitively() {
+        for text in ["memory", " MEMORY ", "Memory"] {
+            assert_eq!(
+                text.parse::<BackendKind>().unwrap(),
+                BackendKind::MEMORY,
+                "{text}"
+            );
         }
+        assert_eq!(BackendKind::new("loopback").to_string(), "loopback");
     }
 
     #[test]
-    fn unknown_kinds_list_the_accepted_ones_without_passwords() {
-        for text in ["kafka", "", "sqs://user:hunter2@queue", "memoryy"] {
-            let err = text.parse::<BackendKind>().unwrap_err();
-            let message = err.to_string();
-            assert!(matches!(err, Error::UnsupportedBackend { .. }), "{text}");
-            assert!(message.contains("`memory`, `celery`"), "{message}");
-            assert!(!message.contains("hunter2"), "{message}");
-        }
+    #[should_panic(expected = "a backend kind name must be lower-case")]
+    fn kind_names_are_checked() {
+        let _ = BackendKind::new(&*String::from("Celery").leak());
     }
 
     #[test]
@@ -322,12 +288,13 @@ mod tests {
     }
 
     #[test]
-    fn celery_without_its_crate_is_not_linked() {
+    fn celery_without_its_crate_is_not_registered() {
         let err = backend_from_config("celery").err().unwrap();
         assert!(
-            matches!(err, Error::BackendNotLinked { kind: "celery", .. }),
+            matches!(&err, Error::UnsupportedBackend { given, registered }
+                if given == "celery" && registered.len() == 1),
             "{err}"
         );
-        assert!(err.to_string().contains("events_celery"));
+        assert!(err.to_string().contains("events_celery"), "{err}");
     }
 }

@@ -324,8 +324,9 @@ pub fn init_with(builder: EventBusBuilder) -> Result<&'static EventBus, Error> {
     }
 }
 
-/// Initializes the global bus from configuration text: a backend kind (`"memory"`,
-/// `"celery"`, case-insensitive) or a broker URL. See [`backend_from_config`].
+/// Initializes the global bus from configuration text: a registered backend kind (`"memory"`,
+/// `"celery"`, case-insensitive) or a URL whose scheme a registered backend claims
+/// (`"amqp://…"`). See [`backend_from_config`] and [`backends`](crate::backends).
 pub fn init_from(config: &str) -> Result<&'static EventBus, Error> {
     if let Some(existing) = GLOBAL.get() {
         return Err(already(existing));

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::backends::BackendFactory;
 use crate::event::SourceLocation;
 use crate::handler::{BoxError, HandlerFailure};
 
@@ -27,28 +28,39 @@ pub enum Error {
         backend: String,
     },
 
-    /// The backend kind or URL is not one this framework knows.
+    /// No linked crate registers the backend kind or URL scheme asked for
+    /// ([`backends::find`](crate::backends::find)).
     #[error(
-        "unsupported event backend `{given}`: expected one of {accepted} (case-insensitive), \
-         or a broker URL (amqp://, amqps://, redis://, rediss://)"
+        "unsupported event backend `{given}`: no linked crate registers that kind name or URL \
+         scheme (case-insensitive); registered: {}. A backend crate registers itself once it is \
+         linked: add it to your dependencies and reference it once, e.g. \
+         `events_core::link!(events_celery);` for `celery`, `amqp://`, `redis://`",
+        crate::backends::describe(registered)
     )]
     UnsupportedBackend {
-        /// What was given.
+        /// What was given (with any password removed).
         given: String,
-        /// The accepted kinds.
-        accepted: &'static str,
+        /// The backends registered in this program.
+        registered: Vec<&'static BackendFactory>,
     },
 
-    /// The backend kind is known but its crate is not part of the program.
+    /// Two registered backends share a kind name or a URL scheme
+    /// ([`register_backend!`](crate::register_backend)), so configuration text cannot choose
+    /// between them.
     #[error(
-        "the {kind} backend is not linked into this program: add the `{krate}` crate to your \
-         dependencies and reference it once, e.g. with `events_core::link!({krate});`"
+        "backend {what} is registered twice: by crate `{}` (kind `{}`) at {} and by crate `{}` \
+         (kind `{}`) at {}; link only one of them, or register one under another kind name and \
+         schemes",
+        first.krate(), first.name(), first.location(),
+        second.krate(), second.name(), second.location()
     )]
-    BackendNotLinked {
-        /// The backend kind.
-        kind: &'static str,
-        /// The crate that provides it.
-        krate: &'static str,
+    DuplicateBackend {
+        /// What both register: `` kind name `x` `` or `` URL scheme `x://` ``.
+        what: String,
+        /// The first registration.
+        first: &'static BackendFactory,
+        /// The second registration.
+        second: &'static BackendFactory,
     },
 
     /// The backend could not be configured from the given text.

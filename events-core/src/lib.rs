@@ -31,6 +31,8 @@
 //!   [`publish_json`] and [`publish_json_blocking`] send events through it, [`subscribe`] and
 //!   [`subscribe_async`] add closures. An explicit [`EventBus`] has the same methods, under
 //!   the same names, without a global.
+//! - [`init_from`] picks the backend by kind name or URL scheme among the registered ones;
+//!   any crate registers its own with [`register_backend!`] (see [`backends`]).
 //!
 //! # Handler crates and the linker
 //!
@@ -47,6 +49,7 @@
 #![doc(html_root_url = "https://docs.rs/events-core/0.1.0")]
 
 mod backend;
+pub mod backends;
 mod bus;
 mod error;
 mod event;

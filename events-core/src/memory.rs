@@ -309,7 +309,7 @@ fn failed(event: &'static str, ran: usize, failures: Vec<HandlerFailure>) -> Err
 
 impl Backend for MemoryBackend {
     fn kind(&self) -> BackendKind {
-        BackendKind::Memory
+        BackendKind::MEMORY
     }
 
     fn subscribe(&self, handler: Handler) -> Result<(), Error> {

@@ -7,7 +7,7 @@ pub use linkme;
 pub use linkme::distributed_slice;
 pub use serde;
 
-pub use crate::backend::BackendFactory;
+pub use crate::backends::BackendFactory;
 pub use crate::event::{DeclaredEvent, DomainEvent, EventDescriptor, SourceLocation};
 pub use crate::handler::{
     BoxFuture, HandlerDescriptor, HandlerFn, HandlerOptions, HandlerResult, IntoHandlerResult,
@@ -21,7 +21,8 @@ pub static EVENTS: [EventDescriptor];
 #[distributed_slice]
 pub static HANDLERS: [HandlerDescriptor];
 
-/// Every backend that can be built from configuration text.
+/// Every backend that can be built from configuration text (`register_backend!` adds to it;
+/// read it through `events_core::backends`).
 #[distributed_slice]
 pub static BACKEND_FACTORIES: [BackendFactory];
 

@@ -191,6 +191,11 @@ fn init_from_a_broker_url_builds_the_celery_backend() {
         bus.backend().describe(),
         "celery (redis://:***@127.0.0.1:6379/0)"
     );
+    assert_eq!(bus.backend().kind(), events_celery::CeleryBackend::KIND);
+    // Registered through the public registry, under its schemes.
+    let celery = events_core::backends::find("AMQPS://h/v").unwrap();
+    assert_eq!((celery.name(), celery.krate()), ("celery", "events_celery"));
+    assert_eq!(celery.schemes(), ["amqp", "amqps", "redis", "rediss"]);
     let err = events_core::backend_from_config("celery");
     // `celery` alone takes the URL from CELERY_BROKER_URL, which the tests do not set.
     if std::env::var("CELERY_BROKER_URL").is_err() {

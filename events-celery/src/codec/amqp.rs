@@ -22,13 +22,11 @@ use super::json::{Json, JsonMap, JsonNumber};
 use super::compression::{COMPRESSION_HEADER, compress};
 use super::decode::{DecodeOptions, check_content_encoding, check_content_type, decode_body};
 use super::error::{DecodeError, EncodeError};
-use super::message::{HeaderValue, MessageProperties, ParsedHeaders, Routing, TaskMessage};
+use super::message::{
+    Header, HeaderValue, MessageProperties, ParsedHeaders, REFUSED_HEADER, Routing, TaskMessage,
+};
 use super::timestamp::isoformat;
-
-/// The header that stands in for a header table the AMQP connection refused to parse (it
-/// nested too deep); its value says why. A message carrying it is refused by
-/// [`TaskMessage::decode_amqp`].
-pub(crate) const REFUSED_HEADER: &str = "x-events-refused-headers";
+use chrono::{DateTime, FixedOffset};
 
 /// An AMQP 0-9-1 field value (RabbitMQ's field types), as header tables hold them.
 ///
@@ -198,64 +196,55 @@ impl TaskMessage {
 
     /// The AMQP message from `strings` (the message's own, copied or moved out) and the rest
     /// of the message.
-    fn amqp_message(&self, strings: AmqpStrings) -> Result<AmqpMessage, EncodeError> {
+    fn amqp_message(&self, mut strings: AmqpStrings) -> Result<AmqpMessage, EncodeError> {
+        use std::mem::take;
         let h = &self.headers;
         let string = |text: String| AmqpValue::LongString(text.into_bytes());
         let optional = |text: Option<String>| text.map_or(AmqpValue::Void, string);
-        let mut headers = Vec::with_capacity(19 + h.custom.len());
+        let timestamp = |at: Option<&DateTime<FixedOffset>>| {
+            at.map_or(AmqpValue::Void, |at| string(isoformat(at)))
+        };
+        let mut headers = Vec::with_capacity(Header::ALL.len() + h.custom.len());
+        for header in Header::ALL {
+            let name = header.name();
+            let value = match header {
+                Header::Lang => optional(strings.lang.take()),
+                Header::Task => string(take(&mut strings.task)),
+                Header::Id => string(take(&mut strings.id)),
+                Header::Shadow => optional(strings.shadow.take()),
+                Header::Eta => timestamp(h.eta.as_ref()),
+                Header::Expires => timestamp(h.expires.as_ref()),
+                Header::Group => optional(strings.group.take()),
+                Header::GroupIndex => match h.group_index {
+                    None => AmqpValue::Void,
+                    Some(index) => integer(i128::from(index), name)?,
+                },
+                Header::Retries => integer(i128::from(h.retries), name)?,
+                Header::TimeLimit => {
+                    let limit = |number: &Option<JsonNumber>| match number {
+                        None => Ok(AmqpValue::Void),
+                        Some(number) => from_number(number, name),
+                    };
+                    AmqpValue::Array(vec![limit(&h.timelimit.hard)?, limit(&h.timelimit.soft)?])
+                }
+                Header::RootId => optional(strings.root_id.take()),
+                Header::ParentId => optional(strings.parent_id.take()),
+                Header::ArgsRepr => optional(strings.argsrepr.take()),
+                Header::KwargsRepr => optional(strings.kwargsrepr.take()),
+                Header::Origin => optional(strings.origin.take()),
+                Header::IgnoreResult => h.ignore_result.map_or(AmqpValue::Void, AmqpValue::Bool),
+                Header::ReplacedTaskNesting => integer(i128::from(h.replaced_task_nesting), name)?,
+                Header::StampedHeaders => {
+                    h.stamped_headers.as_ref().map_or(AmqpValue::Void, |names| {
+                        AmqpValue::Array(names.iter().map(|name| string(name.clone())).collect())
+                    })
+                }
+                // The headers table is level 1.
+                Header::Stamps => from_map(&h.stamps, name, 1)?,
+            };
+            headers.push((name.to_owned(), value));
+        }
         let mut push = |name: &str, value: AmqpValue| headers.push((name.to_owned(), value));
-        push("lang", optional(strings.lang));
-        push("task", string(strings.task));
-        push("id", string(strings.id));
-        push("shadow", optional(strings.shadow));
-        push(
-            "eta",
-            h.eta
-                .as_ref()
-                .map_or(AmqpValue::Void, |at| string(isoformat(at))),
-        );
-        push(
-            "expires",
-            h.expires
-                .as_ref()
-                .map_or(AmqpValue::Void, |at| string(isoformat(at))),
-        );
-        push("group", optional(strings.group));
-        let group_index = match h.group_index {
-            None => AmqpValue::Void,
-            Some(index) => integer(i128::from(index), "group_index")?,
-        };
-        push("group_index", group_index);
-        push("retries", integer(i128::from(h.retries), "retries")?);
-        let limit = |number: &Option<JsonNumber>| match number {
-            None => Ok(AmqpValue::Void),
-            Some(number) => from_number(number, "timelimit"),
-        };
-        push(
-            "timelimit",
-            AmqpValue::Array(vec![limit(&h.timelimit.hard)?, limit(&h.timelimit.soft)?]),
-        );
-        push("root_id", optional(strings.root_id));
-        push("parent_id", optional(strings.parent_id));
-        push("argsrepr", optional(strings.argsrepr));
-        push("kwargsrepr", optional(strings.kwargsrepr));
-        push("origin", optional(strings.origin));
-        push(
-            "ignore_result",
-            h.ignore_result.map_or(AmqpValue::Void, AmqpValue::Bool),
-        );
-        push(
-            "replaced_task_nesting",
-            integer(i128::from(h.replaced_task_nesting), "replaced_task_nesting")?,
-        );
-        push(
-            "stamped_headers",
-            h.stamped_headers.as_ref().map_or(AmqpValue::Void, |names| {
-                AmqpValue::Array(names.iter().map(|name| string(name.clone())).collect())
-            }),
-        );
-        // The headers table is level 1.
-        push("stamps", from_map(&h.stamps, "stamps", 1)?);
         for (name, value) in &h.custom {
             if name.len() > 255 {
                 return Err(EncodeError::AmqpKeyTooLong(name.clone()));

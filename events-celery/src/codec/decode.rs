@@ -7,7 +7,7 @@ use super::compression::{COMPRESSION_HEADER, Compression, decompress, method_of}
 use super::error::{DecodeError, json_type};
 use super::kombu_json::untag;
 use super::message::{
-    Embed, MessageProperties, ParsedHeaders, ProtocolVersion, Routing, TaskMessage,
+    Embed, Header, MessageProperties, ParsedHeaders, ProtocolVersion, Routing, TaskMessage,
 };
 
 /// The default size limit: 16 MiB.
@@ -274,7 +274,7 @@ fn upgrade_v1_body(body: Json) -> Result<(ParsedHeaders, BodyParts), DecodeError
         // A protocol 2 body without a `task` header, or no task message at all.
         return Err(DecodeError::MissingTask);
     };
-    if !fields.contains_key("task") {
+    if !fields.contains_key(Header::Task.name()) {
         return Err(DecodeError::MissingTask);
     }
     let args = parse_args(fields.remove("args").unwrap_or(Json::Null))?;

@@ -421,7 +421,7 @@ impl TaskMessage {
         let custom = options
             .headers
             .iter()
-            .filter(|(name, _)| !super::message::HEADER_NAMES.contains(&name.as_str()))
+            .filter(|(name, _)| super::message::Header::from_name(name).is_none())
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
 

@@ -18,6 +18,9 @@ pub enum EncodeError {
     /// The body (args, kwargs, embed) could not be written as JSON.
     #[error("cannot write the message body as JSON: {0}")]
     Body(#[source] serde_json::Error),
+    /// A Redis envelope (restored by the worker) could not be written as JSON.
+    #[error("cannot write the Redis envelope as JSON: {0}")]
+    Envelope(#[source] serde_json::Error),
     /// A priority outside Celery's 0–9.
     #[error("priority {0} is out of range: Celery priorities are 0 to 9")]
     InvalidPriority(u8),

@@ -97,14 +97,7 @@ mod uuid4;
 
 pub use amqp::{AmqpMessage, AmqpProperties, AmqpTable, AmqpValue};
 
-/// The header in which a message published by a handler carries how many publishes deep it is
-/// (`events_core::origin`); a worker dead-letters one at
-/// [`MAX_PUBLISH_DEPTH`](events_core::MAX_PUBLISH_DEPTH) as a publish cycle.
-pub const PUBLISH_DEPTH_HEADER: &str = "x-events-depth";
-/// The header that carries the names of the events on the way to a message published by a
-/// handler, oldest first (the last 64).
-pub const PUBLISH_CHAIN_HEADER: &str = "x-events-chain";
-pub(crate) use amqp::{MAX_HEADER_DEPTH, REFUSED_HEADER};
+pub(crate) use amqp::MAX_HEADER_DEPTH;
 pub use compression::{COMPRESSION_HEADER, Compression};
 pub use decode::{DEFAULT_MAX_MESSAGE_BYTES, DecodeOptions};
 pub use encode::{
@@ -113,9 +106,10 @@ pub use encode::{
 };
 pub use error::{DecodeError, EncodeError, PayloadError};
 pub use json::{Json, JsonError, JsonMap, JsonNumber};
+pub(crate) use message::REFUSED_HEADER;
 pub use message::{
-    Embed, MessageProperties, PAYLOAD_KWARG, ProtocolVersion, Routing, TaskHeaders, TaskMessage,
-    TimeLimit,
+    Embed, MessageProperties, PAYLOAD_KWARG, PUBLISH_CHAIN_HEADER, PUBLISH_DEPTH_HEADER,
+    ProtocolVersion, Routing, TaskHeaders, TaskMessage, TimeLimit,
 };
 pub use python_json::{PythonJsonFormatter, to_python_json, write_python_json};
 pub(crate) use redis::kombu_priority;

@@ -19,7 +19,7 @@ use super::compression::compress;
 use super::decode::{DecodeOptions, check_content_encoding, check_content_type, decode_body, utf8};
 use super::error::{DecodeError, EncodeError};
 use super::message::{
-    HeaderValue, HeadersIn, MessageProperties, Routing, TaskMessage, push_body_json,
+    Header, HeaderValue, HeadersIn, MessageProperties, Routing, TaskMessage, push_body_json,
     push_headers_json, push_integer,
 };
 use super::python_json::push_json_str;
@@ -396,12 +396,12 @@ fn scan_headers(s: &mut Scanner<'_>) -> Option<Option<HeadersIn>> {
             b't' | b'f' => HeaderValue::Other(Json::Bool(s.boolean()?)),
             b'0'..=b'9' => HeaderValue::Count(s.integer()?),
             // `[null, null]` and `{}` mean what `null` means for these two.
-            b'[' if name == "timelimit" => {
+            b'[' if name == Header::TimeLimit.name() => {
                 s.eat(b'[')?;
                 (s.null() && s.eat_if(b',') && s.null() && s.eat_if(b']'))
                     .then_some(HeaderValue::Null)?
             }
-            b'{' if name == "stamps" => {
+            b'{' if name == Header::Stamps.name() => {
                 s.eat(b'{')?;
                 s.eat(b'}')?;
                 HeaderValue::Null

@@ -290,9 +290,11 @@ async fn handle<C: Consumer>(
     ))
     .await
     .unwrap_or_else(|_| {
-        Err(CeleryError::Config(
-            "settling the message timed out".to_owned(),
-        ))
+        Err(CeleryError::Timeout {
+            broker: consumer.settings().broker.clone(),
+            operation: "publishing what a message leads to (retry, dead letter, postponement)",
+            after: consumer.settings().publish_timeout * 2,
+        })
     });
     match settled {
         Ok(()) => acks.ack(tag),

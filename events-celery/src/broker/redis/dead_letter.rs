@@ -144,11 +144,14 @@ pub(crate) async fn replay(
             1 => moved += 1,
             0 => break,
             _ => {
-                return Err(CeleryError::Config(format!(
-                    "the oldest dead letter of `{queue}` has no text envelope to replay (it was \
-                     not UTF-8); inspect it with `LRANGE {}` and remove it by hand",
-                    dead_letter_queue(queue)
-                )));
+                return Err(CeleryError::Replay {
+                    queue: queue.to_owned(),
+                    reason: format!(
+                        "the oldest dead letter has no text envelope to replay (it was not \
+                         UTF-8); inspect it with `LRANGE {} 0 0` and remove it by hand",
+                        dead_letter_queue(queue)
+                    ),
+                });
             }
         }
     }

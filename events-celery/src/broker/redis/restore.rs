@@ -221,7 +221,7 @@ async fn restore_by_tag(link: &Link, tag: &str) -> Result<i64, CeleryError> {
     }
     let list = redis_queue_key(&routing_key, priority);
     let restored =
-        crate::codec::to_python_json(&envelope).map_err(|e| CeleryError::Config(e.to_string()))?;
+        crate::codec::to_python_json(&envelope).map_err(crate::codec::EncodeError::Envelope)?;
     restore(link, tag, &list, "RPUSH", restored.as_bytes()).await
 }
 
