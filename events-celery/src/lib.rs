@@ -156,3 +156,4 @@ pub use worker::{
     DEAD_LETTER_SUFFIX, DEFAULT_DEAD_LETTER_MAX_LEN, PENDING_HANDLERS_HEADER, RetryPolicy, Worker,
     WorkerConfig, WorkerStats, replay_dead_letters, shutdown_signal,
 };
+pub use worker::{DEFAULT_INBOX_PREFIX, DEFAULT_INBOX_RETENTION, RedisInbox};

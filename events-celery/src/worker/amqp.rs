@@ -224,7 +224,11 @@ async fn handle(
         delivery.data,
     );
     let decoded = TaskMessage::decode_amqp(&original, &core.config.decode);
-    let verdict = core.process(decoded).await;
+    let delivered = super::inbox::Delivery {
+        queue: queue.to_string(),
+        redelivered: delivery.redelivered,
+    };
+    let verdict = core.process(decoded, delivered).await;
     if matches!(verdict, Verdict::Ack) {
         // The common case, kept out of the settling future: this task stays small (it is
         // allocated per message), and nothing is published.

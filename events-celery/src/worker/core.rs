@@ -16,6 +16,9 @@ use super::WorkerConfig;
 use super::quiet::Loudness;
 use crate::codec::{DecodeError, TaskMessage};
 use events_core::origin::{self, PublishOrigin};
+use events_core::task::{Scoped, TaskContext};
+
+use super::inbox::Delivery;
 use events_core::text::OneLine;
 
 /// The custom header a retry carries: the names of the handlers still to run.
@@ -165,7 +168,11 @@ impl Core {
     }
 
     /// Decides what to do with a message and, when it is due, runs its handlers.
-    pub(crate) async fn process(&self, decoded: Result<TaskMessage, DecodeError>) -> Verdict {
+    pub(crate) async fn process(
+        &self,
+        decoded: Result<TaskMessage, DecodeError>,
+        delivery: Delivery,
+    ) -> Verdict {
         let verdict = match self.examine(decoded) {
             Examined::Dead(dead) => Verdict::Forward {
                 retry: None,
@@ -193,7 +200,7 @@ impl Core {
                     task = job.message.task.as_str(),
                     retries = job.message.headers.retries,
                 );
-                self.execute(job).instrument(span).await
+                self.execute(job, delivery).instrument(span).await
             }
         };
         if let Verdict::Forward { dead, .. } = &verdict {
@@ -307,7 +314,7 @@ impl Core {
         Ok(chosen)
     }
 
-    async fn execute(&self, job: Box<Job>) -> Verdict {
+    async fn execute(&self, job: Box<Job>, delivery: Delivery) -> Verdict {
         let Job {
             message,
             event,
@@ -318,14 +325,22 @@ impl Core {
             tracing::debug!("no handlers subscribed to event");
         }
         let mut failures = Vec::new();
-        for handler in &handlers {
+        // Task context and inbox (worker/inbox.rs): skip what completed, record what succeeds.
+        let task = super::inbox::task_context(&message, &delivery);
+        let done = self.already_completed(&task, &handlers).await;
+        for (handler, done) in handlers.iter().zip(done) {
+            if self.skip_completed(handler, &task, done) {
+                continue;
+            }
+            let context = task.for_handler(handler.name());
             let span = tracing::info_span!("handler", handler = handler.name());
             let outcome = self
-                .run_handler(handler, &event, &origin)
+                .run_handler(handler, &event, &origin, &context)
                 .instrument(span)
                 .await;
-            if let Err(failure) = outcome {
-                failures.push((handler, failure));
+            match outcome {
+                Ok(()) => self.record_completion(handler, &context).await,
+                Err(failure) => failures.push((handler, failure)),
             }
         }
         self.stats.processed.fetch_add(1, Ordering::Relaxed);
@@ -379,11 +394,12 @@ impl Core {
         handler: &Handler,
         event: &Arc<dyn Any + Send + Sync>,
         origin: &PublishOrigin,
+        context: &TaskContext,
     ) -> Result<(), HandlerFailure> {
         let limit = handler.options().time_limit.or(self.config.time_limit);
         if handler.is_async() {
             let run = PollWatch {
-                inner: std::pin::pin!(handler.run(&**event)),
+                inner: std::pin::pin!(Scoped::new(Some(context.clone()), handler.run(&**event))),
                 handler: handler.name(),
                 threshold: self.config.blocking_poll,
                 stats: &self.stats,
@@ -400,19 +416,28 @@ impl Core {
         if limit.is_none() && timing.is_some_and(Timing::is_quick) {
             // Measured quick: a thread hop would cost more than the handler.
             let started = std::time::Instant::now();
-            let outcome = origin::scope(Some(origin.clone()), || handler.run_sync(&**event))
-                .unwrap_or_else(|| unreachable!("a sync handler runs synchronously"));
+            let outcome = origin::scope(Some(origin.clone()), || {
+                events_core::task::scope(Some(context.clone()), || handler.run_sync(&**event))
+            })
+            .unwrap_or_else(|| unreachable!("a sync handler runs synchronously"));
             if let Some(timing) = timing {
                 timing.record(started.elapsed());
             }
             return outcome;
         }
         // Sync handlers may be CPU-heavy or block: run them off the async threads.
-        let (h, e, o) = (handler.clone(), Arc::clone(event), origin.clone());
+        let (h, e, o, c) = (
+            handler.clone(),
+            Arc::clone(event),
+            origin.clone(),
+            context.clone(),
+        );
         let task = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let outcome = origin::scope(Some(o), || h.run_sync(&*e))
-                .unwrap_or_else(|| unreachable!("a sync handler runs synchronously"));
+            let outcome = origin::scope(Some(o), || {
+                events_core::task::scope(Some(c), || h.run_sync(&*e))
+            })
+            .unwrap_or_else(|| unreachable!("a sync handler runs synchronously"));
             (outcome, started.elapsed())
         });
         let joined = match limit {
@@ -616,6 +641,11 @@ pub struct WorkerStats {
     /// Polls of async handlers that ran longer than
     /// [`WorkerConfig::blocking_poll_warning`]: each blocked a runtime thread.
     pub blocking_polls: AtomicU64,
+    /// Handlers skipped because the [inbox](WorkerConfig::inbox) said they had completed
+    /// the task (a redelivery or duplicate); they count as succeeded.
+    pub inbox_skipped: AtomicU64,
+    /// Inbox calls that failed (the handlers ran, or their completion went unrecorded).
+    pub inbox_errors: AtomicU64,
     /// Redis: dead letters dropped because their list held
     /// [`WorkerConfig::dead_letter_max_len`] records (their messages were acknowledged
     /// without a record; also counted in `dead_lettered`).
@@ -624,7 +654,7 @@ pub struct WorkerStats {
 
 impl WorkerStats {
     /// A snapshot of the counters as `(name, value)` pairs.
-    pub fn snapshot(&self) -> [(&'static str, u64); 9] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 11] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("processed", get(&self.processed)),
@@ -636,6 +666,8 @@ impl WorkerStats {
             ("requeued", get(&self.requeued)),
             ("blocking_polls", get(&self.blocking_polls)),
             ("dead_letters_dropped", get(&self.dead_letters_dropped)),
+            ("inbox_skipped", get(&self.inbox_skipped)),
+            ("inbox_errors", get(&self.inbox_errors)),
         ]
     }
 }

@@ -4,6 +4,8 @@
 mod amqp;
 mod core;
 mod dead_letter;
+mod inbox;
+mod inbox_redis;
 mod quiet;
 mod redis;
 
@@ -15,6 +17,7 @@ use events_core::{Handler, Registry};
 
 pub use self::core::{PENDING_HANDLERS_HEADER, RetryPolicy, WorkerStats};
 pub use self::dead_letter::{DEAD_LETTER_SUFFIX, replay_dead_letters};
+pub use self::inbox_redis::{DEFAULT_INBOX_PREFIX, DEFAULT_INBOX_RETENTION, RedisInbox};
 use crate::broker::{BrokerKind, BrokerUrl};
 use crate::codec::{DEFAULT_TASK_PREFIX, DecodeOptions};
 use crate::config::CeleryConfig;
@@ -55,6 +58,7 @@ pub struct WorkerConfig {
     pub(crate) reconnect_max_delay: Duration,
     pub(crate) dead_letter_max_len: usize,
     pub(crate) redis_idle_poll: Duration,
+    pub(crate) inbox: Option<inbox::InboxHandle>,
 }
 
 impl WorkerConfig {
@@ -87,6 +91,7 @@ impl WorkerConfig {
             reconnect_max_delay: Duration::from_secs(30),
             dead_letter_max_len: DEFAULT_DEAD_LETTER_MAX_LEN,
             redis_idle_poll: Duration::from_millis(50),
+            inbox: None,
         }
     }
 

@@ -722,7 +722,11 @@ async fn handle(fetched: Fetched, tag: String, envelope: Vec<u8>, window: OwnedS
         Ok(m) => (Some(m.task.clone()), Some(m.id.clone())),
         Err(_) => (None, None),
     };
-    let verdict = core.process(decoded).await;
+    let delivered = super::inbox::Delivery {
+        queue: queue.clone(),
+        redelivered: false,
+    };
+    let verdict = core.process(decoded, delivered).await;
     drop(running);
     let mut pipe = redis::pipe();
     pipe.atomic();
