@@ -2,6 +2,8 @@
 //! the process's peak RSS: the Rust half of the worker benchmark.
 //!
 //! `cargo run --release -p examples --example worker_drain -- <broker-url> <messages>`
+//! (`DRAIN_INBOX=<redis url>`: with a Redis inbox, for `scripts/bench_inbox.sh`;
+//! `DRAIN_CONCURRENCY=<n>`: messages at once)
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -65,12 +67,26 @@ async fn drain() -> Result<(), Box<dyn std::error::Error>> {
             return Ok(());
         }
     }
-    let worker = Worker::new(
-        WorkerConfig::new(&url)?
-            .queues([queue.clone()])
-            .prefetch(1000)
-            .grace_period(Duration::from_secs(5)),
-    )?;
+    let mut config = WorkerConfig::new(&url)?
+        .queues([queue.clone()])
+        .prefetch(1000)
+        .grace_period(Duration::from_secs(5));
+    // DRAIN_CONCURRENCY=<n>: messages at once (default: the number of cores).
+    if let Some(n) = std::env::var("DRAIN_CONCURRENCY")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        config = config.concurrency(n);
+    }
+    // DRAIN_INBOX=<redis url>: the same drain with a Redis inbox (scripts/bench_inbox.sh).
+    if let Ok(inbox) = std::env::var("DRAIN_INBOX") {
+        config = config.inbox(
+            events_celery::RedisInbox::new(&inbox)?
+                .prefix(format!("bench.inbox.{queue}"))
+                .retention(Duration::from_secs(600)),
+        );
+    }
+    let worker = Worker::new(config)?;
     let stats = worker.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let started = Instant::now();

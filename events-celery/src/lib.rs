@@ -161,3 +161,4 @@ pub use worker::{
     PENDING_HANDLERS_HEADER, RetryPolicy, Worker, WorkerConfig, WorkerEvent, WorkerObserver,
     WorkerStats, replay_dead_letters, shutdown_signal,
 };
+pub use worker::{DEFAULT_INBOX_PREFIX, DEFAULT_INBOX_RETENTION, RedisInbox};

@@ -54,9 +54,11 @@ mod bus;
 mod error;
 mod event;
 mod handler;
+pub mod inbox;
 mod memory;
 pub mod origin;
 mod registry;
+pub mod task;
 pub mod text;
 
 #[doc(hidden)]

@@ -101,11 +101,13 @@ pub(crate) trait Consumer: Send + Sync + 'static {
     /// Rate limits for the consumer's own repeated log lines.
     fn quiet(&self) -> &Quiet;
 
-    /// Decides what to do with a message taken from `queue` and, when it is due, runs it.
+    /// Decides what to do with a message taken from `queue` and, when it is due, runs it;
+    /// `redelivered` when the broker says it delivered the message before.
     fn process(
         &self,
         queue: &str,
         decoded: Result<TaskMessage, DecodeError>,
+        redelivered: bool,
     ) -> impl Future<Output = Verdict> + Send;
 
     /// Hears what happened at the broker.

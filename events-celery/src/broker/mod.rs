@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 pub(crate) use self::amqp::AmqpOutgoing;
+// The one Redis connect path, for the Redis stores beside the worker (the inbox).
 use self::amqp::AmqpPublisher;
 use self::consume::Consumer;
 use self::redis::{RedisOutgoing, RedisPublisher};
+pub(crate) use self::redis::{connect as redis_connect, is_connection_error};
 use self::topology::QueueArguments;
 pub use self::url::{BrokerKind, BrokerUrl};
 use crate::codec::TaskMessage;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
 use events_core::origin::{self, PublishOrigin};
+use events_core::task::{Scoped, TaskContext};
 use events_core::{EventDescriptor, FailureCause, Handler, HandlerFailure, Registry};
 use tracing::Instrument;
 
@@ -188,6 +189,7 @@ impl Core {
         &self,
         queue: &str,
         decoded: Result<TaskMessage, DecodeError>,
+        redelivered: bool,
     ) -> Verdict {
         let message = match decoded {
             Ok(message) => message,
@@ -234,7 +236,7 @@ impl Core {
                     handlers,
                     origin,
                 };
-                self.execute(queue, job).instrument(span).await
+                self.execute(queue, job, redelivered).instrument(span).await
             }
         }
     }
@@ -346,7 +348,7 @@ impl Core {
         Ok(chosen)
     }
 
-    async fn execute(&self, queue: &str, job: Job) -> Verdict {
+    async fn execute(&self, queue: &str, job: Job, redelivered: bool) -> Verdict {
         let Job {
             message,
             event,
@@ -364,12 +366,28 @@ impl Core {
         });
         let started = Instant::now();
         let mut failures = Vec::new();
-        for handler in &handlers {
+        // The task context (set around each handler) and the inbox (worker/inbox.rs): skip
+        // what already completed this task, record what succeeds.
+        let task = super::inbox::task_context(&message, queue, redelivered);
+        let done = self.already_completed(&task, &handlers).await;
+        for (handler, done) in handlers.iter().zip(done) {
+            if done {
+                self.emit(WorkerEvent::Skipped {
+                    task: &message,
+                    queue,
+                    handler: handler.name(),
+                });
+                continue;
+            }
+            let context = task.for_handler(handler.name());
             let span = tracing::info_span!("handler", handler = handler.name());
             let outcome = self
-                .run_handler(handler, &event, &origin)
+                .run_handler(handler, &event, &origin, &context)
                 .instrument(span)
                 .await;
+            if outcome.is_ok() {
+                self.record_completion(handler, &context).await;
+            }
             if let Err(failure) = outcome {
                 let limit = handler
                     .options()
@@ -442,11 +460,12 @@ impl Core {
         handler: &Handler,
         event: &Arc<dyn Any + Send + Sync>,
         origin: &PublishOrigin,
+        context: &TaskContext,
     ) -> Result<(), HandlerFailure> {
         let limit = handler.options().time_limit.or(self.config.time_limit);
         if handler.is_async() {
             let run = PollWatch {
-                inner: std::pin::pin!(handler.run(&**event)),
+                inner: std::pin::pin!(Scoped::new(Some(context.clone()), handler.run(&**event))),
                 handler: handler.name(),
                 threshold: self.config.blocking_poll,
                 core: self,
@@ -463,19 +482,28 @@ impl Core {
         if limit.is_none() && timing.is_some_and(Timing::is_quick) {
             // Measured quick: a thread hop would cost more than the handler.
             let started = Instant::now();
-            let outcome = origin::scope(Some(origin.clone()), || handler.run_sync(&**event))
-                .unwrap_or_else(|| unreachable!("a sync handler runs synchronously"));
+            let outcome = origin::scope(Some(origin.clone()), || {
+                events_core::task::scope(Some(context.clone()), || handler.run_sync(&**event))
+            })
+            .unwrap_or_else(|| unreachable!("a sync handler runs synchronously"));
             if let Some(timing) = timing {
                 timing.record(started.elapsed());
             }
             return outcome;
         }
         // Sync handlers may be CPU-heavy or block: run them off the async threads.
-        let (h, e, o) = (handler.clone(), Arc::clone(event), origin.clone());
+        let (h, e, o, c) = (
+            handler.clone(),
+            Arc::clone(event),
+            origin.clone(),
+            context.clone(),
+        );
         let task = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let outcome = origin::scope(Some(o), || h.run_sync(&*e))
-                .unwrap_or_else(|| unreachable!("a sync handler runs synchronously"));
+            let outcome = origin::scope(Some(o), || {
+                events_core::task::scope(Some(c), || h.run_sync(&*e))
+            })
+            .unwrap_or_else(|| unreachable!("a sync handler runs synchronously"));
             (outcome, started.elapsed())
         });
         let joined = match limit {
@@ -538,8 +566,9 @@ impl Consumer for Core {
         &self,
         queue: &str,
         decoded: Result<TaskMessage, DecodeError>,
+        redelivered: bool,
     ) -> impl Future<Output = Verdict> + Send {
-        self.decide(queue, decoded)
+        self.decide(queue, decoded, redelivered)
     }
 
     fn report(&self, event: BrokerEvent<'_>) {

@@ -167,6 +167,22 @@ pub enum WorkerEvent<'a> {
         /// How many.
         count: u64,
     },
+    /// A handler was not run because the [inbox](super::WorkerConfig::inbox) says it already
+    /// completed this task (a redelivery or a duplicate); it counts as succeeded.
+    Skipped {
+        /// The message.
+        task: &'a TaskMessage,
+        /// The queue it came from.
+        queue: &'a str,
+        /// The handler skipped.
+        handler: &'a str,
+    },
+    /// The [inbox](super::WorkerConfig::inbox) could not be asked or written: the handlers
+    /// ran anyway (at least once, as without an inbox), or a completion went unrecorded.
+    InboxFailed {
+        /// What went wrong.
+        error: &'a str,
+    },
     /// A poll of an async handler held its runtime thread longer than
     /// [`WorkerConfig::blocking_poll_warning`](super::WorkerConfig::blocking_poll_warning).
     BlockingPoll {
@@ -251,11 +267,16 @@ pub struct WorkerStats {
     /// [`WorkerConfig::dead_letter_max_len`](super::WorkerConfig::dead_letter_max_len) records
     /// (their messages were acknowledged without a record; also counted in `dead_lettered`).
     pub dead_letters_dropped: AtomicU64,
+    /// Handlers skipped because the [inbox](super::WorkerConfig::inbox) said they had
+    /// completed the task (a redelivery or duplicate); they count as succeeded.
+    pub inbox_skipped: AtomicU64,
+    /// Inbox calls that failed (the handlers ran, or their completion went unrecorded).
+    pub inbox_errors: AtomicU64,
 }
 
 impl WorkerStats {
     /// A snapshot of the counters as `(name, value)` pairs.
-    pub fn snapshot(&self) -> [(&'static str, u64); 9] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 11] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("processed", get(&self.processed)),
@@ -267,6 +288,8 @@ impl WorkerStats {
             ("requeued", get(&self.requeued)),
             ("blocking_polls", get(&self.blocking_polls)),
             ("dead_letters_dropped", get(&self.dead_letters_dropped)),
+            ("inbox_skipped", get(&self.inbox_skipped)),
+            ("inbox_errors", get(&self.inbox_errors)),
         ]
     }
 }
@@ -291,6 +314,8 @@ impl WorkerObserver for WorkerStats {
             WorkerEvent::Requeued { count } => add(&self.requeued, count),
             WorkerEvent::BlockingPoll { .. } => add(&self.blocking_polls, 1),
             WorkerEvent::DeadLetterDropped { .. } => add(&self.dead_letters_dropped, 1),
+            WorkerEvent::Skipped { .. } => add(&self.inbox_skipped, 1),
+            WorkerEvent::InboxFailed { .. } => add(&self.inbox_errors, 1),
             WorkerEvent::Online { .. }
             | WorkerEvent::Heartbeat { .. }
             | WorkerEvent::Offline { .. }
@@ -388,6 +413,19 @@ impl WorkerObserver for Log {
                         reason = %OneLine(reason),
                         "{DROPPED}"
                     );
+                }
+            }
+            WorkerEvent::Skipped { task, handler, .. } => {
+                tracing::debug!(
+                    task_id = task.id.as_str(),
+                    handler,
+                    "handler already completed this task (inbox): skipped"
+                );
+            }
+            WorkerEvent::InboxFailed { error } => {
+                const FAILED: &str = "inbox unavailable; handlers run at least once without it";
+                if self.quiet.allow(FAILED, Loudness::Warn) {
+                    tracing::warn!(error = %OneLine(error), "{FAILED}");
                 }
             }
             WorkerEvent::BlockingPoll { handler, blocked } => {

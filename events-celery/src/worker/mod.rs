@@ -5,6 +5,8 @@
 mod core;
 mod dead_letter;
 mod events;
+mod inbox;
+mod inbox_redis;
 mod pending;
 
 use std::future::Future;
@@ -16,6 +18,7 @@ use events_core::{Handler, Registry};
 pub use self::core::RetryPolicy;
 pub use self::dead_letter::{DEAD_LETTER_SUFFIX, replay_dead_letters};
 pub use self::events::{HEARTBEAT, HandlerFailed, WorkerEvent, WorkerObserver, WorkerStats};
+pub use self::inbox_redis::{DEFAULT_INBOX_PREFIX, DEFAULT_INBOX_RETENTION, RedisInbox};
 pub use self::pending::PENDING_HANDLERS_HEADER;
 use crate::broker::consume::ConsumeSettings;
 use crate::broker::topology::QueueArguments;
@@ -61,6 +64,7 @@ pub struct WorkerConfig {
     pub(crate) reconnect_max_delay: Duration,
     pub(crate) dead_letter_max_len: usize,
     pub(crate) redis_idle_poll: Duration,
+    pub(crate) inbox: Option<inbox::InboxHandle>,
 }
 
 impl WorkerConfig {
@@ -93,6 +97,7 @@ impl WorkerConfig {
             reconnect_max_delay: Duration::from_secs(30),
             dead_letter_max_len: DEFAULT_DEAD_LETTER_MAX_LEN,
             redis_idle_poll: Duration::from_millis(50),
+            inbox: None,
         }
     }
 

@@ -260,6 +260,7 @@ async fn handle<C: Consumer>(
     permit: OwnedSemaphorePermit,
 ) {
     let tag = delivery.delivery_tag;
+    let redelivered = delivery.redelivered;
     let original = AmqpMessage::from_lapin(
         delivery.exchange.as_str(),
         delivery.routing_key.as_str(),
@@ -267,7 +268,7 @@ async fn handle<C: Consumer>(
         delivery.data,
     );
     let decoded = TaskMessage::decode_amqp(&original, &consumer.settings().decode);
-    let verdict = consumer.process(&queue, decoded).await;
+    let verdict = consumer.process(&queue, decoded, redelivered).await;
     if matches!(verdict, Verdict::Ack) {
         // The common case, kept out of the settling future: this task stays small (it is
         // allocated per message), and nothing is published.

@@ -603,7 +603,9 @@ async fn handle<C: Consumer>(
     } = fetched;
     let running = permits.acquire_owned().await.expect("never closed");
     let decoded = TaskMessage::decode_redis(&envelope, &consumer.settings().decode);
-    let verdict = consumer.process(&queue, decoded).await;
+    // Not known here: kombu's `redelivered` header (set when a message is restored) says it, and
+    // the worker reads it from the message.
+    let verdict = consumer.process(&queue, decoded, false).await;
     drop(running);
     let taken = TakenMessage {
         queue: &queue,
