@@ -52,6 +52,7 @@ mod error;
 mod event;
 mod handler;
 mod memory;
+mod options;
 pub mod origin;
 mod registry;
 pub mod text;
@@ -77,6 +78,7 @@ pub use handler::{
     HandlerOptions, HandlerResult, IntoHandlerResult,
 };
 pub use memory::{MAX_PUBLISH_DEPTH, MemoryBackend};
+pub use options::PublishOptions;
 pub use registry::Registry;
 
 /// serde, re-exported for the types inside an event.
