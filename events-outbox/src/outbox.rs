@@ -185,10 +185,14 @@ impl Sql {
             ),
             // The oldest due rows; of a key, only its oldest pending row, and only when no
             // other relay holds it (SKIP LOCKED skips it, the NOT EXISTS the rows after it).
+            // Looked for among the oldest `$2` due rows only, so that a backlog of keyed rows
+            // behind their keys' heads costs a bounded scan, not one of the whole backlog.
             claim: format!(
                 "SELECT id, event, payload::text AS payload, eta, expires, priority, queue, \
                  attempts FROM {q} AS r \
-                 WHERE r.state = 0 AND r.available_at <= now() \
+                 WHERE r.id IN (SELECT w.id FROM {q} AS w WHERE w.state = 0 \
+                 AND w.available_at <= now() ORDER BY w.seq LIMIT $2) \
+                 AND r.state = 0 AND r.available_at <= now() \
                  AND (r.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM {q} AS o \
                  WHERE o.state = 0 AND o.ordering_key = r.ordering_key AND o.seq < r.seq)) \
                  ORDER BY r.seq LIMIT $1 FOR UPDATE SKIP LOCKED"

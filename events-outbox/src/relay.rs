@@ -36,7 +36,8 @@ use crate::outbox::Outbox;
 ///   [`Outbox::replay_failed`]).
 /// - **Orders** events of one [ordering key](crate::OutboxOptions::key): only the oldest
 ///   pending row of a key is claimable, so they are delivered one after the other, in commit
-///   order, even with several relays. (A parked row no longer holds its key back.)
+///   order, even with several relays — one event of a key per batch, so a single hot key is
+///   delivered at one event per round trip. (A parked row no longer holds its key back.)
 /// - The **task id** of every delivery of an event is its row id.
 ///
 /// On the [`MemoryBackend`](events_core::MemoryBackend) (through [`Relay::for_bus`]) the same
@@ -156,6 +157,9 @@ impl RelayStats {
         }
     }
 }
+
+/// A claim looks for its batch among this many times `batch_size` of the oldest due rows.
+const CLAIM_WINDOW: i64 = 8;
 
 /// One claimed row.
 struct Claimed {
@@ -393,8 +397,10 @@ impl Relay {
     async fn batch(&self) -> Result<usize, sqlx::Error> {
         let sql = &self.outbox.inner().sql;
         let mut tx = self.pool.begin().await?;
+        let batch = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX / 8);
         let rows = sqlx::query(&sql.claim)
-            .bind(i64::try_from(self.config.batch_size).unwrap_or(i64::MAX))
+            .bind(batch)
+            .bind(batch.saturating_mul(CLAIM_WINDOW))
             .fetch_all(&mut *tx)
             .await?;
         if rows.is_empty() {

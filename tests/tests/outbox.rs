@@ -342,7 +342,8 @@ async fn relay_killed_mid_batch_loses_nothing() {
     let pool = pool("outbox_kill", 4).await;
     let outbox = fresh_outbox(&pool, "kill").await;
     let queue = unique_queue("outbox_kill");
-    write_ticks(&pool, &outbox, "kill", 0..n, 500, 100, "").await;
+    let keys = if full() { 1_000 } else { 100 };
+    write_ticks(&pool, &outbox, "kill", 0..n, 500, keys, "").await;
     let spec = RelaySpec {
         table: outbox.table_name().to_owned(),
         broker_url: redis_url(),
@@ -580,6 +581,10 @@ async fn broker_outage_events_wait_then_drain() {
     })
     .await
     .expect("the relay did not try while the broker was down");
+    if full() {
+        // The 30 s outage; the relay keeps retrying (backoff up to 500 ms).
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
     assert_eq!(stats.snapshot().delivered, 0);
     assert_eq!(
         rows(&pool, &outbox).await,
