@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use events_core::text::OneLine;
 use events_core::{
-    Backend, BackendKind, BoxFuture, DomainEvent, Error, EventRef, Handler, Receipt,
+    Backend, BackendKind, BoxFuture, DomainEvent, Error, EventRef, Handler, PublishOptions, Receipt,
 };
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{mpsc, oneshot};
@@ -321,7 +321,17 @@ impl CeleryBackend {
         event: &'static str,
         message: TaskMessage,
     ) -> Result<Receipt, CeleryError> {
-        let (outgoing, receipt) = self.prepare(event, message)?;
+        self.send_event_to(event, message, None).await
+    }
+
+    /// [`send_event`](Self::send_event) to `queue` instead of the event's route, if given.
+    async fn send_event_to(
+        &self,
+        event: &'static str,
+        message: TaskMessage,
+        queue: Option<&str>,
+    ) -> Result<Receipt, CeleryError> {
+        let (outgoing, receipt) = self.prepare(event, message, queue)?;
         let (reply, result) = oneshot::channel();
         self.enqueue(outgoing, Reply::Async(reply))?;
         result.await.unwrap_or_else(|_| Err(dropped()))?;
@@ -333,7 +343,7 @@ impl CeleryBackend {
         event: &'static str,
         message: TaskMessage,
     ) -> Result<Receipt, CeleryError> {
-        let (outgoing, receipt) = self.prepare(event, message)?;
+        let (outgoing, receipt) = self.prepare(event, message, None)?;
         let (reply, result) = std::sync::mpsc::sync_channel(1);
         self.enqueue(outgoing, Reply::Blocking(reply))?;
         result.recv().unwrap_or_else(|_| Err(dropped()))?;
@@ -362,24 +372,53 @@ impl CeleryBackend {
         }
     }
 
+    /// Encodes with backend-neutral [`PublishOptions`] on top of the configured options.
+    fn encode_with(
+        &self,
+        event: EventRef<'_>,
+        options: &PublishOptions,
+    ) -> Result<TaskMessage, CeleryError> {
+        use chrono::{DateTime, Utc};
+        let mut encode = self.options_for(event.name());
+        if let Some(id) = &options.task_id {
+            encode = encode.task_id(id.clone());
+        }
+        if let Some(eta) = options.eta {
+            encode = encode.eta(DateTime::<Utc>::from(eta));
+        }
+        if let Some(expires) = options.expires {
+            encode = encode.expires_at(DateTime::<Utc>::from(expires));
+        }
+        if let Some(priority) = options.priority {
+            encode = encode.priority(priority);
+        }
+        if let Some(queue) = &options.queue {
+            encode = encode.queue(queue.clone());
+        }
+        Ok(TaskMessage::from_event_ref(event, &encode)?)
+    }
+
     fn encode(&self, event: EventRef<'_>) -> Result<TaskMessage, CeleryError> {
         let options = self.options_for(event.name());
         Ok(TaskMessage::from_event_ref(event, &options)?)
     }
 
-    /// Encodes for the broker; returns what to deliver and the receipt to give back.
+    /// Encodes for the broker; returns what to deliver and the receipt to give back. `queue`
+    /// replaces the event's route (the message's routing must say the same).
     fn prepare(
         &self,
         event: &'static str,
         message: TaskMessage,
+        queue: Option<&str>,
     ) -> Result<(AnyOutgoing, Receipt), CeleryError> {
         let route = self.inner.config.route_for(event);
+        let queue = queue.unwrap_or(route.queue_name());
         let receipt = Receipt::Enqueued {
             event,
             task_id: message.id.clone(),
-            queue: route.queue_name().to_owned(),
+            queue: queue.to_owned(),
         };
-        let outgoing = self.inner.transport.prepare(message, route.queue_name())?;
+        let outgoing = self.inner.transport.prepare(message, queue)?;
         Ok((outgoing, receipt))
     }
 }
@@ -476,6 +515,23 @@ impl Backend for CeleryBackend {
         Box::pin(async move {
             let message = encoded?;
             Ok(self.send_event(event.name(), message).await?)
+        })
+    }
+
+    /// Honours every option: the task id, `eta`, `expires` and `priority` go into the message
+    /// as Python's `send_task(task_id=…, eta=…, expires=…, priority=…)` writes them, and
+    /// `queue` sends it to that queue (through the default exchange, declared as Celery
+    /// declares it) instead of the event's route.
+    fn publish_with<'a>(
+        &'a self,
+        event: EventRef<'a>,
+        options: &'a PublishOptions,
+    ) -> BoxFuture<'a, Result<Receipt, Error>> {
+        let encoded = self.encode_with(event, options);
+        Box::pin(async move {
+            let message = encoded?;
+            let queue = options.queue.as_deref();
+            Ok(self.send_event_to(event.name(), message, queue).await?)
         })
     }
 

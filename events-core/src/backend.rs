@@ -7,6 +7,7 @@ use std::str::FromStr;
 use crate::error::Error;
 use crate::event::EventRef;
 use crate::handler::{BoxFuture, Handler};
+use crate::options::PublishOptions;
 
 /// Where events go: the in-memory backend, the Celery backend, or your own.
 ///
@@ -34,6 +35,32 @@ pub trait Backend: Send + Sync + 'static {
     /// Publishes an event. Resolves once the event is delivered: for the in-memory backend,
     /// once every handler ran; for a broker, once the broker accepted the message.
     fn publish<'a>(&'a self, event: EventRef<'a>) -> BoxFuture<'a, Result<Receipt, Error>>;
+
+    /// Publishes an event with per-message [`PublishOptions`] (task id, eta, expiry, priority,
+    /// queue). Resolves as [`publish`](Self::publish) does.
+    ///
+    /// The default ignores [`task_id`](PublishOptions::task_id) (a backend without message
+    /// ids has nothing to set) and refuses any other option with
+    /// [`Error::UnsupportedOption`] naming it, so that nothing is silently dropped; a backend
+    /// that supports options overrides it (the Celery backend honours them all, the
+    /// [`MemoryBackend`](crate::MemoryBackend) what applies in process).
+    fn publish_with<'a>(
+        &'a self,
+        event: EventRef<'a>,
+        options: &'a PublishOptions,
+    ) -> BoxFuture<'a, Result<Receipt, Error>> {
+        match options.first_set_beyond_task_id() {
+            None => self.publish(event),
+            Some(option) => {
+                let error = Error::UnsupportedOption {
+                    backend: self.describe(),
+                    option,
+                    reason: "this backend does not implement `publish_with`".to_owned(),
+                };
+                Box::pin(std::future::ready(Err(error)))
+            }
+        }
+    }
 
     /// Publishes an event without an async runtime, blocking the calling thread until it is
     /// delivered.

@@ -197,34 +197,7 @@ impl EventBus {
         name: &str,
         payload: serde_json::Value,
     ) -> Result<(&'static crate::EventDescriptor, crate::AnyEvent), Error> {
-        // serde_json decodes (and drops) a `Value` recursively, without its parser's depth
-        // limit: a deeper payload built in code would overflow the stack.
-        if crate::event::value_nests_deeper_than(&payload, crate::MAX_PAYLOAD_DEPTH) {
-            crate::event::drop_value_iteratively(payload);
-            return Err(Error::PayloadTooDeep {
-                event: self.registry.lookup(name)?.name(),
-                limit: crate::MAX_PAYLOAD_DEPTH,
-            });
-        }
-        let descriptor = self.registry.lookup(name)?;
-        let value = match descriptor.decode_value_traced(&payload) {
-            Ok(value) => value,
-            Err(mismatch) => {
-                let path = mismatch.field_path();
-                // Decoded again without path tracking, for serde_json's own error value.
-                let source = match descriptor.decode_value(payload) {
-                    Err(source) => source,
-                    Ok(value) => return Ok((descriptor, value)),
-                };
-                return Err(Error::InvalidPayload {
-                    event: descriptor.name(),
-                    type_name: descriptor.type_name(),
-                    path,
-                    source,
-                });
-            }
-        };
-        Ok((descriptor, value))
+        self.registry.decode_payload(name, payload)
     }
 
     /// Subscribes a synchronous closure to events of type `E`, after the collected handlers.

@@ -220,6 +220,20 @@ pub enum Error {
         first: String,
     },
 
+    /// A [`PublishOptions`](crate::PublishOptions) option the backend cannot honour.
+    #[error(
+        "the {backend} backend cannot honour the publish option `{option}`: {reason}; publish \
+         without it, or through a backend that supports it (the Celery backend supports all)"
+    )]
+    UnsupportedOption {
+        /// A description of the backend.
+        backend: String,
+        /// The option's name (`eta`, `expires`, `priority`, `queue`).
+        option: &'static str,
+        /// Why.
+        reason: String,
+    },
+
     /// Some handlers failed; every other handler still ran.
     #[error(transparent)]
     Handlers(#[from] HandlerFailures),

@@ -56,6 +56,7 @@ mod event;
 mod handler;
 pub mod inbox;
 mod memory;
+mod options;
 pub mod origin;
 mod registry;
 pub mod task;
@@ -82,6 +83,7 @@ pub use handler::{
     HandlerOptions, HandlerResult, IntoHandlerResult,
 };
 pub use memory::{MAX_PUBLISH_DEPTH, MemoryBackend};
+pub use options::PublishOptions;
 pub use registry::Registry;
 
 /// serde, re-exported for the types inside an event.

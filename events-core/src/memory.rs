@@ -11,6 +11,7 @@ use crate::backend::{Backend, BackendKind, Receipt};
 use crate::error::{Error, HandlerFailures};
 use crate::event::EventRef;
 use crate::handler::{BoxFuture, FailureCause, Handler, HandlerFailure};
+use crate::options::PublishOptions;
 
 /// Immediate, in-process dispatch of each event to every handler subscribed to it.
 ///
@@ -362,6 +363,35 @@ impl Backend for MemoryBackend {
                 outcome(name, subscribers.handlers.len(), failures)
             },
         })
+    }
+
+    /// In process, the task id, priority and queue mean nothing and are ignored; an event
+    /// whose [`expires`](PublishOptions::expires) has passed runs no handler (the receipt
+    /// says 0 handlers, as Celery drops an expired task); an [`eta`](PublishOptions::eta)
+    /// still in the future is refused with [`Error::UnsupportedOption`] (nothing here can wait
+    /// for it: the outbox relay holds such events until they are due).
+    fn publish_with<'a>(
+        &'a self,
+        event: EventRef<'a>,
+        options: &'a PublishOptions,
+    ) -> BoxFuture<'a, Result<Receipt, Error>> {
+        let now = std::time::SystemTime::now();
+        if options.eta.is_some_and(|eta| eta > now) {
+            let error = Error::UnsupportedOption {
+                backend: self.describe(),
+                option: "eta",
+                reason: "in-process dispatch cannot wait for an eta in the future".to_owned(),
+            };
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        if options.expires.is_some_and(|expires| expires <= now) {
+            tracing::info!(
+                event = event.name(),
+                "event expired before delivery: not handled"
+            );
+            return Box::pin(std::future::ready(outcome(event.name(), 0, Vec::new())));
+        }
+        self.publish(event)
     }
 
     fn publish_blocking(&self, event: EventRef<'_>) -> Result<Receipt, Error> {

@@ -127,6 +127,48 @@ impl Registry {
         })
     }
 
+    /// Decodes an event given by name with a JSON payload, as
+    /// [`publish_json`](crate::EventBus::publish_json) checks it: the name must be a declared
+    /// event ([`Error::UnknownEvent`] names the closest ones) and the payload must fit its type
+    /// ([`Error::InvalidPayload`] names the field and the reason), nesting at most
+    /// [`MAX_PAYLOAD_DEPTH`](crate::MAX_PAYLOAD_DEPTH) deep ([`Error::PayloadTooDeep`]).
+    /// Returns the event's descriptor and the decoded value (see
+    /// [`EventRef::from_any`](crate::EventRef::from_any)).
+    pub fn decode_payload(
+        &self,
+        name: &str,
+        payload: serde_json::Value,
+    ) -> Result<(&'static crate::EventDescriptor, crate::AnyEvent), Error> {
+        // serde_json decodes (and drops) a `Value` recursively, without its parser's depth
+        // limit: a deeper payload built in code would overflow the stack.
+        if crate::event::value_nests_deeper_than(&payload, crate::MAX_PAYLOAD_DEPTH) {
+            crate::event::drop_value_iteratively(payload);
+            return Err(Error::PayloadTooDeep {
+                event: self.lookup(name)?.name(),
+                limit: crate::MAX_PAYLOAD_DEPTH,
+            });
+        }
+        let descriptor = self.lookup(name)?;
+        let value = match descriptor.decode_value_traced(&payload) {
+            Ok(value) => value,
+            Err(mismatch) => {
+                let path = mismatch.field_path();
+                // Decoded again without path tracking, for serde_json's own error value.
+                let source = match descriptor.decode_value(payload) {
+                    Err(source) => source,
+                    Ok(value) => return Ok((descriptor, value)),
+                };
+                return Err(Error::InvalidPayload {
+                    event: descriptor.name(),
+                    type_name: descriptor.type_name(),
+                    path,
+                    source,
+                });
+            }
+        };
+        Ok((descriptor, value))
+    }
+
     /// The event of this Rust type.
     pub fn event_of_type(&self, type_id: TypeId) -> Option<&'static EventDescriptor> {
         self.by_type.get(&type_id).map(|&i| self.events[i])

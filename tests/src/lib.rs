@@ -3,6 +3,7 @@
 
 pub mod amqp_raw;
 pub mod fault;
+pub mod outbox;
 
 use std::time::Duration;
 
