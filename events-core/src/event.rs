@@ -65,12 +65,53 @@ pub trait DeclaredEvent {}
     note = "for a type of another crate, enable that crate's `serde` feature, or give the \
             field `#[serde(with = \"...\")]`"
 )]
-pub trait EventField {}
+pub trait EventField {
+    /// Serialises the field (what serde's derive would call).
+    #[doc(hidden)]
+    fn __serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error>;
+
+    /// Deserialises the field (what serde's derive would call).
+    #[doc(hidden)]
+    fn __deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error>
+    where
+        Self: Sized;
+}
 
 // `do_not_recommend`: one error naming the field's type and what to derive, rather than one per
 // missing serde trait with serde's own advice.
 #[diagnostic::do_not_recommend]
-impl<T: Serialize + DeserializeOwned> EventField for T {}
+impl<T: Serialize + DeserializeOwned> EventField for T {
+    #[inline]
+    fn __serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.serialize(serializer)
+    }
+
+    #[inline]
+    fn __deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer)
+    }
+}
+
+/// `#[domain_event]`'s `serialize_with` for each field: serde's own serialisation, through
+/// [`EventField`], so that a field serde cannot handle is reported once, in our words.
+#[doc(hidden)]
+#[inline]
+pub fn serialize_field<T: EventField + ?Sized, S: serde::Serializer>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    value.__serialize(serializer)
+}
+
+/// `#[domain_event]`'s `deserialize_with` for each field: serde's own deserialisation, through
+/// [`EventField`] (see [`serialize_field`]).
+#[doc(hidden)]
+#[inline]
+pub fn deserialize_field<'de, T: EventField, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<T, D::Error> {
+    T::__deserialize(deserializer)
+}
 
 /// Where an event or handler was declared in the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

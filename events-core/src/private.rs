@@ -8,7 +8,9 @@ pub use linkme::distributed_slice;
 pub use serde;
 
 pub use crate::backends::BackendFactory;
-pub use crate::event::{DeclaredEvent, DomainEvent, EventDescriptor, SourceLocation};
+pub use crate::event::{
+    DeclaredEvent, DomainEvent, EventDescriptor, SourceLocation, deserialize_field, serialize_field,
+};
 pub use crate::handler::{
     BoxFuture, HandlerDescriptor, HandlerFn, HandlerOptions, HandlerResult, IntoHandlerResult,
 };

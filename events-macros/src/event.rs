@@ -105,8 +105,8 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         _ => {}
     }
     let (ident, attrs, generics) = match &item {
-        Item::Struct(s) => (&s.ident, &s.attrs, &s.generics),
-        Item::Enum(e) => (&e.ident, &e.attrs, &e.generics),
+        Item::Struct(s) => (s.ident.clone(), &s.attrs, &s.generics),
+        Item::Enum(e) => (e.ident.clone(), &e.attrs, &e.generics),
         Item::Union(u) => {
             errors.push(syn::Error::new_spanned(
                 u.union_token,
@@ -145,17 +145,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     }
 
     let krate = attr::crate_path(args.krate.as_ref());
-    // At each field's type: one error naming the type and what to derive, before serde's own.
-    let field_checks = fields.iter().map(|field| {
-        let ty = &field.ty;
-        quote_spanned! {ty.span()=>
-            #krate::__private::EventDescriptor::assert_field::<#ty>();
-        }
-    });
     let name = match &args.name {
         Some((_, lit)) => quote!(#lit),
         None => {
-            let default = snake_case(ident);
+            let default = snake_case(&ident);
             quote!(#default)
         }
     };
@@ -166,6 +159,28 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     }
     if !derives(attrs, "Deserialize") {
         derive.push(quote!(#krate::__private::serde::Deserialize));
+    }
+    // Deriving both: each field goes through `EventField` (`serialize_with`/`deserialize_with`),
+    // so a field serde cannot handle gets our error alone, at the field. Else (the user derives
+    // one of them): a check at each field's type, with our error before serde's own.
+    let field_checks: Vec<TokenStream> = if derive.len() == 2 {
+        Vec::new()
+    } else {
+        fields
+            .iter()
+            .map(|field| {
+                let ty = &field.ty;
+                quote_spanned! {ty.span()=>
+                    #krate::__private::EventDescriptor::assert_field::<#ty>();
+                }
+            })
+            .collect()
+    };
+    if derive.len() == 2 {
+        let krate_text = krate.to_token_stream().to_string().replace(' ', "");
+        for field in checked_fields_mut(&mut item) {
+            route_through_event_field(field, &krate_text);
+        }
     }
     let serde_attrs = if derive.is_empty() {
         TokenStream::new()
@@ -217,6 +232,52 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     }
 }
 
+/// Gives `field` serde attributes that (de)serialise it through `EventField`: what serde's derive
+/// does, with our error when its type cannot be (de)serialised. A missing `Option` field still
+/// reads as `None` (`default`), as serde's derive does without `deserialize_with`.
+fn route_through_event_field(field: &mut Field, krate: &str) {
+    let span = field.ty.span();
+    let ser = LitStr::new(&format!("{krate}::__private::serialize_field"), span);
+    let de = LitStr::new(&format!("{krate}::__private::deserialize_field"), span);
+    let default = is_option(&field.ty).then(|| quote!(, default));
+    field.attrs.push(syn::parse_quote! {
+        #[serde(serialize_with = #ser, deserialize_with = #de #default)]
+    });
+}
+
+/// Whether `ty` is written as an `Option` (`Option<T>`, `std::option::Option<T>`, …).
+fn is_option(ty: &Type) -> bool {
+    match ty {
+        Type::Path(p) if p.qself.is_none() => p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "Option" && !s.arguments.is_empty()),
+        Type::Group(g) => is_option(&g.elem),
+        Type::Paren(p) => is_option(&p.elem),
+        _ => false,
+    }
+}
+
+/// [`checked_fields`], to change.
+fn checked_fields_mut(item: &mut Item) -> Vec<&mut Field> {
+    let all: Vec<&mut Field> = match item {
+        Item::Struct(s) => s.fields.iter_mut().collect(),
+        Item::Enum(e) => e
+            .variants
+            .iter_mut()
+            .filter(|v| !v.attrs.iter().any(|a| a.path().is_ident("serde")))
+            .flat_map(|v| match &mut v.fields {
+                Fields::Named(f) => f.named.iter_mut().collect::<Vec<_>>(),
+                Fields::Unnamed(f) => f.unnamed.iter_mut().collect(),
+                Fields::Unit => Vec::new(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    all.into_iter().filter(|f| is_checked(f)).collect()
+}
+
 /// The fields whose type must be serde-serialisable: those without `#[serde(...)]` attributes
 /// of their own (`skip`, `with`, … change what serde needs) and not naming `Self`.
 fn checked_fields(item: &Item) -> Vec<&Field> {
@@ -234,15 +295,17 @@ fn checked_fields(item: &Item) -> Vec<&Field> {
             .collect(),
         _ => Vec::new(),
     };
-    all.into_iter()
-        .filter(|f| !f.attrs.iter().any(|a| a.path().is_ident("serde")))
-        .filter(|f| {
-            !tokens_any(
-                f.ty.to_token_stream(),
-                &|t| matches!(t, TokenTree::Ident(i) if i == "Self"),
-            )
-        })
-        .collect()
+    all.into_iter().filter(|f| is_checked(f)).collect()
+}
+
+/// Whether serde handles `field` as its type says: no `#[serde(...)]` of its own, not naming
+/// `Self`.
+fn is_checked(field: &Field) -> bool {
+    !field.attrs.iter().any(|a| a.path().is_ident("serde"))
+        && !tokens_any(
+            field.ty.to_token_stream(),
+            &|t| matches!(t, TokenTree::Ident(i) if i == "Self"),
+        )
 }
 
 /// An error at each field type that borrows (`&'static str`, `Option<&[u8]>`): an event is
