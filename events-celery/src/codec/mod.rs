@@ -79,6 +79,7 @@
 //! [`DecodeError`] that names the problem.
 
 mod amqp;
+mod celery_events;
 mod compression;
 mod decode;
 #[cfg(test)]
@@ -87,15 +88,35 @@ mod encode;
 mod error;
 mod json;
 mod kombu_json;
+mod kombu_message;
 mod message;
+mod pidbox;
 mod python_json;
 mod python_repr;
 mod redis;
+mod result_meta;
 mod scan;
 mod timestamp;
 mod uuid4;
 
 pub use amqp::{AmqpMessage, AmqpProperties, AmqpTable, AmqpValue};
+pub use celery_events::{
+    DEFAULT_HEARTBEAT_FREQ, EVENT_EXCHANGE, EventSource, EventStamp, SoftwareInfo,
+    TASK_MULTI_ROUTING_KEY, TaskEvent, WorkerEventKind, WorkerStatus, event_group,
+    event_routing_key, round_loadavg, task_event_body, task_event_message, task_multi_message,
+    utcoffset_hours, worker_event_body, worker_event_message,
+};
+pub use kombu_message::{
+    KombuMessage, REDIS_BINDING_SEPARATOR, ReceivedKombuMessage, parse_redis_binding,
+    redis_binding_key, redis_direct_queues, redis_fanout_channel,
+};
+pub use pidbox::{
+    DEFAULT_MAX_PIDBOX_BYTES, MAX_PATTERN_LEN, PIDBOX_EXCHANGE, PIDBOX_REPLY_EXCHANGE, PidboxError,
+    PidboxRequest, ReplyTo, pattern_matches, pidbox_queue, pidbox_reply,
+};
+pub use result_meta::{
+    DEFAULT_RESULT_EXPIRES_SECS, ExceptionInfo, RedisResultWrite, ResultMeta, TaskState, result_key,
+};
 
 /// The header in which a message published by a handler carries how many publishes deep it is
 /// (`events_core::origin`); a worker dead-letters one at
