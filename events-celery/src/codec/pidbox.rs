@@ -526,7 +526,7 @@ fn compile_pcre(pattern: &str) -> Option<Compiled> {
             }
             _ => tokens.push((atom, Repeat::One)),
         }
-        if matches!(chars.get(i - 1), Some('*' | '+' | '?')) && i - 1 >= after {
+        if matches!(chars.get(i - 1), Some('*' | '+' | '?')) && i > after {
             match chars.get(i) {
                 // Lazy: the same yes/no answer.
                 Some('?') => i += 1,

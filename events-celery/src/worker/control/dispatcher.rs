@@ -711,7 +711,9 @@ fn stats(snapshot: &WorkerSnapshot, clock: u64) -> Json {
     broker.insert("transport".into(), b.transport.clone().into());
     broker.insert("connect_timeout".into(), 4u8.into());
     broker.insert("transport_options".into(), Json::Object(JsonMap::new()));
-    broker.insert("login_method".into(), Json::Null);
+    // kombu's default for AMQP; Redis has none.
+    let login = (b.transport == "amqp").then(|| Json::from("PLAIN"));
+    broker.insert("login_method".into(), login.unwrap_or_default());
     broker.insert("uri_prefix".into(), Json::Null);
     broker.insert(
         "heartbeat".into(),
