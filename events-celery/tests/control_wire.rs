@@ -240,6 +240,7 @@ fn amqp_events_are_byte_identical_to_celerys() {
         "task-failed",
         "task-retried",
         "task-revoked",
+        "task-rejected",
     ] {
         assert!(
             kinds.contains(expected),
