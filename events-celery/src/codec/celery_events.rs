@@ -19,7 +19,8 @@ use super::kombu_message::KombuMessage;
 use super::message::TaskMessage;
 use super::timestamp::isoformat;
 
-/// The exchange Celery publishes events to (`event_exchange`).
+/// The exchange Celery publishes events to (`event_exchange`): a durable topic exchange on
+/// AMQP (declare it `durable=true`, `auto_delete=false`, as kombu does), fanout on Redis.
 pub const EVENT_EXCHANGE: &str = "celeryev";
 
 /// Celery's default heartbeat interval, in seconds (`Heart.interval`, the `freq` field).

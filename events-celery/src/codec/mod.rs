@@ -11,6 +11,11 @@
 //!   envelope, protocol 2 or 1, into the same [`TaskMessage`]; [`TaskMessage::payload`] gives
 //!   the typed event, [`TaskMessage::decode_payload`] the event for a run-time
 //!   [`EventDescriptor`](events_core::EventDescriptor).
+//! - **Control plane** (Flower, `celery inspect`, `AsyncResult`): monitoring events
+//!   ([`worker_event_message`], [`task_event_message`], [`task_multi_message`]), remote-control
+//!   requests and replies ([`PidboxRequest`], [`pidbox_reply`]) and result-backend records
+//!   ([`ResultMeta`]), as [`KombuMessage`]s for either broker, byte-identical to what Celery 5.7
+//!   sends (checked against captures in `tests/fixtures/control`).
 //!
 //! # JSON as Python writes it
 //!
@@ -111,8 +116,9 @@ pub use kombu_message::{
     redis_binding_key, redis_direct_queues, redis_fanout_channel,
 };
 pub use pidbox::{
-    DEFAULT_MAX_PIDBOX_BYTES, MAX_PATTERN_LEN, PIDBOX_EXCHANGE, PIDBOX_REPLY_EXCHANGE, PidboxError,
-    PidboxRequest, ReplyTo, pattern_matches, pidbox_queue, pidbox_reply,
+    DEFAULT_MAX_PIDBOX_BYTES, MAX_PATTERN_LEN, PIDBOX_EXCHANGE, PIDBOX_QUEUE_EXPIRES_MS,
+    PIDBOX_QUEUE_TTL_MS, PIDBOX_REPLY_EXCHANGE, PidboxError, PidboxRequest, ReplyTo,
+    pattern_matches, pidbox_queue, pidbox_reply,
 };
 pub use result_meta::{
     DEFAULT_RESULT_EXPIRES_SECS, ExceptionInfo, RedisResultWrite, ResultMeta, TaskState, result_key,

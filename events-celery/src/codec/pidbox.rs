@@ -28,6 +28,15 @@ pub const PIDBOX_EXCHANGE: &str = "celery.pidbox";
 /// The exchange replies go to (`reply.{namespace}.pidbox`).
 pub const PIDBOX_REPLY_EXCHANGE: &str = "reply.celery.pidbox";
 
+/// The `x-message-ttl` of a worker's mailbox queue, in milliseconds (Celery's
+/// `control_queue_ttl`, 300 s). The queue is exclusive and auto-delete, not durable; the
+/// exchanges `celery.pidbox` (fanout) and `reply.celery.pidbox` (direct) are not durable and
+/// must be declared so, or RabbitMQ refuses the declaration.
+pub const PIDBOX_QUEUE_TTL_MS: u32 = 300_000;
+
+/// The `x-expires` of a worker's mailbox queue, in milliseconds (`control_queue_expires`, 10 s).
+pub const PIDBOX_QUEUE_EXPIRES_MS: u32 = 10_000;
+
 /// The most bytes of a control request read by default (1 MiB): a request is a method name
 /// and a few arguments; anything bigger is refused unread.
 pub const DEFAULT_MAX_PIDBOX_BYTES: usize = 1 << 20;

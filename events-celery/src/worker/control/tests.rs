@@ -501,6 +501,23 @@ proptest! {
         let _ = PidboxRequest::from_redis_envelope(&bytes, 1 << 20);
     }
 
+    /// Any JSON document as a body, directly and in a Redis envelope: a request or a typed
+    /// error, never a panic.
+    #[test]
+    fn parser_never_panics_on_json(value in arbitrary_json(), headers in arbitrary_json()) {
+        use base64::Engine;
+        let text = value.to_string();
+        let headers_map = headers.as_object().cloned().unwrap_or_default();
+        let _ = PidboxRequest::parse(text.as_bytes(), &headers_map, 1 << 20);
+        let envelope = format!(
+            r#"{{"body": "{}", "headers": {}, "properties": {{"body_encoding": "base64"}}}}"#,
+            base64::engine::general_purpose::STANDARD.encode(&text),
+            headers
+        );
+        let _ = PidboxRequest::from_redis_envelope(envelope.as_bytes(), 1 << 20);
+        let _ = PidboxRequest::from_redis_envelope(text.as_bytes(), 1 << 20);
+    }
+
     /// Any JSON body with any method and arguments: the dispatcher answers without panicking,
     /// with a reply bounded by the request and the snapshot.
     #[test]
