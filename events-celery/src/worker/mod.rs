@@ -2,6 +2,10 @@
 //! transport) — sent by Rust or by Python Celery — runs every `#[handler]` of the event, at
 //! least once, and tells observers what happened ([`WorkerEvent`]).
 
+// Pure control-plane logic (issue 12); the worker and brokers are wired to it in a later
+// change, until then nothing outside its tests calls it.
+#[allow(dead_code, unused_imports)]
+pub(crate) mod control;
 mod core;
 mod dead_letter;
 mod events;
