@@ -27,7 +27,7 @@ use crate::quiet::{Loudness, Quiet};
 pub enum WorkerEvent<'a> {
     /// The worker started (Celery's `worker-online`).
     Online {
-        /// The worker's name (`rust<pid>@<host>`).
+        /// The worker's name ([`WorkerConfig::hostname`](super::WorkerConfig::hostname)).
         hostname: &'a str,
         /// The queues it consumes.
         queues: &'a [String],
@@ -132,6 +132,14 @@ pub enum WorkerEvent<'a> {
     /// Its `expires` passed before it could run: discarded, as Celery does (Celery's
     /// `task-revoked` with `expired`).
     Expired {
+        /// The message.
+        task: &'a TaskMessage,
+        /// The queue it came from.
+        queue: &'a str,
+    },
+    /// It was revoked (`celery control revoke`) before it ran: acknowledged without running
+    /// (Celery's `task-revoked`).
+    Revoked {
         /// The message.
         task: &'a TaskMessage,
         /// The queue it came from.
@@ -298,6 +306,7 @@ impl WorkerObserver for WorkerStats {
             | WorkerEvent::ConnectionLost { .. }
             | WorkerEvent::Received { .. }
             | WorkerEvent::Started { .. }
+            | WorkerEvent::Revoked { .. }
             | WorkerEvent::DeadLettered { .. } => {}
         }
     }

@@ -266,11 +266,6 @@ impl ControlState {
         }
     }
 
-    /// The node name.
-    pub(crate) fn hostname(&self) -> &str {
-        &self.config.hostname
-    }
-
     /// Handles one request as kombu's pidbox `Node` and Celery's `Panel` do: forwards the
     /// clock and adjusts it to the request's, skips a request for other nodes, runs the
     /// command, and builds the reply (with the clock forwarded again) when the request has a

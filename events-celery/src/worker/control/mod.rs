@@ -6,16 +6,23 @@
 mod clock;
 mod dispatcher;
 mod events;
+// The worker beats on its own timer (`HEARTBEAT`); the schedule documents Celery's `Heart`
+// and is checked by the tests.
+#[cfg_attr(not(test), allow(dead_code))]
 mod heartbeat;
+pub(crate) mod plane;
+pub(crate) mod results;
 mod revoked;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use clock::LamportClock;
 pub(crate) use dispatcher::{
-    Action, BrokerInfo, ControlConfig, ControlState, EventGroups, Outcome, QueueInfo,
-    STATE_CHANGING_COMMANDS, ScheduledTask, TaskInfo, WorkerSnapshot, mask_url_password, py_repr,
+    Action, BrokerInfo, ControlConfig, ControlState, QueueInfo, TaskInfo, WorkerSnapshot, py_repr,
 };
 pub(crate) use events::{EventBuilder, WorkerCounters};
-pub(crate) use heartbeat::HeartbeatSchedule;
-pub(crate) use revoked::{REVOKE_EXPIRES_SECS, REVOKES_MAX, RevokedSet};
+// What only the tests of the dispatcher, schedule and revoked set use by name.
+#[cfg(test)]
+pub(crate) use dispatcher::{ScheduledTask, mask_url_password};
+#[cfg(test)]
+pub(crate) use revoked::REVOKES_MAX;

@@ -65,6 +65,7 @@ impl RevokedSet {
     }
 
     /// How many ids are kept.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
