@@ -2,6 +2,10 @@
 //! the process's peak RSS: the Rust half of the worker benchmark.
 //!
 //! `cargo run --release -p examples --example worker_drain -- <broker-url> <messages>`
+//!
+//! `DRAIN_TASK_EVENTS=1` sends Celery's task events (`-E`) while draining;
+//! `DRAIN_NO_CONTROL=1` turns the control plane off (no worker events, no remote control), to
+//! measure what it costs.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -65,11 +69,16 @@ async fn drain() -> Result<(), Box<dyn std::error::Error>> {
             return Ok(());
         }
     }
+    let flag = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
+    let control = !flag("DRAIN_NO_CONTROL");
     let worker = Worker::new(
         WorkerConfig::new(&url)?
             .queues([queue.clone()])
             .prefetch(1000)
-            .grace_period(Duration::from_secs(5)),
+            .grace_period(Duration::from_secs(5))
+            .task_events(flag("DRAIN_TASK_EVENTS"))
+            .worker_events(control)
+            .remote_control(control),
     )?;
     let stats = worker.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -93,6 +102,10 @@ async fn drain() -> Result<(), Box<dyn std::error::Error>> {
         done as f64 / elapsed.as_secs_f64(),
         peak_rss_kib() as f64 / 1024.0
     );
+    let dropped = stats.events_dropped.load(Ordering::Relaxed);
+    if dropped > 0 {
+        println!("monitoring events dropped (publisher behind): {dropped}");
+    }
     Ok(())
 }
 

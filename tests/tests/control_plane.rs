@@ -218,6 +218,16 @@ async fn scenario(broker: &str, label: &str) {
     })
     .await
     .unwrap_or_else(|| panic!("Flower does not list {host}:\n{}", flower.log()));
+    let alive = |want: bool| {
+        let host = host.clone();
+        async move {
+            let status = flower_get(port, "/api/workers?status=true").await?;
+            (status.get(&host)?.as_bool()? == want).then_some(())
+        }
+    };
+    eventually(WAIT, || alive(true))
+        .await
+        .expect("Flower shows the worker online (its heartbeats)");
 
     // Task events on, by remote control (Flower sends `enable_events` itself too, so they may
     // be on already); then one task that succeeds, one that fails.
@@ -342,6 +352,37 @@ async fn scenario(broker: &str, label: &str) {
         );
     }
     flower.assert_running();
+}
+
+/// A read-only worker answers `inspect` and refuses what would change it (`revoke`,
+/// `shutdown`), and stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_control_refuses_state_changes() {
+    let broker = redis_url();
+    let queue = unique_queue("ctl_ro");
+    let host = format!("rust-{queue}@test");
+    let config = WorkerConfig::new(&broker)
+        .unwrap()
+        .queues([queue.as_str()])
+        .hostname(host.as_str())
+        .control_read_only(true);
+    let worker = InProcessWorker::start(config);
+    let pong = eventually(WAIT, || inspect(&broker, &host, "ping")).await;
+    assert_eq!(pong, Some(serde_json::json!({"ok": "pong"})));
+    let (_, out) = celery(&broker, &["control", "revoke", "some-id", "-d", &host]).await;
+    assert!(out.contains("refused"), "{out}");
+    let (_, out) = celery(
+        &broker,
+        &["control", "shutdown", "-d", &host, "--timeout", "2"],
+    )
+    .await;
+    assert!(out.contains("refused"), "{out}");
+    assert_eq!(
+        inspect(&broker, &host, "ping").await,
+        Some(serde_json::json!({"ok": "pong"}))
+    );
+    assert!(!worker.is_finished());
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,19 @@ impl ControlLink {
         }
     }
 
+    /// Publishes several events at once (Redis: one pipelined round trip).
+    pub(crate) async fn publish_many(&self, messages: &[KombuMessage]) -> Result<(), CeleryError> {
+        match self {
+            Self::Amqp(link) => {
+                for message in messages {
+                    link.publish(message).await?;
+                }
+                Ok(())
+            }
+            Self::Redis(link) => link.publish_many(messages).await,
+        }
+    }
+
     /// Opens `hostname`'s mailbox (`{hostname}.celery.pidbox` bound to `celery.pidbox`):
     /// the requests, parsed with at most `max_bytes` read of each.
     pub(crate) async fn mailbox(

@@ -259,6 +259,10 @@ pub struct WorkerStats {
     /// [`WorkerConfig::dead_letter_max_len`](super::WorkerConfig::dead_letter_max_len) records
     /// (their messages were acknowledged without a record; also counted in `dead_lettered`).
     pub dead_letters_dropped: AtomicU64,
+    /// Monitoring events (Celery's `worker-*` / `task-*`) not sent: the background
+    /// publisher's queue was full ([`WorkerConfig::event_queue_capacity`](super::WorkerConfig::event_queue_capacity))
+    /// or the broker refused them. The worker never waits for its events.
+    pub events_dropped: AtomicU64,
 }
 
 impl WorkerStats {

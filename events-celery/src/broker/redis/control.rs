@@ -103,6 +103,29 @@ impl RedisControl {
         .map(drop)
     }
 
+    /// `PUBLISH`es fanout messages (events) in one pipeline.
+    pub(crate) async fn publish_many(&self, messages: &[KombuMessage]) -> Result<(), CeleryError> {
+        let mut pipe = redis::pipe();
+        for message in messages {
+            let envelope = message.to_redis_envelope().map_err(|e| {
+                CeleryError::Config(format!("cannot encode a control message: {e}"))
+            })?;
+            pipe.cmd("PUBLISH")
+                .arg(message.redis_channel(self.db))
+                .arg(envelope)
+                .ignore();
+        }
+        let mut connection = self.connection().await?;
+        let result: redis::RedisResult<()> = pipe.query_async(&mut connection).await;
+        if let Err(error) = result {
+            if super::is_connection_error(&error) {
+                self.connection.lock().await.take();
+            }
+            return Err(CeleryError::broker(&self.url, "PUBLISH", &error));
+        }
+        Ok(())
+    }
+
     /// Records the binding as kombu does, then subscribes to the pidbox channel.
     pub(crate) async fn mailbox(
         &self,

@@ -5,7 +5,7 @@
 //! dispatcher and carries out its actions, and the view of running tasks those answers show.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -60,8 +60,6 @@ pub(crate) struct Plane {
     any_revoked: AtomicBool,
     tracked: Mutex<Tracked>,
     queue: mpsc::Sender<Pending>,
-    /// Events dropped because the publisher's queue was full.
-    pub(crate) dropped: AtomicU64,
     stats: Arc<WorkerStats>,
     stop: Arc<watch::Sender<bool>>,
     started: Instant,
@@ -113,7 +111,6 @@ impl Plane {
             any_revoked: AtomicBool::new(false),
             tracked: Mutex::new(Tracked::default()),
             queue,
-            dropped: AtomicU64::new(0),
             stats,
             stop,
             started: Instant::now(),
@@ -145,7 +142,7 @@ impl Plane {
         }
         tasks.publisher.abort();
         self.link.close().await;
-        let dropped = self.dropped.load(Ordering::Relaxed);
+        let dropped = self.stats.events_dropped.load(Ordering::Relaxed);
         if dropped > 0 {
             tracing::warn!(
                 dropped,
@@ -157,7 +154,7 @@ impl Plane {
 
     fn enqueue(&self, pending: Pending) {
         if self.queue.try_send(pending).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -169,6 +166,7 @@ impl Plane {
         }
     }
 
+    /// The message for a queued event (`None` for a flush or an event of a disabled group).
     fn message(&self, pending: Pending) -> Option<KombuMessage> {
         let builder = lock(&self.builder);
         match pending {
@@ -182,24 +180,37 @@ impl Plane {
     }
 
     async fn publish_loop(self: Arc<Self>, mut receiver: mpsc::Receiver<Pending>) {
+        /// Events published in one go when they queue up.
+        const BATCH: usize = 128;
         let mut failing = false;
-        while let Some(pending) = receiver.recv().await {
-            if let Pending::Flush(done) = pending {
-                let _ = done.send(());
-                continue;
-            }
-            let Some(message) = self.message(pending) else {
-                continue;
-            };
-            match self.link.publish(&message).await {
-                Ok(()) => failing = false,
-                Err(error) => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    if !failing {
-                        tracing::warn!(%error, "cannot publish monitoring events; dropping them until the broker takes them again");
-                    }
-                    failing = true;
+        let mut pending = Vec::with_capacity(BATCH);
+        let mut messages = Vec::with_capacity(BATCH);
+        while receiver.recv_many(&mut pending, BATCH).await > 0 {
+            let mut flushed = Vec::new();
+            for item in pending.drain(..) {
+                match item {
+                    Pending::Flush(done) => flushed.push(done),
+                    item => messages.extend(self.message(item)),
                 }
+            }
+            if !messages.is_empty() {
+                let count = messages.len() as u64;
+                match self.link.publish_many(&messages).await {
+                    Ok(()) => failing = false,
+                    Err(error) => {
+                        self.stats
+                            .events_dropped
+                            .fetch_add(count, Ordering::Relaxed);
+                        if !failing {
+                            tracing::warn!(%error, "cannot publish monitoring events; dropping them until the broker takes them again");
+                        }
+                        failing = true;
+                    }
+                }
+                messages.clear();
+            }
+            for done in flushed {
+                let _ = done.send(());
             }
         }
     }
