@@ -22,7 +22,7 @@ use crate::broker::control::ControlLink;
 use crate::broker::{BrokerKind, BrokerUrl};
 use crate::codec::{
     EventSource, Json, JsonMap, KombuMessage, PidboxRequest, TaskEvent, TaskMessage,
-    WorkerEventKind, pidbox_reply, round_loadavg, utcoffset_hours,
+    WorkerEventKind, pidbox_reply, round_loadavg, task_multi_message, utcoffset_hours,
 };
 use crate::worker::WorkerConfig;
 use crate::worker::events::{WorkerEvent, WorkerObserver, WorkerStats};
@@ -51,6 +51,8 @@ struct Tracked {
 /// The control plane of one worker.
 pub(crate) struct Plane {
     hostname: String,
+    /// Who sends the events (for `task.multi` messages).
+    source: EventSource,
     link: ControlLink,
     clock: Mutex<LamportClock>,
     builder: Mutex<EventBuilder>,
@@ -91,7 +93,11 @@ impl Plane {
             utcoffset: utcoffset_hours(chrono::Local::now().offset().local_minus_utc()),
         };
         let task_events = config.task_events;
-        let builder = EventBuilder::new(source, super::super::HEARTBEAT.as_secs_f64(), task_events);
+        let builder = EventBuilder::new(
+            source.clone(),
+            super::super::HEARTBEAT.as_secs_f64(),
+            task_events,
+        );
         let state = ControlState::new(
             ControlConfig {
                 hostname: hostname.clone(),
@@ -102,6 +108,7 @@ impl Plane {
         );
         let (queue, receiver) = mpsc::channel(config.event_queue_capacity.max(16));
         let plane = Arc::new(Self {
+            source,
             link: ControlLink::new(&config.broker),
             clock: Mutex::new(LamportClock::new()),
             builder: Mutex::new(builder),
@@ -181,20 +188,33 @@ impl Plane {
 
     async fn publish_loop(self: Arc<Self>, mut receiver: mpsc::Receiver<Pending>) {
         /// Events published in one go when they queue up.
-        const BATCH: usize = 128;
+        const BATCH: usize = 256;
         let mut failing = false;
         let mut pending = Vec::with_capacity(BATCH);
         let mut messages = Vec::with_capacity(BATCH);
         while receiver.recv_many(&mut pending, BATCH).await > 0 {
             let mut flushed = Vec::new();
+            // Task events that queued up go as one `task.multi` message, as a Python worker
+            // flushes its buffer (receivers such as Flower and `celery events` take both).
+            let mut tasks: Vec<KombuMessage> = Vec::new();
             for item in pending.drain(..) {
                 match item {
                     Pending::Flush(done) => flushed.push(done),
+                    item @ Pending::Task(..) => tasks.extend(self.message(item)),
                     item => messages.extend(self.message(item)),
                 }
             }
+            if tasks.len() == 1 {
+                messages.append(&mut tasks);
+            } else if !tasks.is_empty() {
+                let bodies = tasks.into_iter().map(|m| m.body).collect();
+                messages.push(task_multi_message(&self.source, bodies));
+            }
             if !messages.is_empty() {
-                let count = messages.len() as u64;
+                let count = messages
+                    .iter()
+                    .map(|m| m.body.as_array().map_or(1, Vec::len) as u64)
+                    .sum();
                 match self.link.publish_many(&messages).await {
                     Ok(()) => failing = false,
                     Err(error) => {
