@@ -189,7 +189,8 @@ impl Plane {
     async fn publish_loop(self: Arc<Self>, mut receiver: mpsc::Receiver<Pending>) {
         /// Events published in one go when they queue up.
         const BATCH: usize = 256;
-        let mut failing = false;
+        let mut failures = 0u32;
+        let mut retry_at: Option<Instant> = None;
         let mut pending = Vec::with_capacity(BATCH);
         let mut messages = Vec::with_capacity(BATCH);
         while receiver.recv_many(&mut pending, BATCH).await > 0 {
@@ -215,16 +216,39 @@ impl Plane {
                     .iter()
                     .map(|m| m.body.as_array().map_or(1, Vec::len) as u64)
                     .sum();
-                match self.link.publish_many(&messages).await {
-                    Ok(()) => failing = false,
+                // After a failure, no attempt before the backoff says (events meanwhile are
+                // dropped): an unreachable broker gets one reconnect loop from here, not one
+                // attempt per event.
+                let waiting = retry_at.is_some_and(|at| Instant::now() < at);
+                let result = if waiting {
+                    Err(None)
+                } else {
+                    self.link.publish_many(&messages).await.map_err(Some)
+                };
+                match result {
+                    Ok(()) => {
+                        failures = 0;
+                        retry_at = None;
+                    }
                     Err(error) => {
                         self.stats
                             .events_dropped
                             .fetch_add(count, Ordering::Relaxed);
-                        if !failing {
-                            tracing::warn!(%error, "cannot publish monitoring events; dropping them until the broker takes them again");
+                        if let Some(error) = error {
+                            if failures == 0 {
+                                tracing::warn!(%error, "cannot publish monitoring events; dropping them until the broker takes them again");
+                            }
+                            failures = failures.saturating_add(1);
+                            retry_at = Some(
+                                Instant::now()
+                                    + Backoff::nth(
+                                        Duration::from_millis(200),
+                                        Duration::from_secs(30),
+                                        failures,
+                                        Jitter::Below,
+                                    ),
+                            );
                         }
-                        failing = true;
                     }
                 }
                 messages.clear();
