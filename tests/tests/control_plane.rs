@@ -354,6 +354,50 @@ async fn scenario(broker: &str, label: &str) {
     flower.assert_running();
 }
 
+/// A Python and a Rust worker on one queue both appear in Flower, each under its own name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_rust_workers_on_one_queue_both_in_flower() {
+    let broker = redis_url();
+    let queue = unique_queue("ctl_mixed");
+    let host = format!("rust-{queue}@test");
+    let port = free_port();
+    let flower = spawn_python(
+        "flower",
+        &broker,
+        &["flower", "--address=127.0.0.1", &format!("--port={port}")],
+        &format!("{queue}.flower.log"),
+    );
+    eventually(WAIT, || async { flower_get(port, "/api/tasks").await })
+        .await
+        .unwrap_or_else(|| panic!("Flower did not start:\n{}", flower.log()));
+    let mut python_worker =
+        tests::PythonWorkerSpec::new(&broker, &queue, &format!("{queue}.results"))
+            .remote_control()
+            .start();
+    python_worker.wait_ready();
+    let config = WorkerConfig::new(&broker)
+        .unwrap()
+        .queues([queue.as_str()])
+        .hostname(host.as_str());
+    let worker = InProcessWorker::start(config);
+    // The Python worker is named `<queue>@<host>`.
+    let python_prefix = format!("{queue}@");
+    let listed = eventually(WAIT, || async {
+        let workers = flower_get(port, "/api/workers?refresh=1").await?;
+        let names = workers.as_object()?;
+        let python = names.keys().any(|n| n.starts_with(&python_prefix));
+        (python && names.contains_key(&host)).then_some(())
+    })
+    .await;
+    assert!(
+        listed.is_some(),
+        "Flower does not list both workers: {:?}",
+        flower_get(port, "/api/workers").await
+    );
+    worker.stop().await;
+    python_worker.stop();
+}
+
 /// A read-only worker answers `inspect` and refuses what would change it (`revoke`,
 /// `shutdown`), and stays up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
