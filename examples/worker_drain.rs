@@ -4,6 +4,10 @@
 //! `cargo run --release -p examples --example worker_drain -- <broker-url> <messages>`
 //! (`DRAIN_INBOX=<redis url>`: with a Redis inbox, for `scripts/bench_inbox.sh`;
 //! `DRAIN_CONCURRENCY=<n>`: messages at once)
+//!
+//! `DRAIN_TASK_EVENTS=1` sends Celery's task events (`-E`) while draining;
+//! `DRAIN_NO_CONTROL=1` turns the control plane off (no worker events, no remote control), to
+//! measure what it costs.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -67,10 +71,15 @@ async fn drain() -> Result<(), Box<dyn std::error::Error>> {
             return Ok(());
         }
     }
+    let flag = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
+    let control = !flag("DRAIN_NO_CONTROL");
     let mut config = WorkerConfig::new(&url)?
         .queues([queue.clone()])
         .prefetch(1000)
-        .grace_period(Duration::from_secs(5));
+        .grace_period(Duration::from_secs(5))
+        .task_events(flag("DRAIN_TASK_EVENTS"))
+        .worker_events(control)
+        .remote_control(control);
     // DRAIN_CONCURRENCY=<n>: messages at once (default: the number of cores).
     if let Some(n) = std::env::var("DRAIN_CONCURRENCY")
         .ok()
@@ -109,6 +118,10 @@ async fn drain() -> Result<(), Box<dyn std::error::Error>> {
         done as f64 / elapsed.as_secs_f64(),
         peak_rss_kib() as f64 / 1024.0
     );
+    let dropped = stats.events_dropped.load(Ordering::Relaxed);
+    if dropped > 0 {
+        println!("monitoring events dropped (publisher behind): {dropped}");
+    }
     Ok(())
 }
 

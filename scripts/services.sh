@@ -43,10 +43,13 @@ if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database W
 fi
 
 CELERY_VERSION=5.7.0
+FLOWER_VERSION=2.2.0
 # backports.zstd and brotli: kombu registers its zstd and brotli compression with them.
-if ! .venv/bin/python -c "import celery, sys, backports.zstd, brotli; sys.exit(celery.__version__ != '$CELERY_VERSION')" 2>/dev/null; then
-    echo "installing celery[redis]==$CELERY_VERSION, backports.zstd, brotli into .venv"
+# flower (with its dependencies pinned): the control-plane tests run a real Flower.
+if ! .venv/bin/python -c "import celery, flower, sys, backports.zstd, brotli; sys.exit(celery.__version__ != '$CELERY_VERSION' or flower.__version__ != '$FLOWER_VERSION')" 2>/dev/null; then
+    echo "installing celery[redis]==$CELERY_VERSION, flower==$FLOWER_VERSION, backports.zstd, brotli into .venv"
     python3 -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check "celery[redis]==$CELERY_VERSION" \
-        "backports.zstd==1.8.0" "brotli==1.2.1"
+        "backports.zstd==1.8.0" "brotli==1.2.1" "flower==$FLOWER_VERSION" "tornado==6.6.1" \
+        "prometheus_client==0.26.0" "humanize==4.17.0" "pytz==2026.6"
 fi

@@ -157,8 +157,8 @@ pub use broker::{BrokerKind, BrokerUrl};
 pub use config::{CeleryConfig, Route, env};
 pub use error::CeleryError;
 pub use worker::{
-    DEAD_LETTER_SUFFIX, DEFAULT_DEAD_LETTER_MAX_LEN, HEARTBEAT, HandlerFailed,
-    PENDING_HANDLERS_HEADER, RetryPolicy, Worker, WorkerConfig, WorkerEvent, WorkerObserver,
-    WorkerStats, replay_dead_letters, shutdown_signal,
+    DEAD_LETTER_SUFFIX, DEFAULT_DEAD_LETTER_MAX_LEN, DEFAULT_EVENT_QUEUE_CAPACITY, HEARTBEAT,
+    HandlerFailed, PENDING_HANDLERS_HEADER, RetryPolicy, Worker, WorkerConfig, WorkerEvent,
+    WorkerObserver, WorkerStats, replay_dead_letters, shutdown_signal,
 };
 pub use worker::{DEFAULT_INBOX_PREFIX, DEFAULT_INBOX_RETENTION, RedisInbox};

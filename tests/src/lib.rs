@@ -256,6 +256,8 @@ pub struct PythonWorkerSpec {
     /// Redis: kombu's `visibility_timeout`, with the restore sweep every second
     /// (`EVENTS_VISIBILITY_TIMEOUT`).
     pub visibility_timeout: Option<Duration>,
+    /// Answer remote control (`celery inspect`, Flower); off by default.
+    pub remote_control: bool,
 }
 
 impl PythonWorkerSpec {
@@ -271,6 +273,7 @@ impl PythonWorkerSpec {
             acks_late: false,
             task_sleep: None,
             visibility_timeout: None,
+            remote_control: false,
         }
     }
 
@@ -301,6 +304,12 @@ impl PythonWorkerSpec {
     /// Makes each task sleep this long before recording its run.
     pub fn task_sleep(mut self, sleep: Duration) -> Self {
         self.task_sleep = Some(sleep);
+        self
+    }
+
+    /// Answers remote control (`celery inspect`, Flower's worker list).
+    pub fn remote_control(mut self) -> Self {
+        self.remote_control = true;
         self
     }
 
@@ -339,7 +348,10 @@ impl PythonWorker {
             .env("EVENTS_RESULT_KEY", &spec.result_key)
             .env("EVENTS_RESULT_URL", redis_url())
             .env("EVENTS_TASK_NAMES", spec.events.join(","))
-            .env("EVENTS_REMOTE_CONTROL", "0")
+            .env(
+                "EVENTS_REMOTE_CONTROL",
+                if spec.remote_control { "1" } else { "0" },
+            )
             .env("PYTHONUNBUFFERED", "1")
             .env_remove("EVENTS_CELERY_QUEUE_MAX_PRIORITY");
         if let Some(max) = spec.queue_max_priority {

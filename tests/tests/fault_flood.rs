@@ -261,6 +261,34 @@ async fn amqp_flooded_queue_does_not_starve_a_quiet_one() {
     })
     .await;
     assert!(drained.is_some(), "the worker did not drain the flood");
+    // An empty queue still has messages in the worker's prefetch: wait until every one was
+    // dead-lettered before stopping it.
+    let dead_queue = format!("{flooded}{}", events_celery::DEAD_LETTER_SUFFIX);
+    let dead_count = || {
+        let (channel, dead_queue) = (channel.clone(), dead_queue.clone());
+        async move {
+            channel
+                .queue_declare(
+                    dead_queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .ok()
+                .map(|q| q.message_count() as usize)
+        }
+    };
+    let dead = eventually(Duration::from_secs(60), || async {
+        (dead_count().await? >= n).then_some(())
+    })
+    .await;
+    assert!(
+        dead.is_some(),
+        "not every flooded message was dead-lettered"
+    );
     assert!(
         worker.terminate(Duration::from_secs(30)),
         "{}",
@@ -484,9 +512,10 @@ async fn redis_unreachable_one_reconnect_loop_per_connection() {
         "{elapsed:?} unreachable: {made} connection attempts, at most {most} at once, {errors} \
          ERROR and {warnings} WARN lines (one loop can make {steps} attempts)"
     );
-    // The fetchers' connections and the bookkeeping connection: two loops at most.
+    // The fetchers' connections, the bookkeeping connection and the control plane's (events
+    // and mailbox): three loops at most.
     assert!(
-        most <= 2,
+        most <= 3,
         "{most} connection attempts at once: one reconnect loop per fetcher"
     );
     // Fetchers, due-message mover, restorer (every 10 s): each at most one attempt per step.

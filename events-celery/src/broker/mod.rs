@@ -4,6 +4,7 @@
 
 mod amqp;
 pub(crate) mod consume;
+pub(crate) mod control;
 mod redis;
 pub(crate) mod topology;
 mod url;

@@ -11,6 +11,11 @@
 //!   envelope, protocol 2 or 1, into the same [`TaskMessage`]; [`TaskMessage::payload`] gives
 //!   the typed event, [`TaskMessage::decode_payload`] the event for a run-time
 //!   [`EventDescriptor`](events_core::EventDescriptor).
+//! - **Control plane** (Flower, `celery inspect`, `AsyncResult`): monitoring events
+//!   ([`worker_event_message`], [`task_event_message`], [`task_multi_message`]), remote-control
+//!   requests and replies ([`PidboxRequest`], [`pidbox_reply`]) and result-backend records
+//!   ([`ResultMeta`]), as [`KombuMessage`]s for either broker, byte-identical to what Celery 5.7
+//!   sends (checked against captures in `tests/fixtures/control`).
 //!
 //! # JSON as Python writes it
 //!
@@ -79,6 +84,7 @@
 //! [`DecodeError`] that names the problem.
 
 mod amqp;
+mod celery_events;
 mod compression;
 mod decode;
 #[cfg(test)]
@@ -87,15 +93,36 @@ mod encode;
 mod error;
 mod json;
 mod kombu_json;
+mod kombu_message;
 mod message;
+mod pidbox;
 mod python_json;
 mod python_repr;
 mod redis;
+mod result_meta;
 mod scan;
 mod timestamp;
 mod uuid4;
 
 pub use amqp::{AmqpMessage, AmqpProperties, AmqpTable, AmqpValue};
+pub use celery_events::{
+    DEFAULT_HEARTBEAT_FREQ, EVENT_EXCHANGE, EventSource, EventStamp, SoftwareInfo,
+    TASK_MULTI_ROUTING_KEY, TaskEvent, WorkerEventKind, WorkerStatus, event_group,
+    event_routing_key, round_loadavg, task_event_body, task_event_message, task_multi_message,
+    utcoffset_hours, worker_event_body, worker_event_message,
+};
+pub use kombu_message::{
+    KombuMessage, REDIS_BINDING_SEPARATOR, ReceivedKombuMessage, parse_redis_binding,
+    redis_binding_key, redis_direct_queues, redis_fanout_channel,
+};
+pub use pidbox::{
+    DEFAULT_MAX_PIDBOX_BYTES, MAX_PATTERN_LEN, PIDBOX_EXCHANGE, PIDBOX_QUEUE_EXPIRES_MS,
+    PIDBOX_QUEUE_TTL_MS, PIDBOX_REPLY_EXCHANGE, PidboxError, PidboxRequest, ReplyTo,
+    pattern_matches, pidbox_queue, pidbox_reply,
+};
+pub use result_meta::{
+    DEFAULT_RESULT_EXPIRES_SECS, ExceptionInfo, RedisResultWrite, ResultMeta, TaskState, result_key,
+};
 
 pub(crate) use amqp::MAX_HEADER_DEPTH;
 pub use compression::{COMPRESSION_HEADER, Compression};

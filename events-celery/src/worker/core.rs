@@ -15,6 +15,7 @@ use events_core::{EventDescriptor, FailureCause, Handler, HandlerFailure, Regist
 use tracing::Instrument;
 
 use super::WorkerConfig;
+use super::control::plane::Plane;
 use super::events::{HandlerFailed, Log, WorkerEvent, WorkerObserver, WorkerStats};
 use super::pending;
 use crate::backoff::{Backoff, Jitter};
@@ -81,8 +82,10 @@ pub(crate) struct Core {
     stats: Arc<WorkerStats>,
     /// The second: the log lines (rate-limited where a flood repeats them).
     pub(crate) log: Log,
-    /// The observers added with `Worker::observe`.
+    /// The observers added with `Worker::observe` (and the control plane's).
     observers: Vec<Arc<dyn WorkerObserver>>,
+    /// The control plane, for the revoked ids.
+    control: Option<Arc<Plane>>,
 }
 
 /// Sync handlers whose runs are this short run on the async thread itself; others go to the
@@ -136,6 +139,7 @@ impl Core {
         handlers: Vec<Handler>,
         stats: Arc<WorkerStats>,
         observers: Vec<Arc<dyn WorkerObserver>>,
+        control: Option<Arc<Plane>>,
     ) -> Self {
         let mut by_event: HashMap<&'static str, Vec<Handler>> = HashMap::new();
         let mut timings = HashMap::new();
@@ -156,6 +160,7 @@ impl Core {
             timings,
             stats,
             observers,
+            control,
         }
     }
 
@@ -202,6 +207,17 @@ impl Core {
             queue,
             at: SystemTime::now(),
         });
+        if self
+            .control
+            .as_ref()
+            .is_some_and(|control| control.is_revoked(&message.id))
+        {
+            self.emit(WorkerEvent::Revoked {
+                task: &message,
+                queue,
+            });
+            return Verdict::Ack;
+        }
         match self.examine(&message) {
             Examined::Dead(reason) => self.reject(queue, Some(&message), reason),
             Examined::Expired => {

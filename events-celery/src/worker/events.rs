@@ -27,7 +27,7 @@ use crate::quiet::{Loudness, Quiet};
 pub enum WorkerEvent<'a> {
     /// The worker started (Celery's `worker-online`).
     Online {
-        /// The worker's name (`rust<pid>@<host>`).
+        /// The worker's name ([`WorkerConfig::hostname`](super::WorkerConfig::hostname)).
         hostname: &'a str,
         /// The queues it consumes.
         queues: &'a [String],
@@ -132,6 +132,14 @@ pub enum WorkerEvent<'a> {
     /// Its `expires` passed before it could run: discarded, as Celery does (Celery's
     /// `task-revoked` with `expired`).
     Expired {
+        /// The message.
+        task: &'a TaskMessage,
+        /// The queue it came from.
+        queue: &'a str,
+    },
+    /// It was revoked (`celery control revoke`) before it ran: acknowledged without running
+    /// (Celery's `task-revoked`).
+    Revoked {
         /// The message.
         task: &'a TaskMessage,
         /// The queue it came from.
@@ -272,11 +280,15 @@ pub struct WorkerStats {
     pub inbox_skipped: AtomicU64,
     /// Inbox calls that failed (the handlers ran, or their completion went unrecorded).
     pub inbox_errors: AtomicU64,
+    /// Monitoring events (Celery's `worker-*` / `task-*`) not sent: the background
+    /// publisher's queue was full ([`WorkerConfig::event_queue_capacity`](super::WorkerConfig::event_queue_capacity))
+    /// or the broker refused them. The worker never waits for its events.
+    pub events_dropped: AtomicU64,
 }
 
 impl WorkerStats {
     /// A snapshot of the counters as `(name, value)` pairs.
-    pub fn snapshot(&self) -> [(&'static str, u64); 11] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 12] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("processed", get(&self.processed)),
@@ -290,6 +302,7 @@ impl WorkerStats {
             ("dead_letters_dropped", get(&self.dead_letters_dropped)),
             ("inbox_skipped", get(&self.inbox_skipped)),
             ("inbox_errors", get(&self.inbox_errors)),
+            ("events_dropped", get(&self.events_dropped)),
         ]
     }
 }
@@ -323,6 +336,7 @@ impl WorkerObserver for WorkerStats {
             | WorkerEvent::ConnectionLost { .. }
             | WorkerEvent::Received { .. }
             | WorkerEvent::Started { .. }
+            | WorkerEvent::Revoked { .. }
             | WorkerEvent::DeadLettered { .. } => {}
         }
     }

@@ -2,6 +2,7 @@
 //! transport) — sent by Rust or by Python Celery — runs every `#[handler]` of the event, at
 //! least once, and tells observers what happened ([`WorkerEvent`]).
 
+pub(crate) mod control;
 mod core;
 mod dead_letter;
 mod events;
@@ -15,6 +16,8 @@ use std::time::Duration;
 
 use events_core::{Handler, Registry};
 
+use self::control::plane::{Plane, PlaneObserver};
+use self::control::results::Results;
 pub use self::core::RetryPolicy;
 pub use self::dead_letter::{DEAD_LETTER_SUFFIX, replay_dead_letters};
 pub use self::events::{HEARTBEAT, HandlerFailed, WorkerEvent, WorkerObserver, WorkerStats};
@@ -22,7 +25,7 @@ pub use self::inbox_redis::{DEFAULT_INBOX_PREFIX, DEFAULT_INBOX_RETENTION, Redis
 pub use self::pending::PENDING_HANDLERS_HEADER;
 use crate::broker::consume::ConsumeSettings;
 use crate::broker::topology::QueueArguments;
-use crate::broker::{AnyTransport, BrokerUrl, Transport};
+use crate::broker::{AnyTransport, BrokerKind, BrokerUrl, Transport};
 use crate::codec::{DEFAULT_TASK_PREFIX, DecodeOptions};
 use crate::config::CeleryConfig;
 use crate::error::CeleryError;
@@ -65,6 +68,14 @@ pub struct WorkerConfig {
     pub(crate) dead_letter_max_len: usize,
     pub(crate) redis_idle_poll: Duration,
     pub(crate) inbox: Option<inbox::InboxHandle>,
+    pub(crate) hostname: Option<String>,
+    pub(crate) worker_events: bool,
+    pub(crate) task_events: bool,
+    pub(crate) remote_control: bool,
+    pub(crate) control_read_only: bool,
+    pub(crate) event_queue_capacity: usize,
+    pub(crate) result_backend: Option<BrokerUrl>,
+    pub(crate) track_started: bool,
 }
 
 impl WorkerConfig {
@@ -98,6 +109,14 @@ impl WorkerConfig {
             dead_letter_max_len: DEFAULT_DEAD_LETTER_MAX_LEN,
             redis_idle_poll: Duration::from_millis(50),
             inbox: None,
+            hostname: None,
+            worker_events: true,
+            task_events: false,
+            remote_control: true,
+            control_read_only: false,
+            event_queue_capacity: DEFAULT_EVENT_QUEUE_CAPACITY,
+            result_backend: None,
+            track_started: false,
         }
     }
 
@@ -142,8 +161,124 @@ impl WorkerConfig {
     /// [`from_celery`](Self::from_celery) of [`CeleryConfig::from_env`]: the broker from
     /// `CELERY_BROKER_URL`, queues, prefix, priority and time limit from the
     /// [`EVENTS_CELERY_*` variables](mod@crate::env) the publisher reads.
+    ///
+    /// Also read: `CELERY_WORKER_SEND_TASK_EVENTS` (`true`/`1`: [`task_events`](Self::task_events)),
+    /// `CELERY_RESULT_BACKEND` ([`result_backend`](Self::result_backend)),
+    /// `CELERY_TASK_TRACK_STARTED` ([`track_started`](Self::track_started)) and
+    /// `CELERY_WORKER_HOSTNAME` ([`hostname`](Self::hostname)).
     pub fn from_env() -> Result<Self, CeleryError> {
-        Ok(Self::from_celery(&CeleryConfig::from_env()?))
+        let mut config = Self::from_celery(&CeleryConfig::from_env()?);
+        let flag = |name: &str| {
+            std::env::var(name).is_ok_and(|v| {
+                matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "1" | "true" | "yes" | "on"
+                )
+            })
+        };
+        config.task_events = flag("CELERY_WORKER_SEND_TASK_EVENTS");
+        config.track_started = flag("CELERY_TASK_TRACK_STARTED");
+        if let Ok(backend) = std::env::var("CELERY_RESULT_BACKEND")
+            && !backend.trim().is_empty()
+        {
+            config = config.result_backend(&backend)?;
+        }
+        if let Ok(name) = std::env::var("CELERY_WORKER_HOSTNAME")
+            && !name.trim().is_empty()
+        {
+            config = config.hostname(name.trim());
+        }
+        Ok(config)
+    }
+
+    /// The worker's node name in the cluster, `name@host`, as `celery inspect -d`, Flower and
+    /// the monitoring events show it (Celery's `-n`). Default `rust@<host>`: distinct from a
+    /// Python worker's default `celery@<host>`, so that a Rust and a Python worker on one host
+    /// appear as two workers (the same name would merge them in Flower and make their
+    /// mailboxes collide). A name without `@` gets `@<host>` appended; `%h` is replaced by the
+    /// host name. Two workers on one host need two names.
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = Some(name.into());
+        self
+    }
+
+    /// Sends `worker-online`, a `worker-heartbeat` every 2 s and `worker-offline` to the
+    /// `celeryev` exchange (default on, as Celery; `false` is `--without-heartbeat`: Flower
+    /// and `celery events` then do not see the worker).
+    pub fn worker_events(mut self, on: bool) -> Self {
+        self.worker_events = on;
+        self
+    }
+
+    /// Sends task events (`task-received`, `-started`, `-succeeded`, `-failed`, `-retried`,
+    /// `-rejected`, `-revoked`) as Celery's `-E` / `worker_send_task_events` (default off; the
+    /// `enable_events` / `disable_events` control commands switch them at run time). They are
+    /// handed to a background publisher through a bounded queue: the worker never waits for
+    /// them, and drops them (with a count in the log) when the broker cannot keep up.
+    pub fn task_events(mut self, on: bool) -> Self {
+        self.task_events = on;
+        self
+    }
+
+    /// Answers remote control (`celery inspect`, `celery control`, Flower) from the mailbox
+    /// `<hostname>.celery.pidbox` (default on).
+    pub fn remote_control(mut self, on: bool) -> Self {
+        self.remote_control = on;
+        self
+    }
+
+    /// Refuses the remote-control commands that change the worker's state (`revoke`,
+    /// `shutdown`, `enable_events`, `add_consumer`…) with an error reply; `inspect` commands
+    /// still answer (default off).
+    pub fn control_read_only(mut self, on: bool) -> Self {
+        self.control_read_only = on;
+        self
+    }
+
+    /// How many monitoring events may wait for the background publisher before new ones are
+    /// dropped (default [`DEFAULT_EVENT_QUEUE_CAPACITY`]).
+    pub fn event_queue_capacity(mut self, n: usize) -> Self {
+        self.event_queue_capacity = n.max(16);
+        self
+    }
+
+    /// Stores each task's outcome where Python's `AsyncResult(id).get()` reads it, as Celery's
+    /// Redis result backend does (`celery-task-meta-<id>`, one day, with the pub/sub
+    /// notification): `SUCCESS` (result `None`) when every handler completed, `FAILURE`
+    /// (`RuntimeError` naming the failed handlers) when it is dead-lettered, `REVOKED` when it
+    /// was revoked or expired. Only `redis://` and `rediss://` are supported.
+    pub fn result_backend(mut self, url: &str) -> Result<Self, CeleryError> {
+        let parsed = BrokerUrl::parse(url)?;
+        if parsed.kind() != BrokerKind::Redis {
+            return Err(CeleryError::Config(format!(
+                "result backend `{parsed}` is not supported: only Celery's Redis result backend                  (redis:// or rediss://) is"
+            )));
+        }
+        self.result_backend = Some(parsed);
+        Ok(self)
+    }
+
+    /// With a [`result_backend`](Self::result_backend), stores `STARTED` when a task's
+    /// handlers start (Celery's `task_track_started`; default off).
+    pub fn track_started(mut self, on: bool) -> Self {
+        self.track_started = on;
+        self
+    }
+
+    /// The node name (`name@host`).
+    pub(crate) fn node_name(&self) -> String {
+        let host = host_name();
+        match &self.hostname {
+            Some(name) => {
+                let name = name.replace("%h", &host);
+                if name.contains('@') {
+                    name
+                } else {
+                    format!("{name}@{host}")
+                }
+            }
+            None => format!("rust@{host}"),
+        }
     }
 
     /// The queues to consume (default `celery`).
@@ -308,10 +443,13 @@ impl WorkerConfig {
             publish_timeout: self.publish_timeout,
             reconnect_max_delay: self.reconnect_max_delay,
             dead_letter_max_len: self.dead_letter_max_len,
-            hostname: worker_identity(),
+            hostname: self.node_name(),
         }
     }
 }
+
+/// The default of [`WorkerConfig::event_queue_capacity`]: 8,192 events.
+pub const DEFAULT_EVENT_QUEUE_CAPACITY: usize = 8192;
 
 /// The default of [`WorkerConfig::dead_letter_max_len`]: 100,000 records per queue.
 pub const DEFAULT_DEAD_LETTER_MAX_LEN: usize = 100_000;
@@ -441,26 +579,56 @@ impl Worker {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(CeleryError::NoRuntime("run_until"));
         }
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let stop = Arc::new(stop);
+        let mut observers = self.observers;
+        let registered: Vec<String> = self
+            .handlers
+            .iter()
+            .map(|h| format!("{}{}", self.config.task_prefix, h.event()))
+            .collect();
+        let (plane, plane_tasks) = Plane::start(
+            &self.config,
+            registered,
+            Arc::clone(&self.stats),
+            Arc::clone(&stop),
+        );
+        observers.push(Arc::new(PlaneObserver(Arc::clone(&plane))));
+        let results = self.config.result_backend.clone().map(|url| {
+            let (results, writer) = Results::start(
+                url,
+                self.config.track_started,
+                self.config.node_name(),
+                self.config.event_queue_capacity,
+            );
+            let results = Arc::new(results);
+            observers.push(Arc::clone(&results) as Arc<dyn WorkerObserver>);
+            (results, writer)
+        });
         let core = Arc::new(core::Core::new(
             self.config,
             self.registry,
             self.handlers,
             Arc::clone(&self.stats),
-            self.observers,
+            observers,
+            Some(Arc::clone(&plane)),
         ));
         tracing::info!(
             broker = %core.config.broker,
+            hostname = core.hostname(),
             queues = ?core.config.queues,
             handlers = core.handler_count(),
             concurrency = core.config.concurrency,
             "worker starting"
         );
-        let (stop, stopping) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            shutdown.await;
-            tracing::info!("shutdown requested: no new messages; finishing the running ones");
-            let _ = stop.send(true);
-        });
+        {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                shutdown.await;
+                tracing::info!("shutdown requested: no new messages; finishing the running ones");
+                let _ = stop.send(true);
+            });
+        }
         core.emit(WorkerEvent::Online {
             hostname: core.hostname(),
             queues: &core.config.queues,
@@ -492,6 +660,10 @@ impl Worker {
         core.emit(WorkerEvent::Offline {
             hostname: core.hostname(),
         });
+        plane.finish(plane_tasks).await;
+        if let Some((results, writer)) = results {
+            results.finish(writer).await;
+        }
         outcome?;
         tracing::info!(stats = ?self.stats.snapshot(), "worker stopped");
         Ok(self.stats)
@@ -521,8 +693,12 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// `rust<pid>@<host>`-style identity of this worker, for dead-letter records and events.
-fn worker_identity() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned());
-    format!("rust{}@{host}", std::process::id())
+/// This machine's host name (Linux: the kernel's; else `HOSTNAME`; else `localhost`).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned())
 }

@@ -3,6 +3,7 @@
 //! the one way to connect.
 
 pub(crate) mod consume;
+pub(crate) mod control;
 pub(crate) mod dead_letter;
 mod restore;
 pub(crate) mod topology;

@@ -1,0 +1,633 @@
+//! The control plane at work: the observer that turns the worker's events into Celery
+//! monitoring events (published by a background task through a bounded queue, so a slow
+//! broker never slows the worker: events that do not fit are dropped and counted), the loop
+//! that answers the worker's mailbox (`celery inspect`, `celery control`, Flower) through the
+//! dispatcher and carries out its actions, and the view of running tasks those answers show.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::{
+    Action, BrokerInfo, ControlConfig, ControlState, EventBuilder, LamportClock, QueueInfo,
+    TaskInfo, WorkerCounters, WorkerSnapshot,
+};
+use crate::backoff::{Backoff, Jitter};
+use crate::broker::control::ControlLink;
+use crate::broker::{BrokerKind, BrokerUrl};
+use crate::codec::{
+    EventSource, Json, JsonMap, KombuMessage, PidboxRequest, TaskEvent, TaskMessage,
+    WorkerEventKind, pidbox_reply, round_loadavg, task_multi_message, utcoffset_hours,
+};
+use crate::worker::WorkerConfig;
+use crate::worker::events::{WorkerEvent, WorkerObserver, WorkerStats};
+
+/// What the observer hands the publisher: built into a message there, off the hot path.
+enum Pending {
+    Worker(WorkerEventKind),
+    Task(TaskEvent, f64),
+    /// Everything before it has been published (or given up): tell the sender.
+    Flush(oneshot::Sender<()>),
+}
+
+/// A running task, as `inspect active` shows it.
+struct Running {
+    message: TaskInfo,
+}
+
+/// The worker's state the control plane reports.
+#[derive(Default)]
+struct Tracked {
+    active: HashMap<String, Running>,
+    /// Tasks processed, per name, in first-seen order.
+    total: Vec<(String, u64)>,
+}
+
+/// The control plane of one worker.
+pub(crate) struct Plane {
+    hostname: String,
+    /// Who sends the events (for `task.multi` messages).
+    source: EventSource,
+    link: ControlLink,
+    clock: Mutex<LamportClock>,
+    builder: Mutex<EventBuilder>,
+    worker_events: bool,
+    task_events: AtomicBool,
+    state: Mutex<ControlState>,
+    any_revoked: AtomicBool,
+    tracked: Mutex<Tracked>,
+    queue: mpsc::Sender<Pending>,
+    stats: Arc<WorkerStats>,
+    stop: Arc<watch::Sender<bool>>,
+    started: Instant,
+    snapshot_base: WorkerSnapshot,
+    max_request_bytes: usize,
+}
+
+/// The tasks the plane runs; [`Plane::finish`] ends them.
+pub(crate) struct PlaneTasks {
+    publisher: JoinHandle<()>,
+    mailbox: Option<JoinHandle<()>>,
+}
+
+/// How long the last events (`worker-offline`) may take to go out at shutdown.
+const FLUSH_LIMIT: Duration = Duration::from_secs(3);
+
+impl Plane {
+    /// Starts the plane for a worker with `config`, running `registered` task names.
+    pub(crate) fn start(
+        config: &WorkerConfig,
+        registered: Vec<String>,
+        stats: Arc<WorkerStats>,
+        stop: Arc<watch::Sender<bool>>,
+    ) -> (Arc<Self>, PlaneTasks) {
+        let hostname = config.node_name();
+        let source = EventSource {
+            hostname: hostname.clone(),
+            pid: std::process::id(),
+            utcoffset: utcoffset_hours(chrono::Local::now().offset().local_minus_utc()),
+        };
+        let task_events = config.task_events;
+        let builder = EventBuilder::new(
+            source.clone(),
+            super::super::HEARTBEAT.as_secs_f64(),
+            task_events,
+        );
+        let state = ControlState::new(
+            ControlConfig {
+                hostname: hostname.clone(),
+                read_only: config.control_read_only,
+                events_available: true,
+            },
+            task_events,
+        );
+        let (queue, receiver) = mpsc::channel(config.event_queue_capacity.max(16));
+        let plane = Arc::new(Self {
+            source,
+            link: ControlLink::new(&config.broker),
+            clock: Mutex::new(LamportClock::new()),
+            builder: Mutex::new(builder),
+            worker_events: config.worker_events,
+            task_events: AtomicBool::new(task_events),
+            state: Mutex::new(state),
+            any_revoked: AtomicBool::new(false),
+            tracked: Mutex::new(Tracked::default()),
+            queue,
+            stats,
+            stop,
+            started: Instant::now(),
+            snapshot_base: base_snapshot(config, registered),
+            max_request_bytes: crate::codec::DEFAULT_MAX_PIDBOX_BYTES,
+            hostname,
+        });
+        let publisher = tokio::spawn(Arc::clone(&plane).publish_loop(receiver));
+        let mailbox = config
+            .remote_control
+            .then(|| tokio::spawn(Arc::clone(&plane).mailbox_loop()));
+        (plane, PlaneTasks { publisher, mailbox })
+    }
+
+    /// Whether `id` was revoked (`celery control revoke`): the worker drops it unrun.
+    pub(crate) fn is_revoked(&self, id: &str) -> bool {
+        self.any_revoked.load(Ordering::Relaxed) && lock(&self.state).revoked.contains(id)
+    }
+
+    /// Publishes what is queued (`worker-offline` last), stops reading the mailbox, closes.
+    pub(crate) async fn finish(&self, tasks: PlaneTasks) {
+        if let Some(mailbox) = tasks.mailbox {
+            mailbox.abort();
+        }
+        let (done, flushed) = oneshot::channel();
+        let sent = tokio::time::timeout(FLUSH_LIMIT, self.queue.send(Pending::Flush(done))).await;
+        if matches!(sent, Ok(Ok(()))) {
+            let _ = tokio::time::timeout(FLUSH_LIMIT, flushed).await;
+        }
+        tasks.publisher.abort();
+        self.link.close().await;
+        let dropped = self.stats.events_dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "monitoring events dropped because the broker could not take them as fast as \
+                 the worker made them (the worker never waits for them)"
+            );
+        }
+    }
+
+    fn enqueue(&self, pending: Pending) {
+        if self.queue.try_send(pending).is_err() {
+            self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counters(&self) -> WorkerCounters {
+        WorkerCounters {
+            active: lock(&self.tracked).active.len() as u64,
+            processed: self.stats.processed.load(Ordering::Relaxed),
+            loadavg: round_loadavg(loadavg()),
+        }
+    }
+
+    /// The message for a queued event (`None` for a flush or an event of a disabled group).
+    fn message(&self, pending: Pending) -> Option<KombuMessage> {
+        let builder = lock(&self.builder);
+        match pending {
+            Pending::Worker(kind) => {
+                let counters = self.counters();
+                builder.worker_event(kind, counters, &mut lock(&self.clock), now())
+            }
+            Pending::Task(event, at) => builder.task_event(&event, &mut lock(&self.clock), at),
+            Pending::Flush(_) => None,
+        }
+    }
+
+    async fn publish_loop(self: Arc<Self>, mut receiver: mpsc::Receiver<Pending>) {
+        /// Events published in one go when they queue up.
+        const BATCH: usize = 256;
+        let mut failures = 0u32;
+        let mut retry_at: Option<Instant> = None;
+        let mut pending = Vec::with_capacity(BATCH);
+        let mut messages = Vec::with_capacity(BATCH);
+        while receiver.recv_many(&mut pending, BATCH).await > 0 {
+            let mut flushed = Vec::new();
+            // Task events that queued up go as one `task.multi` message, as a Python worker
+            // flushes its buffer (receivers such as Flower and `celery events` take both).
+            let mut tasks: Vec<KombuMessage> = Vec::new();
+            for item in pending.drain(..) {
+                match item {
+                    Pending::Flush(done) => flushed.push(done),
+                    item @ Pending::Task(..) => tasks.extend(self.message(item)),
+                    item => messages.extend(self.message(item)),
+                }
+            }
+            if tasks.len() == 1 {
+                messages.append(&mut tasks);
+            } else if !tasks.is_empty() {
+                let bodies = tasks.into_iter().map(|m| m.body).collect();
+                messages.push(task_multi_message(&self.source, bodies));
+            }
+            if !messages.is_empty() {
+                let count = messages
+                    .iter()
+                    .map(|m| m.body.as_array().map_or(1, Vec::len) as u64)
+                    .sum();
+                // After a failure, no attempt before the backoff says (events meanwhile are
+                // dropped): an unreachable broker gets one reconnect loop from here, not one
+                // attempt per event.
+                let waiting = retry_at.is_some_and(|at| Instant::now() < at);
+                let result = if waiting {
+                    Err(None)
+                } else {
+                    self.link.publish_many(&messages).await.map_err(Some)
+                };
+                match result {
+                    Ok(()) => {
+                        failures = 0;
+                        retry_at = None;
+                    }
+                    Err(error) => {
+                        self.stats
+                            .events_dropped
+                            .fetch_add(count, Ordering::Relaxed);
+                        if let Some(error) = error {
+                            if failures == 0 {
+                                tracing::warn!(%error, "cannot publish monitoring events; dropping them until the broker takes them again");
+                            }
+                            failures = failures.saturating_add(1);
+                            retry_at = Some(
+                                Instant::now()
+                                    + Backoff::nth(
+                                        Duration::from_millis(200),
+                                        Duration::from_secs(30),
+                                        failures,
+                                        Jitter::Below,
+                                    ),
+                            );
+                        }
+                    }
+                }
+                messages.clear();
+            }
+            for done in flushed {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    async fn mailbox_loop(self: Arc<Self>) {
+        let mut attempt = 0u32;
+        loop {
+            match self
+                .link
+                .mailbox(&self.hostname, self.max_request_bytes)
+                .await
+            {
+                Ok(mut requests) => {
+                    attempt = 0;
+                    tracing::debug!(hostname = %self.hostname, "reading the remote-control mailbox");
+                    while let Some(request) = requests.next().await {
+                        match request {
+                            Ok(request) => self.answer(&request).await,
+                            Err(error) => tracing::warn!(
+                                %error,
+                                "ignoring a remote-control message that cannot be read"
+                            ),
+                        }
+                    }
+                }
+                Err(error) => {
+                    if attempt == 0 {
+                        tracing::warn!(%error, hostname = %self.hostname, "cannot read the remote-control mailbox; retrying");
+                    }
+                }
+            }
+            attempt = attempt.saturating_add(1);
+            let delay = Backoff::nth(
+                Duration::from_millis(200),
+                Duration::from_secs(10),
+                attempt,
+                Jitter::Below,
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Answers one request and carries out its actions.
+    async fn answer(&self, request: &PidboxRequest) {
+        if request
+            .expires
+            .is_some_and(|expires| expires > 0.0 && expires < now())
+        {
+            return;
+        }
+        let snapshot = self.snapshot();
+        let mut outcome = {
+            let mut state = lock(&self.state);
+            let mut clock = lock(&self.clock);
+            let instant = self.started.elapsed().as_secs_f64();
+            state.handle(request, &snapshot, &mut clock, instant)
+        };
+        let mut unsupported = None;
+        for action in &outcome.actions {
+            match action {
+                Action::Revoke(ids) => {
+                    self.any_revoked.store(true, Ordering::Relaxed);
+                    tracing::info!(?ids, "tasks revoked: dropped when they arrive");
+                }
+                Action::Shutdown => {
+                    tracing::info!("shutdown requested by remote control");
+                    let _ = self.stop.send(true);
+                }
+                Action::SetTaskEvents(on) => {
+                    self.task_events.store(*on, Ordering::Relaxed);
+                    lock(&self.builder).set_task_events(*on);
+                    tracing::info!(task_events = on, "task events switched by remote control");
+                }
+                Action::SendHeartbeat => self.enqueue(Pending::Worker(WorkerEventKind::Heartbeat)),
+                Action::AddConsumer { .. } => unsupported = Some("add_consumer"),
+                Action::CancelConsumer(_) => unsupported = Some("cancel_consumer"),
+            }
+        }
+        if let (Some(command), Some(reply_to)) = (unsupported, &request.reply_to) {
+            // Not carried out: say so instead of Celery's "ok".
+            let mut value = JsonMap::new();
+            value.insert(
+                "error".into(),
+                format!(
+                    "control command `{command}` is not supported by this worker \
+                     (events-celery consumes the queues it was configured with)"
+                )
+                .into(),
+            );
+            let clock = lock(&self.clock).forward();
+            outcome.reply = Some(pidbox_reply(
+                &self.hostname,
+                Json::Object(value),
+                reply_to,
+                &request.ticket,
+                clock,
+            ));
+        }
+        if let Some(reply) = outcome.reply
+            && let Err(error) = self.link.publish(&reply).await
+        {
+            tracing::warn!(%error, method = %request.method, "cannot publish a remote-control reply");
+        }
+    }
+
+    fn snapshot(&self) -> WorkerSnapshot {
+        let mut snapshot = self.snapshot_base.clone();
+        let tracked = lock(&self.tracked);
+        snapshot.active = tracked.active.values().map(|r| r.message.clone()).collect();
+        snapshot.total = tracked.total.clone();
+        snapshot.uptime_secs = self.started.elapsed().as_secs();
+        snapshot
+    }
+
+    fn task_events_on(&self) -> bool {
+        self.task_events.load(Ordering::Relaxed)
+    }
+
+    fn task_event(&self, event: TaskEvent, at: SystemTime) {
+        self.enqueue(Pending::Task(event, unix(at)));
+    }
+}
+
+/// The plane as an observer of the worker's events.
+pub(crate) struct PlaneObserver(pub(crate) Arc<Plane>);
+
+impl WorkerObserver for PlaneObserver {
+    fn on_event(&self, event: &WorkerEvent<'_>) {
+        let plane = &*self.0;
+        // The view of running tasks (`inspect active`, `stats.total`).
+        match *event {
+            WorkerEvent::Started {
+                task, queue, at, ..
+            } => {
+                let info = task_info(task, queue, Some(unix(at)));
+                lock(&plane.tracked)
+                    .active
+                    .insert(task.id.clone(), Running { message: info });
+            }
+            WorkerEvent::Succeeded { task, .. } | WorkerEvent::Failed { task, .. } => {
+                let mut tracked = lock(&plane.tracked);
+                tracked.active.remove(&task.id);
+                match tracked
+                    .total
+                    .iter_mut()
+                    .find(|(name, _)| *name == task.task)
+                {
+                    Some((_, count)) => *count += 1,
+                    None => tracked.total.push((task.task.clone(), 1)),
+                }
+            }
+            _ => {}
+        }
+        if plane.worker_events {
+            let kind = match event {
+                WorkerEvent::Online { .. } => Some(WorkerEventKind::Online),
+                WorkerEvent::Heartbeat { .. } => Some(WorkerEventKind::Heartbeat),
+                WorkerEvent::Offline { .. } => Some(WorkerEventKind::Offline),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                plane.enqueue(Pending::Worker(kind));
+                return;
+            }
+        }
+        if !plane.task_events_on() {
+            return;
+        }
+        let now = SystemTime::now();
+        match *event {
+            WorkerEvent::Received { task, at, .. } => {
+                plane.task_event(TaskEvent::received(task), at);
+            }
+            WorkerEvent::Started { task, at, .. } => {
+                plane.task_event(
+                    TaskEvent::Started {
+                        uuid: task.id.clone(),
+                    },
+                    at,
+                );
+            }
+            WorkerEvent::Succeeded { task, runtime, .. } => plane.task_event(
+                TaskEvent::Succeeded {
+                    uuid: task.id.clone(),
+                    result: "None".to_owned(),
+                    runtime: runtime.as_secs_f64(),
+                },
+                now,
+            ),
+            WorkerEvent::Failed { task, failures, .. } => {
+                let exhausted: Vec<_> = failures.iter().filter(|f| !f.will_retry).collect();
+                if !exhausted.is_empty() {
+                    let text = failure_text(exhausted.iter().map(|f| &f.failure));
+                    plane.task_event(
+                        TaskEvent::Failed {
+                            uuid: task.id.clone(),
+                            exception: format!("HandlerFailed({})", super::py_repr(&text)),
+                            traceback: text,
+                        },
+                        now,
+                    );
+                }
+            }
+            WorkerEvent::Retried { task, handlers, .. } => {
+                let text = format!("handlers to retry: {}", handlers.join(", "));
+                plane.task_event(
+                    TaskEvent::Retried {
+                        uuid: task.id.clone(),
+                        exception: format!("Retry({})", super::py_repr(&text)),
+                        traceback: text,
+                    },
+                    now,
+                );
+            }
+            WorkerEvent::Rejected {
+                task: Some(task),
+                handler: None,
+                ..
+            } => plane.task_event(
+                TaskEvent::Rejected {
+                    uuid: task.id.clone(),
+                    requeue: false,
+                },
+                now,
+            ),
+            WorkerEvent::Expired { task, .. } | WorkerEvent::Revoked { task, .. } => {
+                plane.task_event(
+                    TaskEvent::Revoked {
+                        uuid: task.id.clone(),
+                        terminated: false,
+                        signum: None,
+                        expired: matches!(event, WorkerEvent::Expired { .. }),
+                    },
+                    now,
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The failed handlers and their errors, one per line: `handler: error`.
+pub(crate) fn failure_text<'a>(
+    failures: impl IntoIterator<Item = &'a events_core::HandlerFailure>,
+) -> String {
+    failures
+        .into_iter()
+        .map(|f| format!("{}: {}", f.handler(), f.chain()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn task_info(task: &TaskMessage, queue: &str, time_start: Option<f64>) -> TaskInfo {
+    TaskInfo {
+        id: task.id.clone(),
+        name: task.task.clone(),
+        args: Json::Array(task.args.clone()),
+        kwargs: Json::Object(task.kwargs.clone()),
+        argsrepr: task
+            .headers
+            .argsrepr
+            .clone()
+            .unwrap_or_else(|| "()".to_owned()),
+        kwargsrepr: task
+            .headers
+            .kwargsrepr
+            .clone()
+            .unwrap_or_else(|| "{}".to_owned()),
+        time_start,
+        acknowledged: false,
+        exchange: String::new(),
+        routing_key: queue.to_owned(),
+        priority: None,
+        redelivered: false,
+        worker_pid: time_start.map(|_| std::process::id()),
+    }
+}
+
+fn base_snapshot(config: &WorkerConfig, registered: Vec<String>) -> WorkerSnapshot {
+    let mut conf = JsonMap::new();
+    conf.insert("broker_url".into(), config.broker.expose().into());
+    conf.insert("task_default_queue".into(), config.queues[0].clone().into());
+    conf.insert("worker_concurrency".into(), config.concurrency.into());
+    conf.insert("worker_prefetch_multiplier".into(), 1u8.into());
+    conf.insert("task_acks_late".into(), true.into());
+    conf.insert("worker_send_task_events".into(), config.task_events.into());
+    conf.insert("task_track_started".into(), config.track_started.into());
+    if let Some(backend) = &config.result_backend {
+        conf.insert("result_backend".into(), backend.expose().into());
+    }
+    WorkerSnapshot {
+        pid: std::process::id(),
+        registered,
+        active: Vec::new(),
+        reserved: Vec::new(),
+        scheduled: Vec::new(),
+        queues: config
+            .queues
+            .iter()
+            .map(|queue| QueueInfo {
+                name: queue.clone(),
+                exchange: queue.clone(),
+                exchange_type: "direct".to_owned(),
+                routing_key: queue.clone(),
+                max_priority: config.queue_max_priority,
+            })
+            .collect(),
+        total: Vec::new(),
+        uptime_secs: 0,
+        concurrency: config.concurrency,
+        prefetch_count: u64::from(config.prefetch),
+        broker: broker_info(&config.broker),
+        conf,
+        software: format!("events-celery:{} rustc", env!("CARGO_PKG_VERSION")),
+        system: crate::codec::SoftwareInfo::rust().system,
+    }
+}
+
+/// What `inspect stats` shows of the broker URL (never the password).
+fn broker_info(url: &BrokerUrl) -> BrokerInfo {
+    let text = url.expose();
+    let rest = text.split_once("://").map_or(text, |(_, rest)| rest);
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (user, host) = match authority.rsplit_once('@') {
+        Some((user, host)) => (Some(user.split(':').next().unwrap_or_default()), host),
+        None => (None, authority),
+    };
+    let (host, port) = match host.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse().ok()),
+        None => (host, None),
+    };
+    let (transport, default_port, vhost) = match url.kind() {
+        BrokerKind::Amqp => {
+            let vhost = path.split(['?', '#']).next().unwrap_or_default();
+            let vhost = if vhost.is_empty() { "/" } else { vhost };
+            ("amqp", 5672, vhost.to_owned())
+        }
+        BrokerKind::Redis => (
+            "redis",
+            6379,
+            crate::broker::control::redis_database(url).to_string(),
+        ),
+    };
+    BrokerInfo {
+        hostname: host.to_owned(),
+        userid: user.filter(|u| !u.is_empty()).map(str::to_owned),
+        virtual_host: vhost,
+        port: port.unwrap_or(default_port),
+        transport: transport.to_owned(),
+        ssl: url.is_tls(),
+        heartbeat: (url.kind() == BrokerKind::Amqp).then_some(120.0),
+    }
+}
+
+fn loadavg() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut values = text.split_whitespace().map(|v| v.parse().unwrap_or(0.0));
+    [
+        values.next().unwrap_or(0.0),
+        values.next().unwrap_or(0.0),
+        values.next().unwrap_or(0.0),
+    ]
+}
+
+fn unix(at: SystemTime) -> f64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn now() -> f64 {
+    unix(SystemTime::now())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
