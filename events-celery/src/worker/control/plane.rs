@@ -282,7 +282,13 @@ impl Plane {
                 }
                 Err(error) => {
                     if attempt == 0 {
-                        tracing::warn!(%error, hostname = %self.hostname, "cannot read the remote-control mailbox; retrying");
+                        tracing::warn!(
+                            %error,
+                            hostname = %self.hostname,
+                            "cannot read the remote-control mailbox (on RabbitMQ, another worker \
+                             with this name may hold it: give each worker its own \
+                             `WorkerConfig::hostname`); retrying; tasks still run"
+                        );
                     }
                 }
             }
