@@ -47,11 +47,22 @@ pub async fn amqp_channel() -> (lapin::Connection, lapin::Channel) {
     (connection, channel)
 }
 
+/// How long a test's own RabbitMQ clean-up may wait for the broker: a clean-up that hangs
+/// fails its test by name instead of stalling the suite.
+const CLEANUP_LIMIT: Duration = Duration::from_secs(20);
+
+/// `step`, or a panic naming it if RabbitMQ has not answered within [`CLEANUP_LIMIT`].
+async fn bounded<T>(step: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(CLEANUP_LIMIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("RabbitMQ did not answer {step} within {CLEANUP_LIMIT:?}"))
+}
+
 /// Deletes a RabbitMQ queue (tests clean up after themselves).
 pub async fn delete_amqp_queue(channel: &lapin::Channel, queue: &str) {
-    let _ = channel
-        .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
-        .await;
+    let deleting =
+        channel.queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default());
+    let _ = bounded("queue.delete", deleting).await;
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
@@ -473,14 +484,17 @@ pub async fn cleanup_amqp_queue(queue: &str) {
         return;
     };
     delete_amqp_queue(&channel, queue).await;
-    let _ = channel
-        .exchange_delete(
-            queue.into(),
-            lapin::options::ExchangeDeleteOptions::default(),
-        )
-        .await;
-    let _ = connection.close(200, "done".into()).await;
+    let deleting = channel.exchange_delete(
+        queue.into(),
+        lapin::options::ExchangeDeleteOptions::default(),
+    );
+    let _ = bounded("exchange.delete", deleting).await;
+    let _ = bounded("connection.close", connection.close(200, "done".into())).await;
 }
+
+/// The longest [`InProcessWorker::stop`] waits: the default grace period (30 s) and then
+/// some.
+pub const STOP_LIMIT: Duration = Duration::from_secs(90);
 
 /// A [`Worker`](events_celery::Worker) running on the current tokio runtime until
 /// [`stop`](Self::stop).
@@ -510,9 +524,19 @@ impl InProcessWorker {
         self.done.is_finished()
     }
 
-    /// Stops it and waits for it: its final counters. Panics if it failed.
+    /// Stops it and waits for it: its final counters. Panics if it failed, or if it has not
+    /// returned within [`STOP_LIMIT`] (a shutdown that hangs fails its test, not the whole
+    /// suite's time budget).
     pub async fn stop(self) -> std::sync::Arc<events_celery::WorkerStats> {
         let _ = self.stop.send(());
-        self.done.await.unwrap().unwrap()
+        let stats = std::sync::Arc::clone(&self.stats);
+        match tokio::time::timeout(STOP_LIMIT, self.done).await {
+            Ok(done) => done.unwrap().unwrap(),
+            Err(_) => panic!(
+                "the worker did not stop within {STOP_LIMIT:?} of being asked to (a shutdown \
+                 hang); its counters: {:?}",
+                stats.snapshot()
+            ),
+        }
     }
 }

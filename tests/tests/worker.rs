@@ -80,6 +80,33 @@ async fn build_report(event: &SlowReport) {
     record("build_report", &event.run);
 }
 
+#[domain_event(name = "worker.stuck_job")]
+#[derive(Debug, Clone)]
+struct StuckJob {
+    run: String,
+}
+
+/// Runs that have already hung once: the first delivery of each run never returns (an async
+/// handler waiting forever), the redelivery completes.
+static HUNG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[handler]
+async fn hang_once(event: &StuckJob) {
+    let first = {
+        let mut hung = HUNG.lock().unwrap();
+        let first = !hung.contains(&event.run);
+        if first {
+            hung.push(event.run.clone());
+        }
+        first
+    };
+    record("hang_once.started", &event.run);
+    if first {
+        std::future::pending::<()>().await;
+    }
+    record("hang_once", &event.run);
+}
+
 fn worker_expired(worker: &InProcessWorker) -> u64 {
     worker
         .stats
@@ -386,6 +413,52 @@ async fn redis_graceful_shutdown_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_graceful_shutdown_loses_nothing() {
     let queue = shutdown_finishes_running_messages_and_returns_the_rest(&amqp_url()).await;
+    let (_connection, channel) = amqp_channel().await;
+    delete_amqp_queue(&channel, &queue).await;
+}
+
+/// A handler that never returns cannot keep the worker from stopping: after the grace period
+/// the stop returns (`InProcessWorker::stop` panics past its limit), and the message, never
+/// acknowledged, goes back to the queue, where the next worker runs it.
+async fn a_hung_handler_does_not_hang_the_shutdown(url: &str) -> String {
+    let queue = unique_queue("worker_hung");
+    let run = queue.clone();
+    let backend = backend(url, &queue).await;
+    backend
+        .publish(&StuckJob { run: run.clone() })
+        .await
+        .unwrap();
+    let worker = InProcessWorker::start(
+        WorkerConfig::new(url)
+            .unwrap()
+            .queues([queue.clone()])
+            .redis_fetchers(1)
+            .grace_period(Duration::from_secs(1)),
+    );
+    assert!(wait_for(&run, "hang_once.started", 1).await);
+    let stats = worker.stop().await;
+    let snapshot: HashMap<_, _> = stats.snapshot().into_iter().collect();
+    assert_eq!(snapshot["processed"], 0, "the hung message was settled");
+    let worker = InProcessWorker::start(WorkerConfig::new(url).unwrap().queues([queue.clone()]));
+    assert!(
+        wait_for(&run, "hang_once", 1).await,
+        "the hung message was not returned to the queue: {:?}",
+        runs_of(&run)
+    );
+    worker.stop().await;
+    assert_eq!(runs_of(&run)["hang_once.started"], 2);
+    queue
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_hung_handler_does_not_hang_the_shutdown() {
+    let queue = a_hung_handler_does_not_hang_the_shutdown(&redis_url()).await;
+    tests::cleanup_redis_queue(&queue, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_hung_handler_does_not_hang_the_shutdown() {
+    let queue = a_hung_handler_does_not_hang_the_shutdown(&amqp_url()).await;
     let (_connection, channel) = amqp_channel().await;
     delete_amqp_queue(&channel, &queue).await;
 }

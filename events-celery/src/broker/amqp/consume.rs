@@ -15,7 +15,7 @@ use lapin::options::{
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::dead_letter::amqp_dead_letter;
 use super::topology::declare_queue;
@@ -95,10 +95,16 @@ impl<C: Consumer> Session<'_, C> {
             cancel(&channel, &tags).await;
         }
         self.finish(acks, ack_task).await;
-        // Closing returns every unacknowledged message to its queue.
-        let _ = connection
-            .close(200, ShortString::from("worker stopping"))
-            .await;
+        // Closing returns every unacknowledged message to its queue. Bounded: a broker that
+        // never answers the close must not keep the worker from stopping (the socket goes
+        // with the connection, and RabbitMQ requeues what it delivered on that).
+        let closing = connection.close(200, ShortString::from("worker stopping"));
+        if tokio::time::timeout(SHUTDOWN_STEP, closing).await.is_err() {
+            tracing::warn!(
+                after = ?SHUTDOWN_STEP,
+                "RabbitMQ did not confirm closing the connection; dropping it"
+            );
+        }
         outcome
     }
 
@@ -199,10 +205,15 @@ impl<C: Consumer> Session<'_, C> {
                     Some((_, Err(error))) => return Err(self.broker_error("consuming")(error)),
                     Some((queue, Ok(delivery))) => {
                         acks.received(delivery.delivery_tag);
-                        let permit = Arc::clone(self.permits)
-                            .acquire_owned()
-                            .await
-                            .expect("the semaphore is never closed");
+                        // Waiting for a free slot gives way to a stop: the delivery is then
+                        // left unsettled and goes back to its queue with the connection.
+                        let permit = tokio::select! {
+                            biased;
+                            () = stopped(stopping) => return Ok(()),
+                            permit = Arc::clone(self.permits).acquire_owned() => {
+                                permit.expect("the semaphore is never closed")
+                            }
+                        };
                         tokio::spawn(handle(
                             Arc::clone(self.consumer),
                             Arc::clone(self.publisher),
@@ -219,17 +230,18 @@ impl<C: Consumer> Session<'_, C> {
 
     /// Lets running messages finish (or, after a connection failure, fail to settle and be
     /// redelivered) within the grace period, then flushes the acknowledgements.
-    async fn finish(&self, acks: Acks, ack_task: tokio::task::JoinHandle<usize>) {
+    async fn finish(&self, acks: Acks, ack_task: AckTask) {
         let settings = self.consumer.settings();
         let all = u32::try_from(settings.concurrency).unwrap_or(u32::MAX);
-        match tokio::time::timeout(settings.grace_period, self.permits.acquire_many(all)).await {
+        let deadline = tokio::time::Instant::now() + settings.grace_period;
+        match tokio::time::timeout_at(deadline, self.permits.acquire_many(all)).await {
             Ok(done) => drop(done),
             Err(_) => tracing::warn!(
                 grace = ?settings.grace_period,
                 "grace period over: unfinished messages go back to the queue"
             ),
         }
-        let unsettled = acks.finish(ack_task).await;
+        let unsettled = acks.finish(ack_task, deadline).await;
         if unsettled > 0 {
             tracing::info!(unsettled, "returning unsettled messages to the queue");
             self.consumer.report(BrokerEvent::Requeued {
@@ -239,15 +251,33 @@ impl<C: Consumer> Session<'_, C> {
     }
 }
 
-/// Cancels the consumers, so no new delivery arrives while the running ones finish.
+/// The longest one step of a shutdown waits for the broker (cancelling the consumers,
+/// flushing the acknowledgements, closing the connection): a broker that stops answering
+/// must not keep the worker from stopping.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
+
+/// Cancels the consumers, so no new delivery arrives while the running ones finish. Bounded
+/// by [`SHUTDOWN_STEP`]: if RabbitMQ does not confirm, deliveries that still arrive are never
+/// handed to a handler and go back to their queue with the connection.
 async fn cancel(channel: &Channel, tags: &[String]) {
-    for tag in tags {
-        let _ = channel
-            .basic_cancel(
-                ShortString::from(tag.as_str()),
-                BasicCancelOptions::default(),
-            )
-            .await;
+    let cancelling = async {
+        for tag in tags {
+            let _ = channel
+                .basic_cancel(
+                    ShortString::from(tag.as_str()),
+                    BasicCancelOptions::default(),
+                )
+                .await;
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_STEP, cancelling)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            after = ?SHUTDOWN_STEP,
+            "RabbitMQ did not confirm cancelling the consumers; stopping anyway"
+        );
     }
 }
 
@@ -381,10 +411,11 @@ struct Acks {
 }
 
 impl Acks {
-    fn spawn(channel: Channel) -> (Self, tokio::task::JoinHandle<usize>) {
+    fn spawn(channel: Channel) -> (Self, AckTask) {
         let (commands, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(ack_loop(channel, receiver));
-        (Self { commands }, task)
+        let (finish, finishing) = oneshot::channel();
+        let handle = tokio::spawn(ack_loop(channel, receiver, finishing));
+        (Self { commands }, AckTask { handle, finish })
     }
 
     fn received(&self, tag: u64) {
@@ -399,14 +430,51 @@ impl Acks {
         let _ = self.commands.send(AckCommand::Requeue(tag));
     }
 
-    /// Flushes every pending ack; returns how many deliveries were never settled.
-    async fn finish(self, task: tokio::task::JoinHandle<usize>) -> usize {
+    /// Flushes every pending ack; returns how many deliveries were never settled (they go
+    /// back to their queue when the connection closes).
+    ///
+    /// Messages still settling (a postponement or a retry being published, which gave its
+    /// handler slot back) hold clones of `self`: the flush waits for them until the grace
+    /// period's `deadline` (at least [`SHUTDOWN_STEP`] more). What is still running after that
+    /// settles nothing (its acknowledgement is dropped, and the message is redelivered), so a
+    /// handler that never returns cannot keep the worker from stopping.
+    async fn finish(self, mut task: AckTask, deadline: tokio::time::Instant) -> usize {
         drop(self.commands);
-        task.await.unwrap_or(0)
+        let deadline = deadline.max(tokio::time::Instant::now() + SHUTDOWN_STEP);
+        if let Ok(unsettled) = tokio::time::timeout_at(deadline, &mut task.handle).await {
+            return unsettled.unwrap_or(0);
+        }
+        tracing::warn!("messages still running after the grace period go back to the queue");
+        let _ = task.finish.send(());
+        match tokio::time::timeout(SHUTDOWN_STEP, &mut task.handle).await {
+            Ok(unsettled) => unsettled.unwrap_or(0),
+            Err(_) => {
+                task.handle.abort();
+                tracing::warn!(
+                    after = ?SHUTDOWN_STEP,
+                    "RabbitMQ did not take the last acknowledgements; those messages will be \
+                     redelivered"
+                );
+                0
+            }
+        }
     }
 }
 
-async fn ack_loop(channel: Channel, mut commands: mpsc::UnboundedReceiver<AckCommand>) -> usize {
+/// The acknowledging task: it ends when every [`Acks`] is gone, or when told to finish.
+struct AckTask {
+    /// Resolves to the number of deliveries never settled.
+    handle: tokio::task::JoinHandle<usize>,
+    /// Flush what is settled and end now, though some [`Acks`] remain (messages running past
+    /// the grace period).
+    finish: oneshot::Sender<()>,
+}
+
+async fn ack_loop(
+    channel: Channel,
+    mut commands: mpsc::UnboundedReceiver<AckCommand>,
+    mut finishing: oneshot::Receiver<()>,
+) -> usize {
     let mut outstanding = BTreeSet::new();
     let mut done = BTreeSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
@@ -439,6 +507,7 @@ async fn ack_loop(channel: Channel, mut commands: mpsc::UnboundedReceiver<AckCom
                 }
             }
             _ = tick.tick() => { waited += 1; }
+            _ = &mut finishing => { open = false; }
         }
         // Everything below the lowest unsettled delivery goes in one `multiple` ack.
         let floor = outstanding.iter().find(|t| !done.contains(*t)).copied();
