@@ -148,7 +148,8 @@ impl Plane {
             let _ = tokio::time::timeout(FLUSH_LIMIT, flushed).await;
         }
         tasks.publisher.abort();
-        self.link.close().await;
+        // Bounded: a broker that never confirms the close must not keep the worker running.
+        let _ = tokio::time::timeout(FLUSH_LIMIT, self.link.close()).await;
         let dropped = self.stats.events_dropped.load(Ordering::Relaxed);
         if dropped > 0 {
             tracing::warn!(
