@@ -102,10 +102,9 @@ where
     command
         .arg(workspace_dir().join("examples/python/send_events.py"))
         .args(args);
-    let output = tokio::task::spawn_blocking(move || command.output())
+    let output = tokio::task::spawn_blocking(move || output_within(command, PYTHON_LIMIT))
         .await
-        .expect("the blocking pool runs it")
-        .expect("run send_events.py");
+        .expect("the blocking pool runs it");
     assert!(
         output.status.success(),
         "send_events.py failed:\n{}",
@@ -113,6 +112,70 @@ where
     );
     String::from_utf8(output.stdout).expect("send_events.py prints UTF-8")
 }
+
+/// Runs `command` to completion and returns what it printed, killing it and panicking (naming
+/// it, with what it printed so far) if it has not exited within `limit`: a child process that
+/// hangs fails its test instead of stalling the suite.
+pub fn output_within(mut command: std::process::Command, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    let what = format!("{command:?}");
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    let Some(status) = status else {
+        panic!(
+            "{what} did not exit within {limit:?} (killed); it printed:\n{}\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// The longest a Python helper script or Celery command line may run in a test.
+pub const PYTHON_LIMIT: Duration = Duration::from_secs(120);
 
 /// The Python that has Celery: `EVENTS_TEST_PYTHON`, default `<workspace>/.venv/bin/python`.
 ///

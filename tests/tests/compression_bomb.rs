@@ -102,11 +102,11 @@ fn bomb_message(method: Compression, body: Vec<u8>) -> AmqpMessage {
 fn compression_bombs_are_refused_within_the_size_limit() {
     let mib: usize = sized(64, 1024);
     let dir = std::env::temp_dir().join(format!("events-bombs-{}-{mib}", std::process::id()));
-    let output = std::process::Command::new(python())
+    let mut command = std::process::Command::new(python());
+    command
         .arg(workspace_dir().join("examples/python/make_bombs.py"))
-        .args(["--dir", dir.to_str().unwrap(), "--mib", &mib.to_string()])
-        .output()
-        .expect("run make_bombs.py");
+        .args(["--dir", dir.to_str().unwrap(), "--mib", &mib.to_string()]);
+    let output = tests::output_within(command, tests::PYTHON_LIMIT);
     assert!(
         output.status.success(),
         "make_bombs.py failed:\n{}",

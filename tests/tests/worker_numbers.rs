@@ -143,10 +143,9 @@ app.send_task("domain_events.worker_numbers.count",
 print(json.dumps({{"payload": {{"n": float("nan"), "x": float("inf"), "y": 1e-7}}}}))
 "#
     );
-    let output = std::process::Command::new(python())
-        .args(["-c", &script, url, queue, run])
-        .output()
-        .expect("run Python");
+    let mut command = std::process::Command::new(python());
+    command.args(["-c", &script, url, queue, run]);
+    let output = tests::output_within(command, tests::PYTHON_LIMIT);
     assert!(
         output.status.success(),
         "the Python publisher failed:\n{}",

@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 
 /// Runs `rabbitmqctl` with `args`; panics with its output if it fails.
 pub fn rabbitmqctl(args: &[&str]) {
-    let output = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("run rabbitmqctl (RabbitMQ must run on this machine)");
+    let mut command = Command::new("rabbitmqctl");
+    command.args(args);
+    let output = crate::output_within(command, Duration::from_secs(120));
     assert!(
         output.status.success(),
         "rabbitmqctl {args:?} failed: {}{}",
