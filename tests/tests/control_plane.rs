@@ -370,7 +370,13 @@ async fn python_and_rust_workers_on_one_queue_both_in_flower() {
     let flower = spawn_python(
         "flower",
         &broker,
-        &["flower", "--address=127.0.0.1", &format!("--port={port}")],
+        &[
+            "flower",
+            "--address=127.0.0.1",
+            &format!("--port={port}"),
+            // Its default (1 s) is too short for a loaded machine's workers to answer.
+            "--inspect_timeout=5000",
+        ],
         &format!("{queue}.flower.log"),
     );
     eventually(WAIT, || async { flower_get(port, "/api/tasks").await })
@@ -439,7 +445,7 @@ async fn read_only_control_refuses_state_changes() {
             "{replies}"
         );
     }
-    assert_eq!(active_queue_names(&broker, &host).await, [queue.clone()]);
+    assert_eq!(active_queue_names(&broker, &host).await, [queue.as_str()]);
     assert_eq!(
         inspect(&broker, &host, "ping").await,
         Some(serde_json::json!({"ok": "pong"}))
@@ -770,7 +776,7 @@ async fn consumers_scenario(broker: &str, label: &str) {
     // A back: the message that waited in it runs (nothing was lost).
     control_queue(broker, &host, "add_consumer", &a).await;
     wait_runs(&run_a, 1).await;
-    assert_eq!(active_queue_names(broker, &host).await, [a.clone()]);
+    assert_eq!(active_queue_names(broker, &host).await, [a.as_str()]);
 
     let stats = worker.stop().await;
     assert_eq!(
@@ -981,7 +987,7 @@ async fn queue_change_replies_are_a_python_workers() {
     }
     assert_eq!(
         active_queue_names(&broker, &rust_host).await,
-        [rust_queue.clone()]
+        [rust_queue.as_str()]
     );
     worker.stop().await;
     python_worker.stop();
