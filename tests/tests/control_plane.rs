@@ -181,7 +181,13 @@ async fn scenario(broker: &str, label: &str) {
     eventually(WAIT, || async { flower_get(port, "/api/tasks").await })
         .await
         .unwrap_or_else(|| panic!("Flower did not start:\n{}", flower.log()));
-    // `celery events` needs its queue bound before the worker says it is online.
+    // `celery events` needs its queue bound (Redis: its channel subscribed) before the worker
+    // says it is online: it starts capturing after it says so, on a loaded machine seconds later.
+    eventually(WAIT, || async {
+        dump.log().contains("starting capture").then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("celery events --dump did not start:\n{}", dump.log()));
     tokio::time::sleep(Duration::from_secs(2)).await;
     dump.assert_running();
 
