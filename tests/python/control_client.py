@@ -1,6 +1,14 @@
 """Python Celery 5.7 as a client of a Rust worker's control plane (tests/tests/control_plane.rs).
 
     send     --queue Q --run R [--fail] [--task-id ID]   send one control_plane.work task; print its id
+             [--hold] [--exchange E --routing-key K]      (--hold: a control_plane.hold task, which
+                                                          waits for the test; --exchange: published
+                                                          to the topic exchange E with K instead of
+                                                          to the queue)
+    add      --hostname H --queue Q [--exchange E] [--type T] [--routing-key K]
+                                                          app.control.add_consumer(...): the replies
+    bad_consumers --hostname H                            add_consumer / cancel_consumer with bad
+                                                          arguments; then a ping: one JSON object
     results  ID...                                        AsyncResult(id).get(timeout=30) for each;
                                                           one JSON line each: {"id", "ok"} or {"id", "raised", "message"}
     bad      --hostname H                                 unknown command, malformed bodies, huge
@@ -15,6 +23,7 @@ import os
 import sys
 
 from celery import Celery
+from kombu import Exchange
 
 app = Celery(
     "control_client",
@@ -27,13 +36,57 @@ def send(args):
     options = {}
     if args.task_id:
         options["task_id"] = args.task_id
-    result = app.send_task(
-        "domain_events.control_plane.work",
-        kwargs={"payload": {"run": args.run, "fail": args.fail}},
-        queue=args.queue,
-        **options,
-    )
+    if args.exchange:
+        # As a topic exchange: kombu's Redis transport routes by the type the publisher
+        # declared (RabbitMQ by the broker's own).
+        exchange = Exchange(args.exchange, type="topic")
+        options["exchange"] = exchange
+        options["routing_key"] = args.routing_key
+        options["declare"] = [exchange]
+    else:
+        options["queue"] = args.queue
+    if args.hold:
+        name, payload = "domain_events.control_plane.hold", {"run": args.run}
+    else:
+        name, payload = "domain_events.control_plane.work", {"run": args.run, "fail": args.fail}
+    result = app.send_task(name, kwargs={"payload": payload}, **options)
     print(result.id)
+
+
+def add(args):
+    replies = app.control.add_consumer(
+        args.queue,
+        exchange=args.exchange,
+        exchange_type=args.type,
+        routing_key=args.routing_key,
+        destination=[args.hostname],
+        reply=True,
+        timeout=5,
+    )
+    print(json.dumps(replies))
+
+
+def bad_consumers(args):
+    dest = [args.hostname]
+    cases = {
+        "missing": ("add_consumer", {}),
+        "not_text": ("add_consumer", {"queue": 5}),
+        "empty": ("add_consumer", {"queue": ""}),
+        "huge": ("add_consumer", {"queue": "q" * 100_000}),
+        "separator": ("add_consumer", {"queue": "a\x06\x16b"}),
+        "headers": ("add_consumer", {"queue": "q", "exchange_type": "headers"}),
+        "option": ("add_consumer", {"queue": "q", "exclusive": True}),
+        "cancel_list": ("cancel_consumer", {"queue": ["a"]}),
+        "cancel_huge": ("cancel_consumer", {"queue": "q" * 100_000}),
+    }
+    out = {
+        name: app.control.broadcast(
+            method, arguments=arguments, destination=dest, reply=True, timeout=3
+        )
+        for name, (method, arguments) in cases.items()
+    }
+    out["ping_after"] = app.control.ping(destination=dest, timeout=5)
+    print(json.dumps(out))
 
 
 def results(args):
@@ -76,16 +129,28 @@ def main():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("send")
-    p.add_argument("--queue", required=True)
+    p.add_argument("--queue")
     p.add_argument("--run", required=True)
     p.add_argument("--fail", action="store_true")
     p.add_argument("--task-id")
+    p.add_argument("--hold", action="store_true")
+    p.add_argument("--exchange")
+    p.add_argument("--routing-key")
+    p = sub.add_parser("add")
+    p.add_argument("--hostname", required=True)
+    p.add_argument("--queue", required=True)
+    p.add_argument("--exchange")
+    p.add_argument("--type", default="direct")
+    p.add_argument("--routing-key")
+    p = sub.add_parser("bad_consumers")
+    p.add_argument("--hostname", required=True)
     p = sub.add_parser("results")
     p.add_argument("ids", nargs="+")
     p = sub.add_parser("bad")
     p.add_argument("--hostname", required=True)
     args = parser.parse_args()
-    {"send": send, "results": results, "bad": bad}[args.command](args)
+    commands = {"send": send, "add": add, "bad_consumers": bad_consumers, "results": results, "bad": bad}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 pub mod amqp_raw;
 pub mod fault;
 pub mod outbox;
+pub mod proxy;
 
 use std::time::Duration;
 

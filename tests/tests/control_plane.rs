@@ -9,7 +9,13 @@
 //!   naming the handler for one that failed (Redis result backend);
 //! - `celery control revoke` drops a task before it runs; unknown commands get Celery's error,
 //!   malformed and huge control messages are ignored and the worker still answers;
-//! - `celery control shutdown` stops the worker gracefully.
+//! - `celery control shutdown` stops the worker gracefully;
+//! - `celery control add_consumer` / `cancel_consumer` (and `app.control.add_consumer` with a
+//!   topic exchange) start and stop queues on the running worker with Celery's replies:
+//!   `inspect active_queues` follows, a cancelled queue keeps what is published to it (and what
+//!   the worker had prefetched from it), running messages finish, a reconnection consumes the
+//!   queues of the moment, bad arguments get Celery's errors, a worker without queues stays
+//!   up answering, and the replies are the ones a Python worker gives.
 //!
 //! Without the Python interpreter these tests fail (and say to run `scripts/services.sh`).
 
@@ -175,7 +181,13 @@ async fn scenario(broker: &str, label: &str) {
     eventually(WAIT, || async { flower_get(port, "/api/tasks").await })
         .await
         .unwrap_or_else(|| panic!("Flower did not start:\n{}", flower.log()));
-    // `celery events` needs its queue bound before the worker says it is online.
+    // `celery events` needs its queue bound (Redis: its channel subscribed) before the worker
+    // says it is online: it starts capturing after it says so, on a loaded machine seconds later.
+    eventually(WAIT, || async {
+        dump.log().contains("starting capture").then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("celery events --dump did not start:\n{}", dump.log()));
     tokio::time::sleep(Duration::from_secs(2)).await;
     dump.assert_running();
 
@@ -364,7 +376,13 @@ async fn python_and_rust_workers_on_one_queue_both_in_flower() {
     let flower = spawn_python(
         "flower",
         &broker,
-        &["flower", "--address=127.0.0.1", &format!("--port={port}")],
+        &[
+            "flower",
+            "--address=127.0.0.1",
+            &format!("--port={port}"),
+            // Its default (1 s) is too short for a loaded machine's workers to answer.
+            "--inspect_timeout=5000",
+        ],
         &format!("{queue}.flower.log"),
     );
     eventually(WAIT, || async { flower_get(port, "/api/tasks").await })
@@ -399,7 +417,7 @@ async fn python_and_rust_workers_on_one_queue_both_in_flower() {
 }
 
 /// A read-only worker answers `inspect` and refuses what would change it (`revoke`,
-/// `shutdown`), and stays up.
+/// `shutdown`, `add_consumer`, `cancel_consumer`), and stays up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_control_refuses_state_changes() {
     let broker = redis_url();
@@ -421,6 +439,19 @@ async fn read_only_control_refuses_state_changes() {
     )
     .await;
     assert!(out.contains("refused"), "{out}");
+    // Queue changes are state changes too: refused, and the queues stay as they were.
+    let other = unique_queue("ctl_ro_other");
+    for (command, queue) in [("add_consumer", &other), ("cancel_consumer", &queue)] {
+        let replies = control_queue(&broker, &host, command, queue).await;
+        let error = replies[0][host.as_str()]["error"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            error.contains(&format!("`{command}` is refused")),
+            "{replies}"
+        );
+    }
+    assert_eq!(active_queue_names(&broker, &host).await, [queue.as_str()]);
     assert_eq!(
         inspect(&broker, &host, "ping").await,
         Some(serde_json::json!({"ok": "pong"}))
@@ -437,4 +468,536 @@ async fn control_plane_on_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_plane_on_rabbitmq() {
     scenario(&amqp_url(), "amqp").await;
+}
+
+#[domain_event(name = "control_plane.hold")]
+#[derive(Debug, Clone)]
+struct Hold {
+    run: String,
+}
+
+/// `control_plane.hold` runs that started, per `run`.
+static HELD: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
+
+/// The gate each `hold` run waits at, opened by the test.
+fn gate(run: &str) -> std::sync::Arc<tokio::sync::Semaphore> {
+    static GATES: Mutex<Option<HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>> =
+        Mutex::new(None);
+    std::sync::Arc::clone(
+        GATES
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashMap::new)
+            .entry(run.to_owned())
+            .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(0))),
+    )
+}
+
+fn held(run: &str) -> u32 {
+    HELD.lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|r| r.get(run).copied())
+        .unwrap_or(0)
+}
+
+/// Waits until the test opens the run's gate (a minute at most, so that a failing test does
+/// not leave it hanging).
+#[handler(max_retries = 0)]
+async fn control_plane_hold(event: &Hold) -> Result<(), std::io::Error> {
+    *HELD
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .entry(event.run.clone())
+        .or_default() += 1;
+    let gate = gate(&event.run);
+    let _ = tokio::time::timeout(Duration::from_secs(60), gate.acquire()).await;
+    Ok(())
+}
+
+/// How many messages wait in `queue` (RabbitMQ: ready, not delivered; Redis: in its list).
+async fn queued(broker: &str, queue: &str) -> u32 {
+    if broker.starts_with("redis") {
+        let mut redis = tests::redis().await;
+        let len: u32 = redis::cmd("LLEN")
+            .arg(queue)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        return len;
+    }
+    amqp_queue(queue).await.map_or(0, |(ready, _)| ready)
+}
+
+/// RabbitMQ: the queue's ready messages and consumers (a passive declare); `None` if it does
+/// not exist.
+async fn amqp_queue(queue: &str) -> Option<(u32, u32)> {
+    let (connection, channel) = tests::amqp_channel().await;
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .ok();
+    let _ = connection.close(200, "done".into()).await;
+    declared.map(|d| (d.message_count(), d.consumer_count()))
+}
+
+/// Whether a message published to `exchange` now reaches `queue`: RabbitMQ, the worker
+/// consumes it (it binds before consuming); Redis, kombu's binding entry is written.
+async fn routed(broker: &str, queue: &str, exchange: &str) -> bool {
+    if broker.starts_with("redis") {
+        let mut redis = tests::redis().await;
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("_kombu.binding.{exchange}"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        return members
+            .iter()
+            .any(|m| m.ends_with(&format!("\x06\x16{queue}")));
+    }
+    amqp_queue(queue)
+        .await
+        .is_some_and(|(_, consumers)| consumers > 0)
+}
+
+/// `celery control <command> <queue> -d <host> --json`: the replies.
+async fn control_queue(broker: &str, host: &str, command: &str, queue: &str) -> Value {
+    let (ok, out) = celery(
+        broker,
+        &[
+            "control",
+            command,
+            queue,
+            "-d",
+            host,
+            "--json",
+            "--timeout",
+            "5",
+        ],
+    )
+    .await;
+    assert!(ok, "celery control {command} {queue}: {out}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("not JSON: {out}"))
+}
+
+/// The names `celery inspect active_queues` lists for the worker.
+async fn active_queue_names(broker: &str, host: &str) -> Vec<String> {
+    let queues = inspect(broker, host, "active_queues")
+        .await
+        .expect("active_queues answers");
+    queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn send(broker: &str, queue: &str, run: &str) {
+    client(broker, &["send", "--queue", queue, "--run", run]).await;
+}
+
+async fn wait_runs(run: &str, want: u32) {
+    eventually(WAIT, || async { (runs(run) >= want).then_some(()) })
+        .await
+        .unwrap_or_else(|| panic!("`{run}` did not run"));
+}
+
+/// `celery control add_consumer` / `cancel_consumer` on a running Rust worker, with Celery's
+/// replies: queues start and stop being consumed without a restart.
+async fn consumers_scenario(broker: &str, label: &str) {
+    let a = unique_queue(&format!("ctl_cons_a_{label}"));
+    let b = unique_queue(&format!("ctl_cons_b_{label}"));
+    let c = unique_queue(&format!("ctl_cons_c_{label}"));
+    let exchange = unique_queue(&format!("ctl_cons_ex_{label}"));
+    let unknown = unique_queue("ctl_cons_never");
+    let host = format!("rust-{a}@test");
+    let config = WorkerConfig::new(broker)
+        .unwrap()
+        .queues([a.as_str()])
+        .hostname(host.as_str())
+        .concurrency(2)
+        .grace_period(Duration::from_secs(5));
+    let worker = InProcessWorker::start(config);
+    eventually(WAIT, || inspect(broker, &host, "ping"))
+        .await
+        .expect("the Rust worker answers `celery inspect ping`");
+
+    // add_consumer: Celery's reply; B consumed from then on, and listed.
+    let reply = |text: String| serde_json::json!([{ host.as_str(): {"ok": text} }]);
+    assert_eq!(
+        control_queue(broker, &host, "add_consumer", &b).await,
+        reply(format!("add consumer {b}"))
+    );
+    let run_b = format!("{b}-1");
+    send(broker, &b, &run_b).await;
+    wait_runs(&run_b, 1).await;
+    assert_eq!(
+        active_queue_names(broker, &host).await,
+        [a.clone(), b.clone()]
+    );
+    let queues = inspect(broker, &host, "active_queues").await.unwrap();
+    assert_eq!(queues[1]["exchange"]["name"], b.as_str(), "{queues}");
+    assert_eq!(queues[1]["exchange"]["type"], "direct");
+    assert_eq!(queues[1]["routing_key"], b.as_str());
+    // Again: Celery's same reply, and nothing changes.
+    assert_eq!(
+        control_queue(broker, &host, "add_consumer", &b).await,
+        reply(format!("add consumer {b}"))
+    );
+    assert_eq!(
+        active_queue_names(broker, &host).await,
+        [a.clone(), b.clone()]
+    );
+
+    // From Python's API, through a topic exchange: the worker declares and binds it as
+    // Celery's worker does, and messages routed through it run.
+    let added = client(
+        broker,
+        &[
+            "add",
+            "--hostname",
+            &host,
+            "--queue",
+            &c,
+            "--exchange",
+            &exchange,
+            "--type",
+            "topic",
+            "--routing-key",
+            "orders.#",
+        ],
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(added.trim()).unwrap(),
+        reply(format!("add consumer {c}"))
+    );
+    eventually(WAIT, || async {
+        routed(broker, &c, &exchange).await.then_some(())
+    })
+    .await
+    .expect("the added queue is bound to its exchange");
+    let run_c = format!("{c}-1");
+    client(
+        broker,
+        &[
+            "send",
+            "--run",
+            &run_c,
+            "--exchange",
+            &exchange,
+            "--routing-key",
+            "orders.eu.created",
+        ],
+    )
+    .await;
+    wait_runs(&run_c, 1).await;
+    let queues = inspect(broker, &host, "active_queues").await.unwrap();
+    assert_eq!(queues[2]["exchange"]["name"], exchange.as_str(), "{queues}");
+    assert_eq!(queues[2]["exchange"]["type"], "topic");
+    assert_eq!(queues[2]["routing_key"], "orders.#");
+
+    // cancel_consumer: A no longer runs here; what is published to it stays in it.
+    assert_eq!(
+        control_queue(broker, &host, "cancel_consumer", &a).await,
+        reply(format!("no longer consuming from {a}"))
+    );
+    let run_a = format!("{a}-1");
+    send(broker, &a, &run_a).await;
+    let run_b2 = format!("{b}-2");
+    send(broker, &b, &run_b2).await;
+    wait_runs(&run_b2, 1).await;
+    eventually(WAIT, || async {
+        (queued(broker, &a).await == 1).then_some(())
+    })
+    .await
+    .expect("the message published to the cancelled queue stays in it");
+    assert_eq!(runs(&run_a), 0, "a cancelled queue's message does not run");
+    assert_eq!(
+        active_queue_names(broker, &host).await,
+        [b.clone(), c.clone()]
+    );
+    // Cancelling a queue not consumed: Celery's reply.
+    assert_eq!(
+        control_queue(broker, &host, "cancel_consumer", &unknown).await,
+        reply(format!("no longer consuming from {unknown}"))
+    );
+
+    // Bad arguments: errors as Celery's, and the worker goes on answering.
+    let bad: Value = serde_json::from_str(
+        client(broker, &["bad_consumers", "--hostname", &host])
+            .await
+            .trim(),
+    )
+    .unwrap();
+    let error = |case: &str| -> String {
+        bad[case][0][host.as_str()]["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{case}: {}", bad[case]))
+            .to_owned()
+    };
+    assert_eq!(
+        error("missing"),
+        "TypeError(\"add_consumer() missing 1 required positional argument: 'queue'\")"
+    );
+    assert_eq!(
+        error("not_text"),
+        "TypeError(\"add_consumer() argument 'queue' must be str, not int\")"
+    );
+    assert_eq!(error("empty"), "ValueError('a queue name cannot be empty')");
+    assert!(error("huge").contains("100000 bytes is longer than the 255"));
+    assert!(error("separator").contains("control character"));
+    assert!(error("headers").contains("'headers' is not supported"));
+    assert!(error("option").contains("'exclusive' is not supported"));
+    assert!(error("cancel_list").contains("must be str, not list"));
+    assert!(error("cancel_huge").contains("longer than the 255"));
+    assert_eq!(
+        bad["ping_after"],
+        serde_json::json!([{ host.as_str(): {"ok": "pong"} }])
+    );
+    assert_eq!(
+        active_queue_names(broker, &host).await,
+        [b.clone(), c.clone()]
+    );
+
+    // The last queues go: the worker stays, idle, answering.
+    for queue in [&b, &c] {
+        control_queue(broker, &host, "cancel_consumer", queue).await;
+    }
+    assert!(active_queue_names(broker, &host).await.is_empty());
+    assert_eq!(
+        inspect(broker, &host, "ping").await,
+        Some(serde_json::json!({"ok": "pong"}))
+    );
+    assert!(!worker.is_finished());
+    // A back: the message that waited in it runs (nothing was lost).
+    control_queue(broker, &host, "add_consumer", &a).await;
+    wait_runs(&run_a, 1).await;
+    assert_eq!(active_queue_names(broker, &host).await, [a.as_str()]);
+
+    let stats = worker.stop().await;
+    assert_eq!(
+        stats.processed.load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
+    assert_eq!(runs(&run_a), 1);
+    for queue in [&a, &b, &c, &exchange] {
+        cleanup(broker, queue).await;
+    }
+}
+
+async fn cleanup(broker: &str, queue: &str) {
+    if broker.starts_with("redis") {
+        tests::cleanup_redis_queue(queue, &[]).await;
+    } else {
+        tests::cleanup_amqp_queue(queue).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_and_cancel_consumer_on_redis() {
+    consumers_scenario(&redis_url(), "redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_and_cancel_consumer_on_rabbitmq() {
+    consumers_scenario(&amqp_url(), "amqp").await;
+}
+
+/// Cancelling a queue while one of its messages runs and two more wait in the worker: the
+/// running one finishes and is acknowledged; the two others go back to the queue unrun (on
+/// Redis at once, on RabbitMQ as soon as a slot frees); nothing is lost.
+async fn cancel_while_running(broker: &str, label: &str) {
+    let queue = unique_queue(&format!("ctl_hold_{label}"));
+    let host = format!("rust-{queue}@test");
+    let config = WorkerConfig::new(broker)
+        .unwrap()
+        .queues([queue.as_str()])
+        .hostname(host.as_str())
+        .concurrency(1)
+        .grace_period(Duration::from_secs(5));
+    let worker = InProcessWorker::start(config);
+    eventually(WAIT, || inspect(broker, &host, "ping"))
+        .await
+        .expect("the Rust worker answers");
+    let runs: Vec<String> = (1..=3).map(|n| format!("{queue}-{n}")).collect();
+    for run in &runs {
+        client(broker, &["send", "--queue", &queue, "--run", run, "--hold"]).await;
+    }
+    eventually(WAIT, || async { (held(&runs[0]) == 1).then_some(()) })
+        .await
+        .expect("the first message runs");
+    // The other two are in the worker (prefetched), not in the queue.
+    eventually(WAIT, || async {
+        (queued(broker, &queue).await == 0).then_some(())
+    })
+    .await
+    .expect("the worker took the waiting messages");
+    control_queue(broker, &host, "cancel_consumer", &queue).await;
+    if broker.starts_with("redis") {
+        eventually(WAIT, || async {
+            (queued(broker, &queue).await == 2).then_some(())
+        })
+        .await
+        .expect("the waiting messages go back at once");
+    }
+    gate(&runs[0]).add_permits(1);
+    eventually(WAIT, || async {
+        (worker
+            .stats
+            .processed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1)
+            .then_some(())
+    })
+    .await
+    .expect("the running message finishes");
+    eventually(WAIT, || async {
+        (queued(broker, &queue).await == 2).then_some(())
+    })
+    .await
+    .expect("the waiting messages are back in the queue");
+    worker.stop().await;
+    // Still two: the one that ran was acknowledged, the others never ran.
+    assert_eq!(queued(broker, &queue).await, 2);
+    assert_eq!((held(&runs[1]), held(&runs[2])), (0, 0));
+    cleanup(broker, &queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_consumer_while_running_on_redis() {
+    cancel_while_running(&redis_url(), "redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_consumer_while_running_on_rabbitmq() {
+    cancel_while_running(&amqp_url(), "amqp").await;
+}
+
+/// After the connections to the broker break, the worker consumes the queues it consumed
+/// then (an added one in, a cancelled configured one out), not those it started with.
+async fn reconnect_keeps_the_current_queues(broker: &str, label: &str) {
+    let upstream = if broker.starts_with("redis") {
+        "127.0.0.1:6379"
+    } else {
+        "127.0.0.1:5672"
+    };
+    let proxy = tests::proxy::CuttableProxy::start(upstream);
+    let through_proxy = broker.replacen(upstream, &format!("127.0.0.1:{}", proxy.port()), 1);
+    assert_ne!(through_proxy, broker, "the broker URL names {upstream}");
+    let a = unique_queue(&format!("ctl_recon_a_{label}"));
+    let b = unique_queue(&format!("ctl_recon_b_{label}"));
+    let host = format!("rust-{a}@test");
+    let config = WorkerConfig::new(&through_proxy)
+        .unwrap()
+        .queues([a.as_str()])
+        .hostname(host.as_str())
+        .redis_fetchers(2)
+        .reconnect_max_delay(Duration::from_millis(500))
+        .grace_period(Duration::from_secs(5));
+    let worker = InProcessWorker::start(config);
+    eventually(WAIT, || inspect(broker, &host, "ping"))
+        .await
+        .expect("the Rust worker answers");
+    control_queue(broker, &host, "add_consumer", &b).await;
+    control_queue(broker, &host, "cancel_consumer", &a).await;
+    let before = proxy.accepted();
+    proxy.cut();
+    eventually(WAIT, || async { (proxy.accepted() > before).then_some(()) })
+        .await
+        .expect("the worker reconnects");
+    let (run_a, run_b) = (format!("{a}-1"), format!("{b}-1"));
+    send(broker, &a, &run_a).await;
+    send(broker, &b, &run_b).await;
+    wait_runs(&run_b, 1).await;
+    eventually(WAIT, || async {
+        (queued(broker, &a).await == 1).then_some(())
+    })
+    .await
+    .expect("the cancelled queue keeps its message");
+    assert_eq!(runs(&run_a), 0);
+    worker.stop().await;
+    for queue in [&a, &b] {
+        cleanup(broker, queue).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_keeps_the_current_queues_on_redis() {
+    reconnect_keeps_the_current_queues(&redis_url(), "redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_keeps_the_current_queues_on_rabbitmq() {
+    reconnect_keeps_the_current_queues(&amqp_url(), "amqp").await;
+}
+
+/// Duplicate `add_consumer` and `cancel_consumer` of an unknown queue: the Rust worker replies
+/// what a Python Celery 5.7 worker replies (Celery replies before it changes anything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_change_replies_are_a_python_workers() {
+    let broker = redis_url();
+    let python_queue = unique_queue("ctl_cons_py");
+    let rust_queue = unique_queue("ctl_cons_rs");
+    let unknown = unique_queue("ctl_cons_never");
+    let mut python_worker =
+        tests::PythonWorkerSpec::new(&broker, &python_queue, &format!("{python_queue}.results"))
+            .remote_control()
+            .start();
+    python_worker.wait_ready();
+    let rust_host = format!("rust-{rust_queue}@test");
+    let worker = InProcessWorker::start(
+        WorkerConfig::new(&broker)
+            .unwrap()
+            .queues([rust_queue.as_str()])
+            .hostname(rust_host.as_str()),
+    );
+    eventually(WAIT, || inspect(&broker, &rust_host, "ping"))
+        .await
+        .expect("the Rust worker answers");
+    // The Python worker is named `<queue>@<host>`.
+    let python_host = eventually(WAIT, || async {
+        let (_, out) = celery(&broker, &["inspect", "ping", "-j", "--timeout", "3"]).await;
+        let json: Value = serde_json::from_str(out.trim()).ok()?;
+        json.as_object()?
+            .keys()
+            .find(|name| name.starts_with(&format!("{python_queue}@")))
+            .cloned()
+    })
+    .await
+    .unwrap_or_else(|| panic!("the Python worker answers:\n{}", python_worker.log()));
+    // The reply value with the queue's name made generic.
+    let value = |replies: Value, host: &str, queue: &str| {
+        replies[0][host].to_string().replace(queue, "<queue>")
+    };
+    for (command, python, rust) in [
+        ("add_consumer", python_queue.as_str(), rust_queue.as_str()),
+        ("cancel_consumer", unknown.as_str(), unknown.as_str()),
+    ] {
+        let theirs = control_queue(&broker, &python_host, command, python).await;
+        let ours = control_queue(&broker, &rust_host, command, rust).await;
+        assert_eq!(
+            value(ours, &rust_host, rust),
+            value(theirs, &python_host, python),
+            "{command}"
+        );
+    }
+    assert_eq!(
+        active_queue_names(&broker, &rust_host).await,
+        [rust_queue.as_str()]
+    );
+    worker.stop().await;
+    python_worker.stop();
+    for queue in [&python_queue, &rust_queue] {
+        cleanup(&broker, queue).await;
+    }
 }

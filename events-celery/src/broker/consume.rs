@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::BrokerUrl;
+use super::queues::QueueSet;
 use super::topology::QueueArguments;
 use crate::codec::{DecodeError, DecodeOptions, TaskMessage};
 use crate::quiet::Quiet;
@@ -17,8 +18,9 @@ use crate::quiet::Quiet;
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumeSettings {
     pub(crate) broker: BrokerUrl,
-    /// The queues consumed, in the configured order.
-    pub(crate) queues: Vec<String>,
+    /// The queues consumed: the configured ones at start, then as `add_consumer` /
+    /// `cancel_consumer` change them; each transport follows it.
+    pub(crate) queues: QueueSet,
     /// How the consumed queues (and their dead-letter queues) are declared.
     pub(crate) queue_arguments: QueueArguments,
     /// How many messages run at once.

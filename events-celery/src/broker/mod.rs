@@ -5,6 +5,7 @@
 mod amqp;
 pub(crate) mod consume;
 pub(crate) mod control;
+pub(crate) mod queues;
 mod redis;
 pub(crate) mod topology;
 mod url;

@@ -97,19 +97,33 @@ impl QueueSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ExchangeKind {
     /// By exact routing key (Celery's task exchanges, `reply.celery.pidbox`).
-    #[allow(
-        dead_code,
-        reason = "described for the control plane; not declared yet"
-    )]
     Direct,
     /// To every bound queue (delay buckets, `celery.pidbox`).
     Fanout,
     /// By routing-key pattern (`celeryev`).
-    #[allow(
-        dead_code,
-        reason = "described for the control plane; not declared yet"
-    )]
     Topic,
+}
+
+impl ExchangeKind {
+    /// The kind kombu names `name` (`direct`, `fanout`, `topic`); `None` for others (`headers`
+    /// needs binding arguments this crate does not take).
+    pub(crate) fn parse(name: &str) -> Option<Self> {
+        match name {
+            "direct" => Some(Self::Direct),
+            "fanout" => Some(Self::Fanout),
+            "topic" => Some(Self::Topic),
+            _ => None,
+        }
+    }
+
+    /// kombu's name for it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Fanout => "fanout",
+            Self::Topic => "topic",
+        }
+    }
 }
 
 /// An exchange to declare.

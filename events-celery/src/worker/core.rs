@@ -20,6 +20,7 @@ use super::events::{HandlerFailed, Log, WorkerEvent, WorkerObserver, WorkerStats
 use super::pending;
 use crate::backoff::{Backoff, Jitter};
 use crate::broker::consume::{BrokerEvent, ConsumeSettings, Consumer, DeadLetter, Verdict};
+use crate::broker::queues::QueueSet;
 use crate::codec::{DecodeError, TaskMessage};
 use crate::quiet::Quiet;
 
@@ -135,6 +136,7 @@ enum Examined {
 impl Core {
     pub(crate) fn new(
         config: WorkerConfig,
+        queues: QueueSet,
         registry: &'static Registry,
         handlers: Vec<Handler>,
         stats: Arc<WorkerStats>,
@@ -147,7 +149,7 @@ impl Core {
             timings.insert(handler.name().to_owned(), Timing::default());
             by_event.entry(handler.event()).or_default().push(handler);
         }
-        let settings = config.consume_settings();
+        let settings = config.consume_settings(queues);
         Self {
             log: Log {
                 quiet: Quiet::default(),

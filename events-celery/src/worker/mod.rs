@@ -24,6 +24,7 @@ pub use self::events::{HEARTBEAT, HandlerFailed, WorkerEvent, WorkerObserver, Wo
 pub use self::inbox_redis::{DEFAULT_INBOX_PREFIX, DEFAULT_INBOX_RETENTION, RedisInbox};
 pub use self::pending::PENDING_HANDLERS_HEADER;
 use crate::broker::consume::ConsumeSettings;
+use crate::broker::queues::{QueueSet, check_name};
 use crate::broker::topology::QueueArguments;
 use crate::broker::{AnyTransport, BrokerKind, BrokerUrl, Transport};
 use crate::codec::{DEFAULT_TASK_PREFIX, DecodeOptions};
@@ -228,8 +229,8 @@ impl WorkerConfig {
     }
 
     /// Refuses the remote-control commands that change the worker's state (`revoke`,
-    /// `shutdown`, `enable_events`, `add_consumer`…) with an error reply; `inspect` commands
-    /// still answer (default off).
+    /// `shutdown`, `enable_events`, `add_consumer`, `cancel_consumer`…) with an error reply;
+    /// `inspect` commands still answer (default off).
     pub fn control_read_only(mut self, on: bool) -> Self {
         self.control_read_only = on;
         self
@@ -281,7 +282,9 @@ impl WorkerConfig {
         }
     }
 
-    /// The queues to consume (default `celery`).
+    /// The queues to consume (default `celery`): names of at most 255 bytes without control
+    /// characters (else [`Worker::new`] refuses them). Celery's `add_consumer` and
+    /// `cancel_consumer` change them while the worker runs.
     pub fn queues<I, S>(mut self, queues: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -426,11 +429,12 @@ impl WorkerConfig {
         &self.queues
     }
 
-    /// What the broker's consumer needs of this configuration.
-    pub(crate) fn consume_settings(&self) -> ConsumeSettings {
+    /// What the broker's consumer needs of this configuration, consuming `queues` (the
+    /// configured ones, changed at run time by `add_consumer` / `cancel_consumer`).
+    pub(crate) fn consume_settings(&self, queues: QueueSet) -> ConsumeSettings {
         ConsumeSettings {
             broker: self.broker.clone(),
-            queues: self.queues.clone(),
+            queues,
             queue_arguments: QueueArguments::with_max_priority(self.queue_max_priority),
             concurrency: self.concurrency,
             prefetch: self.prefetch,
@@ -521,6 +525,14 @@ impl Worker {
                 "the worker has no queue to consume".to_owned(),
             ));
         }
+        for queue in &config.queues {
+            check_name("queue", queue).map_err(|problem| {
+                CeleryError::Config(format!(
+                    "cannot consume a configured queue: {problem}; rename it in \
+                     `WorkerConfig::queues`"
+                ))
+            })?;
+        }
         let registry = Registry::collected().map_err(CeleryError::Registry)?;
         Ok(Self {
             config,
@@ -587,9 +599,11 @@ impl Worker {
             .iter()
             .map(|h| format!("{}{}", self.config.task_prefix, h.event()))
             .collect();
+        let queues = QueueSet::new(&self.config.broker, &self.config.queues);
         let (plane, plane_tasks) = Plane::start(
             &self.config,
             registered,
+            queues.clone(),
             Arc::clone(&self.stats),
             Arc::clone(&stop),
         );
@@ -607,6 +621,7 @@ impl Worker {
         });
         let core = Arc::new(core::Core::new(
             self.config,
+            queues,
             self.registry,
             self.handlers,
             Arc::clone(&self.stats),

@@ -10,19 +10,16 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::{Stream, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
-use lapin::types::{FieldTable, ShortString};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::ShortString;
 use lapin::{Channel, Connection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
+use super::consumers::{self, Consumers, Deliveries, Received};
 use super::dead_letter::amqp_dead_letter;
-use super::topology::declare_queue;
 use super::{AmqpOutgoing, AmqpPublisher, amqp_outgoing};
 use crate::backoff::Backoff;
 use crate::broker::consume::{BrokerEvent, Consumer, Verdict};
-use crate::broker::topology::QueueSpec;
 use crate::codec::{AmqpMessage, Routing, TaskMessage};
 use crate::error::CeleryError;
 use crate::stopping::{pause, stopped};
@@ -64,9 +61,6 @@ pub(crate) async fn run<C: Consumer>(
         }
     }
 }
-
-/// A delivery, with the queue it came from.
-type Received = (Arc<String>, Result<Delivery, lapin::Error>);
 
 /// One connection's worth of consuming: connect, declare, consume, drain, close.
 struct Session<'a, C> {
@@ -117,7 +111,7 @@ impl<C: Consumer> Session<'_, C> {
     async fn connect(
         &self,
         stopping: &mut watch::Receiver<bool>,
-    ) -> Result<Option<Connection>, CeleryError> {
+    ) -> Result<Option<Arc<Connection>>, CeleryError> {
         let settings = self.consumer.settings();
         let url = &settings.broker;
         let limit = settings.publish_timeout;
@@ -126,7 +120,7 @@ impl<C: Consumer> Session<'_, C> {
             biased;
             () = stopped(stopping) => Ok(None),
             connected = connecting => match connected {
-                Ok(Ok(connection)) => Ok(Some(connection)),
+                Ok(Ok(connection)) => Ok(Some(Arc::new(connection))),
                 Ok(Err(e)) => Err(CeleryError::connect(url, &e)),
                 Err(_) => Err(CeleryError::Timeout {
                     broker: url.clone(),
@@ -137,19 +131,13 @@ impl<C: Consumer> Session<'_, C> {
         }
     }
 
-    /// Opens the consuming channel, declares every queue (through the topology) and starts a
-    /// consumer on each; returns the channel, the deliveries and the consumer tags.
+    /// Opens the consuming channel and starts a consumer on each queue of the set (declared
+    /// through the topology), following the set from then on; returns the channel, the
+    /// deliveries and the consumers.
     async fn declare_and_consume(
         &self,
-        connection: &Connection,
-    ) -> Result<
-        (
-            Channel,
-            impl Stream<Item = Received> + Unpin + Send + use<C>,
-            Vec<String>,
-        ),
-        CeleryError,
-    > {
+        connection: &Arc<Connection>,
+    ) -> Result<(Channel, Deliveries, Consumers), CeleryError> {
         let settings = self.consumer.settings();
         let channel = connection
             .create_channel()
@@ -160,28 +148,8 @@ impl<C: Consumer> Session<'_, C> {
             .basic_qos(settings.prefetch, BasicQosOptions { global: false })
             .await
             .map_err(self.broker_error("basic.qos"))?;
-        let mut streams = Vec::new();
-        let mut tags = Vec::new();
-        for queue in &settings.queues {
-            let spec = QueueSpec::durable(queue.as_str(), settings.queue_arguments.clone());
-            declare_queue(&channel, &spec)
-                .await
-                .map_err(self.broker_error("queue.declare"))?;
-            let tag = format!("events-celery-{}", uuid::Uuid::new_v4().simple());
-            let consumer = channel
-                .basic_consume(
-                    ShortString::from(queue.as_str()),
-                    ShortString::from(tag.as_str()),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(self.broker_error("basic.consume"))?;
-            let queue = Arc::new(queue.clone());
-            streams.push(consumer.map(move |d| (Arc::clone(&queue), d)));
-            tags.push(tag);
-        }
-        Ok((channel, futures_util::stream::select_all(streams), tags))
+        let (deliveries, consumers) = consumers::start(self.consumer, connection, &channel).await?;
+        Ok((channel, deliveries, consumers))
     }
 
     /// Hands each delivery to a task of its own (within the concurrency) until the worker
@@ -259,18 +227,8 @@ const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
 /// Cancels the consumers, so no new delivery arrives while the running ones finish. Bounded
 /// by [`SHUTDOWN_STEP`]: if RabbitMQ does not confirm, deliveries that still arrive are never
 /// handed to a handler and go back to their queue with the connection.
-async fn cancel(channel: &Channel, tags: &[String]) {
-    let cancelling = async {
-        for tag in tags {
-            let _ = channel
-                .basic_cancel(
-                    ShortString::from(tag.as_str()),
-                    BasicCancelOptions::default(),
-                )
-                .await;
-        }
-    };
-    if tokio::time::timeout(SHUTDOWN_STEP, cancelling)
+async fn cancel(channel: &Channel, tags: &Consumers) {
+    if tokio::time::timeout(SHUTDOWN_STEP, tags.cancel_all(channel))
         .await
         .is_err()
     {
@@ -290,6 +248,14 @@ async fn handle<C: Consumer>(
     permit: OwnedSemaphorePermit,
 ) {
     let tag = delivery.delivery_tag;
+    if !consumer.settings().queues.contains(&queue) {
+        // Its queue was cancelled (`cancel_consumer`) after the broker sent it: it goes back
+        // to the queue unrun, for the queue's other consumers.
+        drop(permit);
+        consumer.report(BrokerEvent::Requeued { count: 1 });
+        acks.requeue(tag);
+        return;
+    }
     let redelivered = delivery.redelivered;
     let original = AmqpMessage::from_lapin(
         delivery.exchange.as_str(),
@@ -475,8 +441,7 @@ async fn ack_loop(
     mut commands: mpsc::UnboundedReceiver<AckCommand>,
     mut finishing: oneshot::Receiver<()>,
 ) -> usize {
-    let mut outstanding = BTreeSet::new();
-    let mut done = BTreeSet::new();
+    let mut ledger = Ledger::default();
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut waited = 0u32;
@@ -489,10 +454,10 @@ async fn ack_loop(
                 loop {
                     match next {
                         None => { open = false; break; }
-                        Some(AckCommand::Received(tag)) => { outstanding.insert(tag); }
-                        Some(AckCommand::Ack(tag)) => { done.insert(tag); }
+                        Some(AckCommand::Received(tag)) => ledger.received(tag),
+                        Some(AckCommand::Ack(tag)) => { ledger.done.insert(tag); }
                         Some(AckCommand::Requeue(tag)) => {
-                            outstanding.remove(&tag);
+                            ledger.outstanding.remove(&tag);
                             let _ = channel
                                 .basic_nack(tag, BasicNackOptions { multiple: false, requeue: true })
                                 .await;
@@ -509,13 +474,7 @@ async fn ack_loop(
             _ = tick.tick() => { waited += 1; }
             _ = &mut finishing => { open = false; }
         }
-        // Everything below the lowest unsettled delivery goes in one `multiple` ack.
-        let floor = outstanding.iter().find(|t| !done.contains(*t)).copied();
-        let contiguous = match floor {
-            Some(floor) => done.range(..floor).next_back().copied(),
-            None => done.iter().next_back().copied(),
-        };
-        if let Some(upto) = contiguous {
+        if let Some(upto) = ledger.multiple_upto() {
             if channel
                 .basic_ack(upto, BasicAckOptions { multiple: true })
                 .await
@@ -523,21 +482,148 @@ async fn ack_loop(
             {
                 break;
             }
-            outstanding = outstanding.split_off(&(upto + 1));
-            done = done.split_off(&(upto + 1));
+            ledger.acked_upto(upto);
         }
         // Acks stuck behind a long-running message go one by one, soon.
-        if !done.is_empty() && (done.len() >= 64 || waited >= 4 || !open) {
-            for tag in std::mem::take(&mut done) {
-                outstanding.remove(&tag);
+        if !ledger.done.is_empty() && (ledger.done.len() >= 64 || waited >= 4 || !open) {
+            for tag in std::mem::take(&mut ledger.done) {
+                ledger.outstanding.remove(&tag);
                 let _ = channel
                     .basic_ack(tag, BasicAckOptions { multiple: false })
                     .await;
             }
         }
-        if done.is_empty() {
+        if ledger.done.is_empty() {
             waited = 0;
         }
     }
-    outstanding.len()
+    ledger.outstanding.len()
+}
+
+/// The most deliveries received ahead of a gap the [`Ledger`] keeps track of; past it, acks
+/// that the gap holds back go one by one.
+const EARLY_MAX: usize = 1 << 16;
+
+/// What the ack loop knows of one channel's deliveries, to decide what one `multiple` ack may
+/// cover: only deliveries received and handled. RabbitMQ numbers a channel's deliveries 1, 2,
+/// 3…, but deliveries of several consumers (several queues) reach the worker out of that order;
+/// a `multiple` ack past a delivery not received yet would acknowledge it before it ran (lost
+/// if the worker then dies) and make its own ack an error that closes the channel.
+struct Ledger {
+    /// Received, not acknowledged at the broker yet.
+    outstanding: BTreeSet<u64>,
+    /// Handled, their ack not sent yet.
+    done: BTreeSet<u64>,
+    /// Every delivery numbered below it was received.
+    seen_below: u64,
+    /// Deliveries received above a gap.
+    early: BTreeSet<u64>,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Self {
+            outstanding: BTreeSet::new(),
+            done: BTreeSet::new(),
+            seen_below: 1,
+            early: BTreeSet::new(),
+        }
+    }
+}
+
+impl Ledger {
+    fn received(&mut self, tag: u64) {
+        self.outstanding.insert(tag);
+        if tag == self.seen_below {
+            self.seen_below += 1;
+            while self.early.remove(&self.seen_below) {
+                self.seen_below += 1;
+            }
+        } else if tag > self.seen_below {
+            self.early.insert(tag);
+            if self.early.len() > EARLY_MAX {
+                // Forgetting them only holds `multiple` acks back: never wrong, only slower.
+                self.early.clear();
+            }
+        }
+    }
+
+    /// The delivery a `multiple` ack may go up to: the highest handled one with every delivery
+    /// below it received and handled (or settled already).
+    fn multiple_upto(&self) -> Option<u64> {
+        let unhandled = self
+            .outstanding
+            .iter()
+            .find(|t| !self.done.contains(*t))
+            .copied()
+            .unwrap_or(u64::MAX);
+        self.done
+            .range(..unhandled.min(self.seen_below))
+            .next_back()
+            .copied()
+    }
+
+    /// A `multiple` ack up to `upto` went out.
+    fn acked_upto(&mut self, upto: u64) {
+        self.outstanding = self.outstanding.split_off(&(upto + 1));
+        self.done = self.done.split_off(&(upto + 1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multiple_ack_never_covers_a_delivery_not_received_yet() {
+        let mut ledger = Ledger::default();
+        // Queue A got deliveries 1 and 2, queue B delivery 3; B's came out before A's second.
+        ledger.received(1);
+        ledger.received(3);
+        ledger.done.insert(3);
+        ledger.done.insert(1);
+        assert_eq!(ledger.multiple_upto(), Some(1), "2 is not received yet");
+        ledger.acked_upto(1);
+        ledger.received(2);
+        assert_eq!(ledger.multiple_upto(), None, "2 is running");
+        ledger.done.insert(2);
+        assert_eq!(ledger.multiple_upto(), Some(3));
+        ledger.acked_upto(3);
+        assert!(ledger.outstanding.is_empty() && ledger.done.is_empty());
+        // In order, as with one queue: everything handled in one ack.
+        for tag in 4..=10 {
+            ledger.received(tag);
+            ledger.done.insert(tag);
+        }
+        assert_eq!(ledger.multiple_upto(), Some(10));
+    }
+
+    #[test]
+    fn a_running_delivery_holds_multiple_acks_below_it() {
+        let mut ledger = Ledger::default();
+        for tag in 1..=5 {
+            ledger.received(tag);
+        }
+        for tag in [1, 2, 4, 5] {
+            ledger.done.insert(tag);
+        }
+        assert_eq!(ledger.multiple_upto(), Some(2));
+        // A requeued delivery is settled: no longer holds anything back.
+        ledger.outstanding.remove(&3);
+        assert_eq!(ledger.multiple_upto(), Some(5));
+    }
+
+    #[test]
+    fn too_many_deliveries_past_a_gap_only_hold_multiple_acks_back() {
+        let mut ledger = Ledger::default();
+        for tag in 2..(EARLY_MAX as u64 + 3) {
+            ledger.received(tag);
+            ledger.done.insert(tag);
+        }
+        assert!(ledger.early.len() <= EARLY_MAX);
+        assert_eq!(ledger.multiple_upto(), None, "1 is still missing");
+        ledger.received(1);
+        ledger.done.insert(1);
+        assert_eq!(ledger.multiple_upto(), Some(1));
+    }
 }

@@ -3,6 +3,7 @@
 //! conversions between the codec's AMQP message and `lapin`'s.
 
 pub(crate) mod consume;
+mod consumers;
 pub(crate) mod control;
 pub(crate) mod dead_letter;
 mod guard;

@@ -9,6 +9,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind as LapinExchangeKind};
 
+use crate::broker::queues::ConsumedQueue;
 use crate::broker::topology::{
     Binding, DelayBucket, ExchangeKind, ExchangeSpec, Overflow, QueueArguments, QueueKind,
     QueueSpec,
@@ -109,6 +110,44 @@ pub(crate) async fn bind(channel: &Channel, binding: &Binding) -> Result<(), lap
             FieldTable::default(),
         )
         .await
+}
+
+/// Declares a queue to consume as Celery's worker declares it: its exchange (durable, of its
+/// kind; RabbitMQ's own `amq.*` exchanges exist already and are only bound to), the queue with
+/// `arguments`, and the binding. A queue without a binding is only declared (the default
+/// exchange reaches it). The failing operation on error.
+pub(crate) async fn declare_consumed(
+    channel: &Channel,
+    queue: &ConsumedQueue,
+    arguments: &QueueArguments,
+) -> Result<(), (&'static str, lapin::Error)> {
+    if let Some(binding) = &queue.binding
+        && !binding.exchange.starts_with("amq.")
+    {
+        let exchange = ExchangeSpec {
+            name: binding.exchange.clone(),
+            kind: binding.kind,
+            durable: true,
+        };
+        declare_exchange(channel, &exchange)
+            .await
+            .map_err(|e| ("exchange.declare", e))?;
+    }
+    let spec = QueueSpec::durable(queue.name.as_str(), arguments.clone());
+    declare_queue(channel, &spec)
+        .await
+        .map_err(|e| ("queue.declare", e))?;
+    if let Some(binding) = &queue.binding {
+        let binding = Binding {
+            queue: queue.name.clone(),
+            exchange: binding.exchange.clone(),
+            routing_key: binding.routing_key.clone(),
+        };
+        bind(channel, &binding)
+            .await
+            .map_err(|e| ("queue.bind", e))?;
+    }
+    Ok(())
 }
 
 /// What one connection has declared: each name once.

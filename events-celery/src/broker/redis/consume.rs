@@ -25,7 +25,7 @@
 //! acknowledgement, the postponement, the retry and the dead letters in one transaction.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -35,12 +35,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use super::dead_letter::{PUSH_CAPPED, RedisRecord};
 use super::restore::{move_due_loop, restore, restore_loop};
 use super::topology::{
-    REDIS_PRIORITY_STEPS, UNACKED, UNACKED_INDEX, dead_letter_queue, delayed_key, delayed_member,
-    redis_queue_key,
+    REDIS_PRIORITY_STEPS, UNACKED, UNACKED_INDEX, consumed_binding, dead_letter_queue, delayed_key,
+    delayed_member, redis_queue_key,
 };
 use super::{Link, connect_with_timeout, is_connection_error};
 use crate::backoff::{Backoff, Jitter};
 use crate::broker::consume::{BrokerEvent, Consumer, Verdict};
+use crate::broker::queues::{ConsumedQueue, QueueSet, QueueWatch};
 use crate::codec::{Routing, TaskMessage};
 use crate::error::CeleryError;
 use crate::quiet::Loudness;
@@ -73,10 +74,13 @@ pub(crate) async fn run<C: Consumer>(
     let window = Arc::new(Semaphore::new(usize::from(settings.prefetch)));
     let permits = Arc::new(Semaphore::new(settings.concurrency));
     let held: HeldMap = Arc::new(Mutex::new(HashMap::new()));
-    let rotation = Arc::new(Rotation::new(&settings.queues));
-    let keys: Arc<Vec<String>> = Arc::new(rotation.lists_in_order(&rotation.order()));
+    let mut watch = settings.queues.watch();
+    let rotation = Rotation::new(&names(&watch.borrow_and_update()));
+    // Every list consumed since the start: their postponed messages go back when due, those of
+    // a queue cancelled since included.
+    let postponed = Arc::new(Mutex::new(rotation.lists_in_order(&rotation.order())));
     let shared = Arc::new(Fetchers {
-        rotation,
+        rotation: RwLock::new(Arc::new(rotation)),
         idle_turn: Arc::new(tokio::sync::Mutex::new(())),
         gate: Gate {
             state: tokio::sync::Mutex::new(GateState {
@@ -92,8 +96,14 @@ pub(crate) async fn run<C: Consumer>(
         settings.visibility_timeout,
         stopping.clone(),
     ));
+    background.spawn(follow(
+        Arc::clone(&shared),
+        Arc::clone(&link),
+        Arc::clone(&postponed),
+        watch,
+    ));
     background.spawn(move_due_loop(
-        Arc::clone(&keys),
+        Arc::clone(&postponed),
         Arc::clone(&link),
         settings.reconnect_max_delay,
         stopping.clone(),
@@ -287,6 +297,24 @@ impl Rotation {
             .collect()
     }
 
+    /// The rotation for the queues `names` (the set changed): the queues kept stay in their
+    /// turn, the new ones come last.
+    fn following(&self, names: &[String]) -> Self {
+        let mut queues: Vec<String> = self
+            .order()
+            .into_iter()
+            .map(|q| &self.queues[q])
+            .filter(|q| names.contains(q))
+            .cloned()
+            .collect();
+        for name in names {
+            if !queues.contains(name) {
+                queues.push(name.clone());
+            }
+        }
+        Self::new(&queues)
+    }
+
     /// kombu's `_queue_cycle.rotate`: the queue that delivered goes to the back.
     fn delivered(&self, queue: usize) {
         let mut order = self.order.lock().expect("not poisoned");
@@ -299,10 +327,69 @@ impl Rotation {
 
 /// What the fetchers share.
 struct Fetchers {
-    rotation: Arc<Rotation>,
+    /// The queues taken from now, replaced when the set changes.
+    rotation: RwLock<Arc<Rotation>>,
     /// Held by the one fetcher that polls while every list is empty; the others wait for it.
     idle_turn: Arc<tokio::sync::Mutex<()>>,
     gate: Gate,
+}
+
+impl Fetchers {
+    fn rotation(&self) -> Arc<Rotation> {
+        Arc::clone(&self.rotation.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+fn names(queues: &[ConsumedQueue]) -> Vec<String> {
+    queues.iter().map(|q| q.name.clone()).collect()
+}
+
+/// Follows the queue set (`add_consumer` / `cancel_consumer`): the fetchers take from the
+/// queues of the set from their next take on; an added queue gets kombu's binding entries, and
+/// its lists join those whose postponed messages are moved back when due.
+async fn follow(
+    shared: Arc<Fetchers>,
+    link: Arc<Link>,
+    postponed: Arc<Mutex<Vec<String>>>,
+    mut watch: QueueWatch,
+) {
+    while watch.changed().await.is_ok() {
+        let wanted = Arc::clone(&watch.borrow_and_update());
+        let before = shared.rotation();
+        let rotation = Arc::new(before.following(&names(&wanted)));
+        // From the fetchers' next take on.
+        *shared.rotation.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&rotation);
+        for queue in &before.queues {
+            if !rotation.queues.contains(queue) {
+                tracing::info!(%queue, "no longer consuming from this queue");
+            }
+        }
+        for queue in wanted.iter().filter(|q| !before.queues.contains(&q.name)) {
+            if let Some(entries) = consumed_binding(queue) {
+                let mut pipe = redis::pipe();
+                for (set, member) in entries {
+                    pipe.sadd(set, member).ignore();
+                }
+                if let Err(error) = link.run::<()>("declaring a queue", &pipe).await {
+                    // The list is consumed all the same; only routing through the exchange
+                    // waits for a publisher to write the binding.
+                    tracing::warn!(
+                        queue = %queue.name,
+                        error = %events_core::text::OneLine(&error),
+                        "cannot write the queue's binding"
+                    );
+                }
+            }
+            let mut lists = postponed.lock().expect("not poisoned");
+            for step in REDIS_PRIORITY_STEPS {
+                let list = redis_queue_key(&queue.name, step);
+                if !lists.contains(&list) {
+                    lists.push(list);
+                }
+            }
+            tracing::info!(queue = %queue.name, "started consuming from this queue");
+        }
+    }
 }
 
 /// The fetchers' way back to Redis: one connection attempt at a time, with backoff and jitter,
@@ -422,14 +509,18 @@ impl<C: Consumer> Fetcher<C> {
                 continue;
             };
             self.widen(&mut taken_permits);
-            match self.take(&take, conn, taken_permits.num_permits()).await {
+            let rotation = self.shared.rotation();
+            match self
+                .take(&take, &rotation, conn, taken_permits.num_permits())
+                .await
+            {
                 Ok(Some(taken)) => {
                     idle.reset();
                     failures.reset();
                     // Found work: the next fetcher in line polls (and takes at once if there is
                     // more).
                     idle_turn = None;
-                    self.dispatch(taken, taken_permits);
+                    self.dispatch(&rotation, taken, taken_permits);
                 }
                 Ok(None) => {
                     drop(taken_permits);
@@ -489,15 +580,19 @@ impl<C: Consumer> Fetcher<C> {
         }
     }
 
-    /// One [`TAKE`] of up to `count` messages, from the queues in their current order.
+    /// One [`TAKE`] of up to `count` messages, from the queues in their current order (none
+    /// when the worker consumes no queue).
     async fn take(
         &self,
         take: &redis::Script,
+        rotation: &Rotation,
         connection: &mut MultiplexedConnection,
         count: usize,
     ) -> redis::RedisResult<Taken> {
+        if rotation.queues.is_empty() {
+            return Ok(None);
+        }
         let settings = self.consumer.settings();
-        let rotation = &self.shared.rotation;
         let now = Utc::now();
         let order = rotation.order();
         let mut invocation = take.prepare_invoke();
@@ -526,10 +621,10 @@ impl<C: Consumer> Fetcher<C> {
     /// Reports what the take refused, and hands each message taken to a task of its own.
     fn dispatch(
         &self,
+        rotation: &Rotation,
         (list, envelopes, tags, refused, dropped): Batch,
         mut taken_permits: OwnedSemaphorePermit,
     ) {
-        let rotation = &self.shared.rotation;
         let Some(&queue_index) = rotation.queue_of.get(&list) else {
             unreachable!("the script returns one of the lists it was given")
         };
@@ -601,7 +696,29 @@ async fn handle<C: Consumer>(
         queue,
         list,
     } = fetched;
-    let running = permits.acquire_owned().await.expect("never closed");
+    let running = tokio::select! {
+        biased;
+        () = cancelled(&consumer.settings().queues, &queue) => None,
+        permit = permits.acquire_owned() => Some(permit.expect("never closed")),
+    };
+    let Some(running) = running else {
+        // Its queue was cancelled (`cancel_consumer`) before it ran: back onto its list, at
+        // the end taken next, for the queue's other consumers.
+        match restore(&link, &tag, &list, "RPUSH", &envelope).await {
+            Ok(_) => {
+                held.lock().expect("not poisoned").remove(&tag);
+                consumer.report(BrokerEvent::Requeued { count: 1 });
+            }
+            Err(error) => tracing::error!(
+                error = %events_core::text::OneLine(&error),
+                tag,
+                "could not return a message of a cancelled queue; it goes back at shutdown, or \
+                 after the visibility timeout"
+            ),
+        }
+        drop(window);
+        return;
+    };
     let decoded = TaskMessage::decode_redis(&envelope, &consumer.settings().decode);
     // Not known here: kombu's `redelivered` header (set when a message is restored) says it, and
     // the worker reads it from the message.
@@ -629,6 +746,19 @@ async fn handle<C: Consumer>(
         }
     }
     drop(window);
+}
+
+/// Resolves once `queue` is no longer in the set (at once if it is not).
+async fn cancelled(queues: &QueueSet, queue: &str) {
+    let mut watch = queues.watch();
+    if watch
+        .wait_for(|current| !current.iter().any(|q| q.name == queue))
+        .await
+        .is_err()
+    {
+        // The set outlives the consumer: never here; and if it were, nothing is cancelled.
+        std::future::pending::<()>().await;
+    }
 }
 
 /// A message taken: its queue, its list, the tag of its `unacked` entry and its envelope.
@@ -731,5 +861,13 @@ mod tests {
         assert_eq!(rotation.order(), [1, 2, 0]);
         rotation.delivered(2);
         assert_eq!(rotation.order(), [1, 0, 2]);
+        // The set changes: the kept queues keep their turn, the added one comes last.
+        let next = rotation.following(&["c".to_owned(), "b".to_owned(), "d".to_owned()]);
+        assert_eq!(next.queues, ["b", "c", "d"]);
+        assert_eq!(next.order(), [0, 1, 2]);
+        assert_eq!(next.dead[2], "d.dead_letter");
+        assert!(!next.queue_of.contains_key("a"));
+        let empty = next.following(&[]);
+        assert!(empty.queues.is_empty() && empty.lists_in_order(&empty.order()).is_empty());
     }
 }

@@ -231,7 +231,7 @@ async fn restore_by_tag(link: &Link, tag: &str) -> Result<i64, CeleryError> {
 /// up to [`WorkerConfig::reconnect_max_delay`](crate::WorkerConfig::reconnect_max_delay), each
 /// failure logged once.
 pub(crate) async fn move_due_loop(
-    keys: Arc<Vec<String>>,
+    keys: Arc<std::sync::Mutex<Vec<String>>>,
     link: Arc<Link>,
     reconnect_max_delay: Duration,
     mut stopping: watch::Receiver<bool>,
@@ -242,7 +242,8 @@ pub(crate) async fn move_due_loop(
         let now = Utc::now().timestamp_millis();
         let mut delay = None;
         let mut invocation = script.prepare_invoke();
-        for list in keys.iter() {
+        let lists = keys.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for list in &lists {
             invocation.key(delayed_key(list)).key(list);
         }
         invocation.arg(now).arg(DELAYED_MARK);

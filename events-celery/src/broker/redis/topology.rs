@@ -6,6 +6,8 @@
 //! (`celery.pidbox`) is a `PUBLISH` on the channel `/{db}.{exchange}`, a direct one
 //! (`reply.celery.pidbox`) an `LPUSH` onto the queue its binding names.
 
+use crate::broker::queues::ConsumedQueue;
+use crate::broker::topology::ExchangeKind;
 pub(crate) use crate::broker::topology::dead_letter_queue;
 pub(crate) use crate::codec::{REDIS_PRIORITY_STEPS, redis_queue_key};
 
@@ -22,11 +24,61 @@ pub(crate) const UNACKED_MUTEX: &str = "unacked_mutex";
 /// The binding set of `exchange`, and its permanent twin (kombu writes both), with the member
 /// that binds `queue` to it by `routing_key`: how kombu declares a queue on Redis.
 pub(crate) fn binding(exchange: &str, routing_key: &str, queue: &str) -> [(String, String); 2] {
-    let member = [routing_key, "", queue].join(KOMBU_SEP);
+    binding_with_pattern(exchange, routing_key, "", queue)
+}
+
+fn binding_with_pattern(
+    exchange: &str,
+    routing_key: &str,
+    pattern: &str,
+    queue: &str,
+) -> [(String, String); 2] {
+    let member = [routing_key, pattern, queue].join(KOMBU_SEP);
     [
         (format!("_kombu.binding.{exchange}"), member.clone()),
         (format!("_kombu.binding_permanent.{exchange}"), member),
     ]
+}
+
+/// The binding entries kombu writes when a worker declares `queue` to consume it
+/// (`add_consumer`): none for a queue on the default exchange; a topic exchange's carry the
+/// pattern kombu matches routing keys with.
+pub(crate) fn consumed_binding(queue: &ConsumedQueue) -> Option<[(String, String); 2]> {
+    let binding = queue.binding.as_ref()?;
+    let pattern = match binding.kind {
+        ExchangeKind::Topic => topic_pattern(&binding.routing_key),
+        ExchangeKind::Direct | ExchangeKind::Fanout => String::new(),
+    };
+    Some(binding_with_pattern(
+        &binding.exchange,
+        &binding.routing_key,
+        &pattern,
+        &queue.name,
+    ))
+}
+
+/// kombu's `TopicExchange.key_to_pattern`: the regular expression a topic binding key stands
+/// for (`*` one word, `#` any words), as kombu stores it in the binding.
+fn topic_pattern(routing_key: &str) -> String {
+    let escaped: String = routing_key
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || ".#*".contains(c) {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect();
+    let words: Vec<&str> = escaped
+        .split('.')
+        .map(|word| match word {
+            "*" => r"[^\.]+",
+            "#" => ".*?",
+            word => word,
+        })
+        .collect();
+    format!("^{}$", words.join(r"\."))
 }
 
 /// Messages this worker postponed: a sorted set per list key, scored by eta (ms).
@@ -63,5 +115,37 @@ mod tests {
         assert_eq!(permanent, "_kombu.binding_permanent.celery");
         assert_eq!(member, "celery\x06\x16\x06\x16celery");
         assert_eq!(again, member);
+    }
+
+    #[test]
+    fn consumed_queues_are_bound_as_kombu_binds_them() {
+        use crate::broker::queues::QueueBinding;
+        let queue = |kind, routing_key: &str| ConsumedQueue {
+            name: "q2".to_owned(),
+            binding: Some(QueueBinding {
+                exchange: "ex".to_owned(),
+                kind,
+                routing_key: routing_key.to_owned(),
+            }),
+        };
+        // Celery's `add_consumer q2` on Redis: what the captured Python worker wrote.
+        let [(set, member), _] = consumed_binding(&ConsumedQueue {
+            name: "ctl_extra".to_owned(),
+            binding: Some(QueueBinding {
+                exchange: "ctl_extra".to_owned(),
+                kind: ExchangeKind::Direct,
+                routing_key: "ctl_extra".to_owned(),
+            }),
+        })
+        .unwrap();
+        assert_eq!(set, "_kombu.binding.ctl_extra");
+        assert_eq!(member, "ctl_extra\x06\x16\x06\x16ctl_extra");
+        // kombu's key_to_pattern('a.*.b-c.#') is `^a\.[^\.]+\.b\-c\..*?$`.
+        let [(_, member), _] = consumed_binding(&queue(ExchangeKind::Topic, "a.*.b-c.#")).unwrap();
+        assert_eq!(
+            member,
+            "a.*.b-c.#\x06\x16^a\\.[^\\.]+\\.b\\-c\\..*?$\x06\x16q2"
+        );
+        assert!(consumed_binding(&ConsumedQueue::plain("q")).is_none());
     }
 }

@@ -2,6 +2,8 @@
 //! no I/O: given a parsed [`PidboxRequest`] and a read-only [`WorkerSnapshot`], it returns the
 //! reply message (if any) and the [`Action`]s the worker must carry out.
 
+use crate::broker::queues::{ConsumedQueue, QueueBinding, check_name};
+use crate::broker::topology::ExchangeKind;
 use crate::codec::{Json, JsonMap, KombuMessage, PidboxRequest, pidbox_reply};
 
 use super::clock::LamportClock;
@@ -50,18 +52,9 @@ pub(crate) enum Action {
     Revoke(Vec<String>),
     /// Shut down gracefully.
     Shutdown,
-    /// Start consuming `queue`.
-    AddConsumer {
-        /// The queue.
-        queue: String,
-        /// The exchange to bind it to, if given.
-        exchange: Option<String>,
-        /// The exchange type (`direct` by default).
-        exchange_type: String,
-        /// The binding's routing key, if given.
-        routing_key: Option<String>,
-    },
-    /// Stop consuming `queue`.
+    /// Start consuming this queue (declared with its binding); nothing if consumed already.
+    AddConsumer(ConsumedQueue),
+    /// Stop consuming this queue; nothing if it is not consumed.
     CancelConsumer(String),
     /// Send task events (`true`) or stop (`false`).
     SetTaskEvents(bool),
@@ -420,33 +413,28 @@ impl ControlState {
                 actions.push(Action::SendHeartbeat);
                 Json::Null
             }
-            "add_consumer" => {
-                let Some(queue) = args.get("queue") else {
-                    return Some(missing_argument("add_consumer", "queue"));
-                };
-                let queue = plain_str(queue);
-                let text_arg = |name: &str| {
-                    args.get(name)
-                        .filter(|value| !value.is_null())
-                        .map(plain_str)
-                };
-                actions.push(Action::AddConsumer {
-                    queue: queue.clone(),
-                    exchange: text_arg("exchange"),
-                    exchange_type: text_arg("exchange_type")
-                        .filter(|t| !t.is_empty())
-                        .unwrap_or_else(|| "direct".to_owned()),
-                    routing_key: text_arg("routing_key"),
-                });
-                ok(&format!("add consumer {queue}"))
-            }
+            // Celery replies before the consumer changes (`call_soon`), the same whether the
+            // queue was consumed already or not.
+            "add_consumer" => match add_consumer(args) {
+                Ok(queue) => {
+                    let text = format!("add consumer {}", queue.name);
+                    actions.push(Action::AddConsumer(queue));
+                    ok(&text)
+                }
+                Err(error) => error,
+            },
             "cancel_consumer" => {
                 let Some(queue) = args.get("queue") else {
                     return Some(missing_argument("cancel_consumer", "queue"));
                 };
-                let queue = plain_str(queue);
-                actions.push(Action::CancelConsumer(queue.clone()));
-                ok(&format!("no longer consuming from {queue}"))
+                match queue_name("cancel_consumer", queue) {
+                    Ok(queue) => {
+                        let text = format!("no longer consuming from {queue}");
+                        actions.push(Action::CancelConsumer(queue));
+                        ok(&text)
+                    }
+                    Err(error) => error,
+                }
             }
             "hello" => {
                 let Some(from) = args.get("from_node") else {
@@ -477,6 +465,105 @@ impl ControlState {
             unknown => error(format!("KeyError({})", py_repr(unknown))),
         };
         Some(value)
+    }
+}
+
+/// The options of `add_consumer` (kombu `Queue` keywords, passed by
+/// `app.control.add_consumer(..., options={...})`) that agree with how this worker declares and
+/// consumes every queue: durable, shared, acknowledged after the handlers ran.
+const AGREEING_OPTIONS: &[(&str, bool)] = &[
+    ("durable", true),
+    ("auto_delete", false),
+    ("exclusive", false),
+    ("no_ack", false),
+];
+
+/// `add_consumer(queue, exchange=None, exchange_type=None, routing_key=None, **options)`, as
+/// Celery's `add_task_queue` reads it: the exchange defaults to the queue's name, its type to
+/// `direct`, the routing key to the queue's name; the exchange `""` means the default exchange
+/// only. Every name is checked as configured queues are. `Err`: the error reply.
+fn add_consumer(args: &JsonMap) -> Result<ConsumedQueue, Json> {
+    const METHOD: &str = "add_consumer";
+    let Some(queue) = args.get("queue") else {
+        return Err(missing_argument(METHOD, "queue"));
+    };
+    let name = queue_name(METHOD, queue)?;
+    let text = |argument: &str| -> Result<Option<String>, Json> {
+        match args.get(argument) {
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::String(text)) => Ok(Some(text.clone())),
+            Some(other) => Err(wrong_type(METHOD, argument, other)),
+        }
+    };
+    let exchange = text("exchange")?.unwrap_or_else(|| name.clone());
+    let exchange_type = text("exchange_type")?;
+    let routing_key = text("routing_key")?.unwrap_or_else(|| name.clone());
+    for (option, value) in args.iter() {
+        if ["queue", "exchange", "exchange_type", "routing_key"].contains(&option.as_str())
+            || value.is_null()
+            || AGREEING_OPTIONS
+                .iter()
+                .any(|(o, v)| o == option && *value == Json::Bool(*v))
+        {
+            continue;
+        }
+        return Err(error(format!(
+            "ValueError({})",
+            py_repr(&format!(
+                "add_consumer option {} is not supported by this worker (events-celery \
+                 declares every queue durable, shared, with the worker's queue arguments, and \
+                 acknowledges after the handlers ran)",
+                py_repr(&shortened(option))
+            ))
+        )));
+    }
+    let kind = match exchange_type.as_deref() {
+        None | Some("") => ExchangeKind::Direct,
+        Some(kind) => ExchangeKind::parse(kind).ok_or_else(|| {
+            value_error(format!(
+                "exchange type {} is not supported: use direct, topic or fanout",
+                py_repr(&shortened(kind))
+            ))
+        })?,
+    };
+    check_name("exchange", &exchange).map_err(value_error)?;
+    check_name("routing key", &routing_key).map_err(value_error)?;
+    let binding = (!exchange.is_empty()).then_some(QueueBinding {
+        exchange,
+        kind,
+        routing_key,
+    });
+    Ok(ConsumedQueue { name, binding })
+}
+
+/// The `queue` argument of `method`: a string, checked as configured queue names are.
+fn queue_name(method: &str, queue: &Json) -> Result<String, Json> {
+    let Json::String(queue) = queue else {
+        return Err(wrong_type(method, "queue", queue));
+    };
+    check_name("queue", queue).map_err(value_error)?;
+    Ok(queue.clone())
+}
+
+fn wrong_type(method: &str, argument: &str, value: &Json) -> Json {
+    error(format!(
+        "TypeError({})",
+        py_repr(&format!(
+            "{method}() argument '{argument}' must be str, not {}",
+            py_type(value)
+        ))
+    ))
+}
+
+fn value_error(problem: String) -> Json {
+    error(format!("ValueError({})", py_repr(&problem)))
+}
+
+/// At most 64 characters of `text` (a name quoted in an error reply).
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
     }
 }
 
@@ -523,14 +610,6 @@ fn py_type(value: &Json) -> &'static str {
         Json::String(_) => "str",
         Json::Array(_) => "list",
         Json::Object(_) => "dict",
-    }
-}
-
-/// Python's `str(value)`.
-fn plain_str(value: &Json) -> String {
-    match value {
-        Json::String(text) => text.clone(),
-        other => py_value_repr(other),
     }
 }
 

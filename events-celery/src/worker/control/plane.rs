@@ -19,6 +19,7 @@ use super::{
 };
 use crate::backoff::{Backoff, Jitter};
 use crate::broker::control::ControlLink;
+use crate::broker::queues::{Added, ConsumedQueue, QueueSet};
 use crate::broker::{BrokerKind, BrokerUrl};
 use crate::codec::{
     EventSource, Json, JsonMap, KombuMessage, PidboxRequest, TaskEvent, TaskMessage,
@@ -67,6 +68,10 @@ pub(crate) struct Plane {
     started: Instant,
     snapshot_base: WorkerSnapshot,
     max_request_bytes: usize,
+    /// The queues consumed, which `add_consumer` / `cancel_consumer` change.
+    queues: QueueSet,
+    /// `x-max-priority` of every queue consumed (`inspect active_queues`).
+    max_priority: Option<u8>,
 }
 
 /// The tasks the plane runs; [`Plane::finish`] ends them.
@@ -83,6 +88,7 @@ impl Plane {
     pub(crate) fn start(
         config: &WorkerConfig,
         registered: Vec<String>,
+        queues: QueueSet,
         stats: Arc<WorkerStats>,
         stop: Arc<watch::Sender<bool>>,
     ) -> (Arc<Self>, PlaneTasks) {
@@ -123,6 +129,8 @@ impl Plane {
             started: Instant::now(),
             snapshot_base: base_snapshot(config, registered),
             max_request_bytes: crate::codec::DEFAULT_MAX_PIDBOX_BYTES,
+            queues,
+            max_priority: config.queue_max_priority,
             hostname,
         });
         let publisher = tokio::spawn(Arc::clone(&plane).publish_loop(receiver));
@@ -319,7 +327,7 @@ impl Plane {
             let instant = self.started.elapsed().as_secs_f64();
             state.handle(request, &snapshot, &mut clock, instant)
         };
-        let mut unsupported = None;
+        let mut refused = None;
         for action in &outcome.actions {
             match action {
                 Action::Revoke(ids) => {
@@ -336,21 +344,31 @@ impl Plane {
                     tracing::info!(task_events = on, "task events switched by remote control");
                 }
                 Action::SendHeartbeat => self.enqueue(Pending::Worker(WorkerEventKind::Heartbeat)),
-                Action::AddConsumer { .. } => unsupported = Some("add_consumer"),
-                Action::CancelConsumer(_) => unsupported = Some("cancel_consumer"),
+                Action::AddConsumer(queue) => match self.queues.add(queue.clone()) {
+                    Ok(Added::Added) => {
+                        tracing::info!(queue = %queue.name, "queue added by remote control");
+                    }
+                    Ok(Added::AlreadyConsuming) => {
+                        tracing::debug!(queue = %queue.name, "add_consumer: consumed already");
+                    }
+                    Err(reason) => {
+                        tracing::warn!(queue = %queue.name, %reason, "add_consumer refused");
+                        refused = Some(reason);
+                    }
+                },
+                Action::CancelConsumer(queue) => {
+                    if self.queues.cancel(queue) {
+                        tracing::info!(%queue, "queue cancelled by remote control");
+                    } else {
+                        tracing::debug!(%queue, "cancel_consumer: not consumed");
+                    }
+                }
             }
         }
-        if let (Some(command), Some(reply_to)) = (unsupported, &request.reply_to) {
+        if let (Some(reason), Some(reply_to)) = (refused, &request.reply_to) {
             // Not carried out: say so instead of Celery's "ok".
             let mut value = JsonMap::new();
-            value.insert(
-                "error".into(),
-                format!(
-                    "control command `{command}` is not supported by this worker \
-                     (events-celery consumes the queues it was configured with)"
-                )
-                .into(),
-            );
+            value.insert("error".into(), reason.into());
             let clock = lock(&self.clock).forward();
             outcome.reply = Some(pidbox_reply(
                 &self.hostname,
@@ -373,6 +391,12 @@ impl Plane {
         snapshot.active = tracked.active.values().map(|r| r.message.clone()).collect();
         snapshot.total = tracked.total.clone();
         snapshot.uptime_secs = self.started.elapsed().as_secs();
+        snapshot.queues = self
+            .queues
+            .current()
+            .iter()
+            .map(|queue| queue_info(queue, self.max_priority))
+            .collect();
         snapshot
     }
 
@@ -558,17 +582,8 @@ fn base_snapshot(config: &WorkerConfig, registered: Vec<String>) -> WorkerSnapsh
         active: Vec::new(),
         reserved: Vec::new(),
         scheduled: Vec::new(),
-        queues: config
-            .queues
-            .iter()
-            .map(|queue| QueueInfo {
-                name: queue.clone(),
-                exchange: queue.clone(),
-                exchange_type: "direct".to_owned(),
-                routing_key: queue.clone(),
-                max_priority: config.queue_max_priority,
-            })
-            .collect(),
+        // Filled from the queue set in each snapshot.
+        queues: Vec::new(),
         total: Vec::new(),
         uptime_secs: 0,
         concurrency: config.concurrency,
@@ -577,6 +592,26 @@ fn base_snapshot(config: &WorkerConfig, registered: Vec<String>) -> WorkerSnapsh
         conf,
         software: format!("events-celery:{} rustc", env!("CARGO_PKG_VERSION")),
         system: crate::codec::SoftwareInfo::rust().system,
+    }
+}
+
+/// A consumed queue as `inspect active_queues` shows it: a configured queue as Celery's
+/// automatic ones (a direct exchange of its name), an added one with its binding.
+pub(crate) fn queue_info(queue: &ConsumedQueue, max_priority: Option<u8>) -> QueueInfo {
+    let (exchange, exchange_type, routing_key) = match &queue.binding {
+        Some(binding) => (
+            binding.exchange.clone(),
+            binding.kind.as_str(),
+            binding.routing_key.clone(),
+        ),
+        None => (queue.name.clone(), "direct", queue.name.clone()),
+    };
+    QueueInfo {
+        name: queue.name.clone(),
+        exchange,
+        exchange_type: exchange_type.to_owned(),
+        routing_key,
+        max_priority,
     }
 }
 

@@ -6,6 +6,8 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 use super::*;
+use crate::broker::queues::{ConsumedQueue, QueueBinding};
+use crate::broker::topology::ExchangeKind;
 use crate::codec::{Json, JsonMap, PidboxRequest};
 
 const HOST: &str = "capture@fixture-host";
@@ -180,7 +182,7 @@ fn same_shape(ours: &Json, python: &Json, path: &str) {
 #[test]
 fn replies_are_celerys_for_every_captured_request() {
     let exchanges = exchanges();
-    let snapshot = snapshot(&exchanges);
+    let mut snapshot = snapshot(&exchanges);
     let mut control = state(false);
     let mut clock = LamportClock::new();
     let mut seen = Vec::new();
@@ -193,6 +195,16 @@ fn replies_are_celerys_for_every_captured_request() {
         let before = clock.value();
         let outcome = control.handle(request, &snapshot, &mut clock, 0.0);
         assert!(clock.value() > before.max(request.clock));
+        // The worker carries out the queue changes: later snapshots show them.
+        for action in &outcome.actions {
+            match action {
+                Action::AddConsumer(queue) => {
+                    snapshot.queues.push(super::plane::queue_info(queue, None))
+                }
+                Action::CancelConsumer(name) => snapshot.queues.retain(|q| &q.name != name),
+                _ => {}
+            }
+        }
         let method = request.method.as_str();
         let Some(python) = python else {
             // Python did not reply: shutdown (it raises first) or a request for another node.
@@ -217,7 +229,7 @@ fn replies_are_celerys_for_every_captured_request() {
             // Exactly Python's bytes.
             "ping" | "registered" | "no_such_command" | "add_consumer" | "cancel_consumer"
             | "active" | "reserved" | "scheduled" | "query_task" | "enable_events"
-            | "disable_events" => assert_eq!(body, *python, "{method}"),
+            | "disable_events" | "active_queues" => assert_eq!(body, *python, "{method}"),
             "revoke" => {
                 let ids = string_list(&request.arguments["task_id"]);
                 if let [id] = ids.as_slice() {
@@ -235,11 +247,6 @@ fn replies_are_celerys_for_every_captured_request() {
                 for id in ids {
                     assert!(control.revoked.contains(&id));
                 }
-            }
-            "active_queues" => {
-                // The first answer (before add_consumer) lists only `ctlq`.
-                let first = &theirs[0];
-                assert_eq!(ours[0].to_string(), first.to_string());
             }
             "stats" | "conf" | "report" | "clock" | "revoked" => {
                 if method == "stats" {
@@ -308,7 +315,13 @@ fn reply_text(control: &mut ControlState, request: &PidboxRequest) -> String {
 #[test]
 fn read_only_refuses_state_changes_and_answers_inspection() {
     let mut control = state(true);
-    for method in ["revoke", "shutdown", "add_consumer", "enable_events"] {
+    for method in [
+        "revoke",
+        "shutdown",
+        "add_consumer",
+        "cancel_consumer",
+        "enable_events",
+    ] {
         let text = reply_text(
             &mut control,
             &request(method, r#"{"task_id": "x", "queue": "q"}"#),
@@ -318,6 +331,17 @@ fn read_only_refuses_state_changes_and_answers_inspection() {
             "{text}"
         );
         assert!(!control.revoked.contains("x"));
+        let outcome = control.handle(
+            &request(method, r#"{"task_id": "x", "queue": "q"}"#),
+            &snapshot(&exchanges()),
+            &mut LamportClock::new(),
+            0.0,
+        );
+        assert!(
+            outcome.actions.is_empty(),
+            "{method}: {:?}",
+            outcome.actions
+        );
     }
     assert_eq!(
         reply_text(&mut control, &request("ping", "{}")),
@@ -382,13 +406,141 @@ fn bad_arguments_and_unknown_commands_get_celerys_errors() {
     );
     assert_eq!(
         add.actions,
-        [Action::AddConsumer {
-            queue: "q2".into(),
-            exchange: None,
-            exchange_type: "direct".into(),
-            routing_key: None,
-        }]
+        [Action::AddConsumer(ConsumedQueue {
+            name: "q2".into(),
+            binding: Some(QueueBinding {
+                exchange: "q2".into(),
+                kind: ExchangeKind::Direct,
+                routing_key: "q2".into(),
+            }),
+        })]
     );
+}
+
+/// The reply value and actions of one request.
+fn answer(method: &str, arguments: &str) -> (String, Vec<Action>) {
+    let outcome = state(false).handle(
+        &request(method, arguments),
+        snapshot_cache(),
+        &mut LamportClock::new(),
+        0.0,
+    );
+    let value = outcome.value.map(|v| v.to_string()).unwrap_or_default();
+    (value, outcome.actions)
+}
+
+#[test]
+fn add_and_cancel_consumer_reply_as_celery_and_ask_for_the_queue_change() {
+    // Celery's replies, whether the queue is consumed already or not (it replies first).
+    let (reply, actions) = answer("add_consumer", r#"{"queue": "q2"}"#);
+    assert_eq!(reply, r#"{"ok": "add consumer q2"}"#);
+    assert_eq!(actions.len(), 1);
+    let (reply, actions) = answer("cancel_consumer", r#"{"queue": "ctlq"}"#);
+    assert_eq!(reply, r#"{"ok": "no longer consuming from ctlq"}"#);
+    assert_eq!(actions, [Action::CancelConsumer("ctlq".into())]);
+    let (reply, _) = answer("cancel_consumer", r#"{"queue": "never-consumed"}"#);
+    assert_eq!(
+        reply,
+        r#"{"ok": "no longer consuming from never-consumed"}"#
+    );
+    // What `app.control.add_consumer("q3", "events", "topic", "orders.#")` sends, with
+    // options that agree with how the worker consumes.
+    let (reply, actions) = answer(
+        "add_consumer",
+        r#"{"queue": "q3", "exchange": "events", "exchange_type": "topic",
+            "routing_key": "orders.#", "durable": true, "auto_delete": false,
+            "queue_arguments": null}"#,
+    );
+    assert_eq!(reply, r#"{"ok": "add consumer q3"}"#);
+    assert_eq!(
+        actions,
+        [Action::AddConsumer(ConsumedQueue {
+            name: "q3".into(),
+            binding: Some(QueueBinding {
+                exchange: "events".into(),
+                kind: ExchangeKind::Topic,
+                routing_key: "orders.#".into(),
+            }),
+        })]
+    );
+    // The exchange "" is the default exchange: nothing to bind.
+    let (_, actions) = answer("add_consumer", r#"{"queue": "q4", "exchange": ""}"#);
+    assert_eq!(actions, [Action::AddConsumer(ConsumedQueue::plain("q4"))]);
+}
+
+#[test]
+fn bad_queue_changes_get_an_error_and_change_nothing() {
+    let huge = "x".repeat(300_000);
+    for (method, arguments, expected) in [
+        (
+            "add_consumer",
+            r#"{"queue": 5}"#.to_owned(),
+            r#"{"error": "TypeError(\"add_consumer() argument 'queue' must be str, not int\")"}"#,
+        ),
+        (
+            "cancel_consumer",
+            r#"{"queue": ["a"]}"#.to_owned(),
+            r#"{"error": "TypeError(\"cancel_consumer() argument 'queue' must be str, not list\")"}"#,
+        ),
+        (
+            "cancel_consumer",
+            "{}".to_owned(),
+            r#"{"error": "TypeError(\"cancel_consumer() missing 1 required positional argument: 'queue'\")"}"#,
+        ),
+        (
+            "add_consumer",
+            r#"{"queue": ""}"#.to_owned(),
+            r#"{"error": "ValueError('a queue name cannot be empty')"}"#,
+        ),
+        (
+            "add_consumer",
+            format!(r#"{{"queue": "{huge}"}}"#),
+            r#"{"error": "ValueError('queue name of 300000 bytes is longer than the 255 bytes AMQP allows')"}"#,
+        ),
+        (
+            "cancel_consumer",
+            format!(r#"{{"queue": "{huge}"}}"#),
+            r#"{"error": "ValueError('queue name of 300000 bytes is longer than the 255 bytes AMQP allows')"}"#,
+        ),
+        (
+            "add_consumer",
+            r#"{"queue": "q", "exchange": {"name": "x"}}"#.to_owned(),
+            r#"{"error": "TypeError(\"add_consumer() argument 'exchange' must be str, not dict\")"}"#,
+        ),
+        (
+            "add_consumer",
+            r#"{"queue": "q", "exchange_type": "headers"}"#.to_owned(),
+            r#"{"error": "ValueError(\"exchange type 'headers' is not supported: use direct, topic or fanout\")"}"#,
+        ),
+        (
+            "add_consumer",
+            format!(r#"{{"queue": "q", "routing_key": "{huge}"}}"#),
+            r#"{"error": "ValueError('routing key name of 300000 bytes is longer than the 255 bytes AMQP allows')"}"#,
+        ),
+    ] {
+        let (reply, actions) = answer(method, &arguments);
+        assert_eq!(
+            reply,
+            expected,
+            "{method} {}",
+            &arguments[..arguments.len().min(80)]
+        );
+        assert!(actions.is_empty(), "{method}: {actions:?}");
+    }
+    // A control character (kombu's Redis separator is two of them).
+    let (reply, actions) = answer("add_consumer", r#"{"queue": "a\u0006\u0016b"}"#);
+    assert!(reply.contains("control character U+0006"), "{reply}");
+    assert!(actions.is_empty());
+    // An option the worker cannot honour is refused, naming it (bounded).
+    let (reply, actions) = answer("add_consumer", r#"{"queue": "q", "exclusive": true}"#);
+    assert!(
+        reply.contains("option 'exclusive' is not supported"),
+        "{reply}"
+    );
+    assert!(actions.is_empty());
+    let long_option = format!(r#"{{"queue": "q", "{huge}": 1}}"#);
+    let (reply, _) = answer("add_consumer", &long_option);
+    assert!(reply.len() < 1024, "{} bytes", reply.len());
 }
 
 #[test]
