@@ -605,14 +605,17 @@ impl Worker {
             observers.push(Arc::clone(&results) as Arc<dyn WorkerObserver>);
             (results, writer)
         });
-        let core = Arc::new(core::Core::new(
-            self.config,
-            self.registry,
-            self.handlers,
-            Arc::clone(&self.stats),
-            observers,
-            Some(Arc::clone(&plane)),
-        ));
+        let core = Arc::new_cyclic(|me| {
+            core::Core::new(
+                self.config,
+                self.registry,
+                self.handlers,
+                Arc::clone(&self.stats),
+                observers,
+                Some(Arc::clone(&plane)),
+                me.clone(),
+            )
+        });
         tracing::info!(
             broker = %core.config.broker,
             hostname = core.hostname(),

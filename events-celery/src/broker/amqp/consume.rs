@@ -90,7 +90,11 @@ impl<C: Consumer> Session<'_, C> {
         tracing::info!(broker = %settings.broker, queues = ?settings.queues, "consuming from RabbitMQ");
         self.consumer.report(BrokerEvent::Consuming);
         let (acks, ack_task) = Acks::spawn(channel.clone());
-        let outcome = self.drain(deliveries, &acks, stopping).await;
+        let (ended, session) = watch::channel(false);
+        let outcome = self.drain(deliveries, &acks, &session, stopping).await;
+        // Messages still waiting for a slot give way: they go back to the queue with the
+        // connection.
+        let _ = ended.send(true);
         if outcome.is_ok() {
             cancel(&channel, &tags).await;
         }
@@ -178,12 +182,14 @@ impl<C: Consumer> Session<'_, C> {
         Ok((channel, futures_util::stream::select_all(streams), tags))
     }
 
-    /// Hands each delivery to a task of its own (within the concurrency) until the worker
-    /// stops (`Ok`) or the consumer fails (`Err`).
+    /// Hands each delivery to a task of its own as it arrives (RabbitMQ's prefetch bounds how
+    /// many), where it is received and then waits for a slot (the concurrency), until the
+    /// worker stops (`Ok`) or the consumer fails (`Err`).
     async fn drain(
         &self,
         mut deliveries: impl Stream<Item = Received> + Unpin,
         acks: &Acks,
+        session: &watch::Receiver<bool>,
         stopping: &mut watch::Receiver<bool>,
     ) -> Result<(), CeleryError> {
         loop {
@@ -199,17 +205,13 @@ impl<C: Consumer> Session<'_, C> {
                     Some((_, Err(error))) => return Err(self.broker_error("consuming")(error)),
                     Some((queue, Ok(delivery))) => {
                         acks.received(delivery.delivery_tag);
-                        let permit = Arc::clone(self.permits)
-                            .acquire_owned()
-                            .await
-                            .expect("the semaphore is never closed");
                         tokio::spawn(handle(
                             Arc::clone(self.consumer),
                             Arc::clone(self.publisher),
                             acks.clone(),
                             queue,
                             delivery,
-                            permit,
+                            (Arc::clone(self.permits), session.clone()),
                         ));
                     }
                 }
@@ -251,13 +253,15 @@ async fn cancel(channel: &Channel, tags: &[String]) {
     }
 }
 
+/// Receives a delivery, waits for a slot (giving way when the session ends: the message then
+/// goes back to its queue with the connection), runs it and settles it.
 async fn handle<C: Consumer>(
     consumer: Arc<C>,
     publisher: Arc<AmqpPublisher>,
     acks: Acks,
     queue: Arc<String>,
     delivery: Delivery,
-    permit: OwnedSemaphorePermit,
+    (permits, mut session): (Arc<Semaphore>, watch::Receiver<bool>),
 ) {
     let tag = delivery.delivery_tag;
     let redelivered = delivery.redelivered;
@@ -268,7 +272,13 @@ async fn handle<C: Consumer>(
         delivery.data,
     );
     let decoded = TaskMessage::decode_amqp(&original, &consumer.settings().decode);
-    let verdict = consumer.process(&queue, decoded, redelivered).await;
+    let receipt = consumer.receive(&queue, decoded, redelivered);
+    let permit = tokio::select! {
+        biased;
+        () = stopped(&mut session) => return,
+        permit = permits.acquire_owned() => permit.expect("the semaphore is never closed"),
+    };
+    let verdict = consumer.process(receipt).await;
     if matches!(verdict, Verdict::Ack) {
         // The common case, kept out of the settling future: this task stays small (it is
         // allocated per message), and nothing is published.
@@ -328,7 +338,7 @@ async fn settle<C: Consumer>(
     };
     match verdict {
         Verdict::Ack => Ok(()),
-        Verdict::Postpone(eta) => {
+        Verdict::Postpone(eta, ..) => {
             drop(permit);
             let remaining = (eta - Utc::now()).to_std().unwrap_or_default();
             let mut message = raw;

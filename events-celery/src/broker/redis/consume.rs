@@ -601,11 +601,12 @@ async fn handle<C: Consumer>(
         queue,
         list,
     } = fetched;
-    let running = permits.acquire_owned().await.expect("never closed");
     let decoded = TaskMessage::decode_redis(&envelope, &consumer.settings().decode);
     // Not known here: kombu's `redelivered` header (set when a message is restored) says it, and
     // the worker reads it from the message.
-    let verdict = consumer.process(&queue, decoded, false).await;
+    let receipt = consumer.receive(&queue, decoded, false);
+    let running = permits.acquire_owned().await.expect("never closed");
+    let verdict = consumer.process(receipt).await;
     drop(running);
     let taken = TakenMessage {
         queue: &queue,
@@ -661,7 +662,7 @@ async fn settle<C: Consumer>(
     let mut letters = Vec::new();
     match verdict {
         Verdict::Ack => {}
-        Verdict::Postpone(eta) => {
+        Verdict::Postpone(eta, ..) => {
             pipe.zadd(
                 delayed_key(list),
                 delayed_member(envelope),
