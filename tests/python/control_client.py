@@ -1,6 +1,9 @@
 """Python Celery 5.7 as a client of a Rust worker's control plane (tests/tests/control_plane.rs).
 
     send     --queue Q --run R [--fail] [--task-id ID]   send one control_plane.work task; print its id
+             [--event E] [--payload JSON]                 another event (domain_events.E), another payload
+             [--count N] [--eta-in S]                     N tasks (one id a line); with an eta S seconds
+                                                          ahead (then the eta's isoformat() after each id)
     results  ID...                                        AsyncResult(id).get(timeout=30) for each;
                                                           one JSON line each: {"id", "ok"} or {"id", "raised", "message"}
     bad      --hostname H                                 unknown command, malformed bodies, huge
@@ -13,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from datetime import datetime, timedelta, timezone
 
 from celery import Celery
 
@@ -27,13 +31,22 @@ def send(args):
     options = {}
     if args.task_id:
         options["task_id"] = args.task_id
-    result = app.send_task(
-        "domain_events.control_plane.work",
-        kwargs={"payload": {"run": args.run, "fail": args.fail}},
-        queue=args.queue,
-        **options,
-    )
-    print(result.id)
+    if args.payload is not None:
+        payload = json.loads(args.payload)
+    else:
+        payload = {"run": args.run, "fail": args.fail}
+    for _ in range(args.count):
+        if args.eta_in is not None:
+            options["eta"] = datetime.now(timezone.utc) + timedelta(seconds=args.eta_in)
+        result = app.send_task(
+            "domain_events." + args.event,
+            kwargs={"payload": payload},
+            queue=args.queue,
+            **options,
+        )
+        print(result.id)
+        if args.eta_in is not None:
+            print(options["eta"].isoformat())
 
 
 def results(args):
@@ -77,9 +90,13 @@ def main():
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("send")
     p.add_argument("--queue", required=True)
-    p.add_argument("--run", required=True)
+    p.add_argument("--run")
     p.add_argument("--fail", action="store_true")
     p.add_argument("--task-id")
+    p.add_argument("--event", default="control_plane.work")
+    p.add_argument("--payload")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--eta-in", type=float)
     p = sub.add_parser("results")
     p.add_argument("ids", nargs="+")
     p = sub.add_parser("bad")
