@@ -3,13 +3,13 @@
 //! the worker's [`Verdict`] says (the one place that turns it into RabbitMQ commands), and
 //! reconnection with backoff.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::{Stream, StreamExt};
-use lapin::message::Delivery;
+use lapin::BasicProperties;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
@@ -66,7 +66,16 @@ pub(crate) async fn run<C: Consumer>(
 }
 
 /// A delivery, with the queue it came from.
-type Received = (Arc<String>, Result<Delivery, lapin::Error>);
+type Received = (Arc<String>, Result<lapin::message::Delivery, lapin::Error>);
+
+/// A delivery received by the worker, waiting for a slot.
+struct Waiting<R> {
+    queue: Arc<String>,
+    tag: u64,
+    properties: BasicProperties,
+    body: Vec<u8>,
+    receipt: R,
+}
 
 /// One connection's worth of consuming: connect, declare, consume, drain, close.
 struct Session<'a, C> {
@@ -90,11 +99,7 @@ impl<C: Consumer> Session<'_, C> {
         tracing::info!(broker = %settings.broker, queues = ?settings.queues, "consuming from RabbitMQ");
         self.consumer.report(BrokerEvent::Consuming);
         let (acks, ack_task) = Acks::spawn(channel.clone());
-        let (ended, session) = watch::channel(false);
-        let outcome = self.drain(deliveries, &acks, &session, stopping).await;
-        // Messages still waiting for a slot give way: they go back to the queue with the
-        // connection.
-        let _ = ended.send(true);
+        let outcome = self.drain(deliveries, &acks, stopping).await;
         if outcome.is_ok() {
             cancel(&channel, &tags).await;
         }
@@ -182,20 +187,34 @@ impl<C: Consumer> Session<'_, C> {
         Ok((channel, futures_util::stream::select_all(streams), tags))
     }
 
-    /// Hands each delivery to a task of its own as it arrives (RabbitMQ's prefetch bounds how
-    /// many), where it is received and then waits for a slot (the concurrency), until the
-    /// worker stops (`Ok`) or the consumer fails (`Err`).
+    /// Receives each delivery as it arrives (RabbitMQ's prefetch bounds how many) and hands
+    /// them, in the order delivered, each to a task of its own as slots free up (the
+    /// concurrency), until the worker stops (`Ok`) or the consumer fails (`Err`). Those still
+    /// waiting then go back to the queue with the connection.
     async fn drain(
         &self,
         mut deliveries: impl Stream<Item = Received> + Unpin,
         acks: &Acks,
-        session: &watch::Receiver<bool>,
         stopping: &mut watch::Receiver<bool>,
     ) -> Result<(), CeleryError> {
+        let mut waiting: VecDeque<Waiting<C::Receipt>> = VecDeque::new();
         loop {
             tokio::select! {
                 biased;
                 () = stopped(stopping) => return Ok(()),
+                permit = Arc::clone(self.permits).acquire_owned(), if !waiting.is_empty() => {
+                    let permit = permit.expect("the semaphore is never closed");
+                    let Some(next) = waiting.pop_front() else {
+                        unreachable!("a slot is awaited only for a waiting message")
+                    };
+                    tokio::spawn(handle(
+                        Arc::clone(self.consumer),
+                        Arc::clone(self.publisher),
+                        acks.clone(),
+                        next,
+                        permit,
+                    ));
+                }
                 next = deliveries.next() => match next {
                     None => return Err(CeleryError::Broker {
                         broker: self.consumer.settings().broker.clone(),
@@ -205,14 +224,22 @@ impl<C: Consumer> Session<'_, C> {
                     Some((_, Err(error))) => return Err(self.broker_error("consuming")(error)),
                     Some((queue, Ok(delivery))) => {
                         acks.received(delivery.delivery_tag);
-                        tokio::spawn(handle(
-                            Arc::clone(self.consumer),
-                            Arc::clone(self.publisher),
-                            acks.clone(),
+                        let original = AmqpMessage::from_lapin(
+                            delivery.exchange.as_str(),
+                            delivery.routing_key.as_str(),
+                            &delivery.properties,
+                            delivery.data,
+                        );
+                        let settings = self.consumer.settings();
+                        let decoded = TaskMessage::decode_amqp(&original, &settings.decode);
+                        let receipt = self.consumer.receive(&queue, decoded, delivery.redelivered);
+                        waiting.push_back(Waiting {
                             queue,
-                            delivery,
-                            (Arc::clone(self.permits), session.clone()),
-                        ));
+                            tag: delivery.delivery_tag,
+                            properties: delivery.properties,
+                            body: original.body,
+                            receipt,
+                        });
                     }
                 }
             }
@@ -253,31 +280,21 @@ async fn cancel(channel: &Channel, tags: &[String]) {
     }
 }
 
-/// Receives a delivery, waits for a slot (giving way when the session ends: the message then
-/// goes back to its queue with the connection), runs it and settles it.
+/// Runs a received message in the slot it got, and settles it.
 async fn handle<C: Consumer>(
     consumer: Arc<C>,
     publisher: Arc<AmqpPublisher>,
     acks: Acks,
-    queue: Arc<String>,
-    delivery: Delivery,
-    (permits, mut session): (Arc<Semaphore>, watch::Receiver<bool>),
+    message: Waiting<C::Receipt>,
+    permit: OwnedSemaphorePermit,
 ) {
-    let tag = delivery.delivery_tag;
-    let redelivered = delivery.redelivered;
-    let original = AmqpMessage::from_lapin(
-        delivery.exchange.as_str(),
-        delivery.routing_key.as_str(),
-        &delivery.properties,
-        delivery.data,
-    );
-    let decoded = TaskMessage::decode_amqp(&original, &consumer.settings().decode);
-    let receipt = consumer.receive(&queue, decoded, redelivered);
-    let permit = tokio::select! {
-        biased;
-        () = stopped(&mut session) => return,
-        permit = permits.acquire_owned() => permit.expect("the semaphore is never closed"),
-    };
+    let Waiting {
+        queue,
+        tag,
+        properties,
+        body,
+        receipt,
+    } = message;
     let verdict = consumer.process(receipt).await;
     if matches!(verdict, Verdict::Ack) {
         // The common case, kept out of the settling future: this task stays small (it is
@@ -290,8 +307,8 @@ async fn handle<C: Consumer>(
         exchange: String::new(),
         routing_key: queue.to_string(),
         declare_queue: None,
-        properties: delivery.properties,
-        body: original.body,
+        properties,
+        body,
     };
     // Boxed: retries, dead letters and postponements are the rare case, and their publishing
     // futures would otherwise make every message's task several times larger.
