@@ -80,8 +80,16 @@ struct Hold {
     run: String,
 }
 
-/// Task ids and runs whose `control_plane_hold` may finish, and how many runs finished per id.
-static HOLD: Mutex<(Vec<String>, Option<HashMap<String, u32>>)> = Mutex::new((Vec::new(), None));
+/// What the hold tasks share: the task ids and runs released, the runs finished per task id.
+struct Holds {
+    released: Vec<String>,
+    finished: Option<HashMap<String, u32>>,
+}
+
+static HOLD: Mutex<Holds> = Mutex::new(Holds {
+    released: Vec::new(),
+    finished: None,
+});
 static HOLD_CHANGED: Condvar = Condvar::new();
 
 /// Blocks until the test releases this task (by id) or its run (a safety limit ends it after
@@ -91,14 +99,14 @@ fn control_plane_hold(event: &Hold) {
     let id = events_core::task::current().map_or_else(String::new, |task| task.id().to_owned());
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut hold = HOLD.lock().unwrap();
-    while !hold.0.iter().any(|r| *r == id || *r == event.run) && Instant::now() < deadline {
+    while !hold.released.iter().any(|r| *r == id || *r == event.run) && Instant::now() < deadline {
         hold = HOLD_CHANGED
             .wait_timeout(hold, Duration::from_millis(500))
             .unwrap()
             .0;
     }
     *hold
-        .1
+        .finished
         .get_or_insert_with(HashMap::new)
         .entry(id)
         .or_default() += 1;
@@ -106,7 +114,7 @@ fn control_plane_hold(event: &Hold) {
 
 /// Lets the hold of `what` (a task id, or a run) finish.
 fn release(what: &str) {
-    HOLD.lock().unwrap().0.push(what.to_owned());
+    HOLD.lock().unwrap().released.push(what.to_owned());
     HOLD_CHANGED.notify_all();
 }
 
@@ -114,7 +122,7 @@ fn release(what: &str) {
 fn held_runs(id: &str) -> u32 {
     HOLD.lock()
         .unwrap()
-        .1
+        .finished
         .as_ref()
         .and_then(|runs| runs.get(id).copied())
         .unwrap_or(0)
@@ -621,7 +629,7 @@ async fn one_slot(broker: &str, label: &str) {
         }])
     );
     let running = &active[0];
-    assert_eq!(ids(&active), [first.clone()]);
+    assert_eq!(ids(&active), std::slice::from_ref(&first));
     assert!(running["time_start"].as_f64().is_some(), "{running}");
     assert_eq!(running["worker_pid"], std::process::id(), "{running}");
     let mut expected = info(&first, exchange);
