@@ -1,10 +1,13 @@
 """Python Celery 5.7 as a client of a Rust worker's control plane (tests/tests/control_plane.rs).
 
     send     --queue Q --run R [--fail] [--task-id ID]   send one control_plane.work task; print its id
-             [--hold] [--exchange E --routing-key K]      (--hold: a control_plane.hold task, which
+             [--hold] [--exchange E --routing-key K]      (--hold: a control_plane.gated task, which
                                                           waits for the test; --exchange: published
                                                           to the topic exchange E with K instead of
                                                           to the queue)
+             [--event E] [--payload JSON]                 another event (domain_events.E), another payload
+             [--count N] [--eta-in S]                     N tasks (one id a line); with an eta S seconds
+                                                          ahead (then the eta's isoformat() after each id)
     add      --hostname H --queue Q [--exchange E] [--type T] [--routing-key K]
                                                           app.control.add_consumer(...): the replies
     bad_consumers --hostname H                            add_consumer / cancel_consumer with bad
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+from datetime import datetime, timedelta, timezone
 
 from celery import Celery
 from kombu import Exchange
@@ -46,11 +50,20 @@ def send(args):
     else:
         options["queue"] = args.queue
     if args.hold:
-        name, payload = "domain_events.control_plane.hold", {"run": args.run}
+        name, payload = "domain_events.control_plane.gated", {"run": args.run}
     else:
-        name, payload = "domain_events.control_plane.work", {"run": args.run, "fail": args.fail}
-    result = app.send_task(name, kwargs={"payload": payload}, **options)
-    print(result.id)
+        name = "domain_events." + args.event
+        if args.payload is not None:
+            payload = json.loads(args.payload)
+        else:
+            payload = {"run": args.run, "fail": args.fail}
+    for _ in range(args.count):
+        if args.eta_in is not None:
+            options["eta"] = datetime.now(timezone.utc) + timedelta(seconds=args.eta_in)
+        result = app.send_task(name, kwargs={"payload": payload}, **options)
+        print(result.id)
+        if args.eta_in is not None:
+            print(options["eta"].isoformat())
 
 
 def add(args):
@@ -130,12 +143,16 @@ def main():
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("send")
     p.add_argument("--queue")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run")
     p.add_argument("--fail", action="store_true")
     p.add_argument("--task-id")
     p.add_argument("--hold", action="store_true")
     p.add_argument("--exchange")
     p.add_argument("--routing-key")
+    p.add_argument("--event", default="control_plane.work")
+    p.add_argument("--payload")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--eta-in", type=float)
     p = sub.add_parser("add")
     p.add_argument("--hostname", required=True)
     p.add_argument("--queue", required=True)

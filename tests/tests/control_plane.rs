@@ -2,8 +2,11 @@
 //! Flower 2.2 from `scripts/services.sh`), on RabbitMQ and on Redis:
 //!
 //! - `celery inspect ping|stats|registered|active_queues|active -d <rust worker>` answer;
-//! - a headless Flower (its HTTP API) lists the worker, then its tasks as succeeded / failed
-//!   once `celery control enable_events` switched task events on;
+//! - `celery inspect active|reserved|scheduled|query_task` show what a worker running one task
+//!   at a time holds: the one running, those received behind it, the one whose eta is ahead —
+//!   and each task moves from reserved to active to gone;
+//! - a headless Flower (its HTTP API) lists the worker, then its tasks as succeeded / failed,
+//!   retried and rejected once `celery control enable_events` switched task events on;
 //! - `celery events --dump` shows the worker's online, heartbeat, task and offline events;
 //! - Python's `AsyncResult(id).get()` returns for a task every handler completed and raises
 //!   naming the handler for one that failed (Redis result backend);
@@ -21,8 +24,8 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use events_celery::WorkerConfig;
 use events_core::{domain_event, handler};
@@ -61,6 +64,76 @@ fn control_plane_work(event: &Work) -> Result<(), std::io::Error> {
     Ok(())
 }
 
+#[domain_event(name = "control_plane.flaky")]
+#[derive(Debug, Clone)]
+struct Flaky {
+    run: String,
+}
+
+/// Fails its first run, succeeds on the retry.
+#[handler(max_retries = 1)]
+fn control_plane_flaky(_event: &Flaky) -> Result<(), std::io::Error> {
+    let retries = events_core::task::current().map_or(0, |task| task.retries());
+    if retries == 0 {
+        return Err(std::io::Error::other("the first run fails on purpose"));
+    }
+    Ok(())
+}
+
+#[domain_event(name = "control_plane.hold")]
+#[derive(Debug, Clone)]
+struct Hold {
+    run: String,
+}
+
+/// What the hold tasks share: the task ids and runs released, the runs finished per task id.
+struct Holds {
+    released: Vec<String>,
+    finished: Option<HashMap<String, u32>>,
+}
+
+static HOLD: Mutex<Holds> = Mutex::new(Holds {
+    released: Vec::new(),
+    finished: None,
+});
+static HOLD_CHANGED: Condvar = Condvar::new();
+
+/// Blocks until the test releases this task (by id) or its run (a safety limit ends it after
+/// two minutes, so a failed test cannot wedge the worker).
+#[handler(max_retries = 0)]
+fn control_plane_hold(event: &Hold) {
+    let id = events_core::task::current().map_or_else(String::new, |task| task.id().to_owned());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut hold = HOLD.lock().unwrap();
+    while !hold.released.iter().any(|r| *r == id || *r == event.run) && Instant::now() < deadline {
+        hold = HOLD_CHANGED
+            .wait_timeout(hold, Duration::from_millis(500))
+            .unwrap()
+            .0;
+    }
+    *hold
+        .finished
+        .get_or_insert_with(HashMap::new)
+        .entry(id)
+        .or_default() += 1;
+}
+
+/// Lets the hold of `what` (a task id, or a run) finish.
+fn release(what: &str) {
+    HOLD.lock().unwrap().released.push(what.to_owned());
+    HOLD_CHANGED.notify_all();
+}
+
+/// Finished runs of the hold task `id`.
+fn held_runs(id: &str) -> u32 {
+    HOLD.lock()
+        .unwrap()
+        .finished
+        .as_ref()
+        .and_then(|runs| runs.get(id).copied())
+        .unwrap_or(0)
+}
+
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Runs Python (`args` after the interpreter) with the broker and result backend set; its
@@ -95,11 +168,15 @@ async fn celery(broker: &str, args: &[&str]) -> (bool, String) {
 
 /// `celery inspect <command> -d <host> -j`: the worker's answer, if it answered.
 async fn inspect(broker: &str, host: &str, command: &str) -> Option<Value> {
-    let (_, out) = celery(
-        broker,
-        &["inspect", command, "-d", host, "-j", "--timeout", "3"],
-    )
-    .await;
+    inspect_with(broker, host, &[command]).await
+}
+
+/// `celery inspect <command and its arguments> -d <host> -j`: the worker's answer, if any.
+async fn inspect_with(broker: &str, host: &str, command: &[&str]) -> Option<Value> {
+    let mut args = vec!["inspect"];
+    args.extend_from_slice(command);
+    args.extend_from_slice(&["-d", host, "-j", "--timeout", "3"]);
+    let (_, out) = celery(broker, &args).await;
     let json: Value = serde_json::from_str(out.trim()).ok()?;
     json.get(host).cloned()
 }
@@ -287,6 +364,63 @@ async fn scenario(broker: &str, label: &str) {
         )
     });
 
+    // A task retried once, and one rejected (its payload does not fit the event: dead-lettered
+    // unrun), as Flower's state machine (Celery's `celery.events.state`) records their events.
+    let flaky_id = client(
+        broker,
+        &[
+            "send",
+            "--queue",
+            &queue,
+            "--event",
+            "control_plane.flaky",
+            "--payload",
+            &serde_json::json!({"run": run}).to_string(),
+        ],
+    )
+    .await;
+    let rejected_id = client(
+        broker,
+        &[
+            "send",
+            "--queue",
+            &queue,
+            "--payload",
+            &serde_json::json!({"run": run, "fail": "not a bool"}).to_string(),
+        ],
+    )
+    .await;
+    let (flaky_id, rejected_id) = (flaky_id.trim().to_owned(), rejected_id.trim().to_owned());
+    let (flaky, rejected) = eventually(WAIT, || async {
+        let tasks = flower_get(port, "/api/tasks").await?;
+        let (flaky, rejected) = (tasks.get(&flaky_id)?, tasks.get(&rejected_id)?);
+        (flaky["state"] == "SUCCESS" && !rejected["rejected"].is_null())
+            .then(|| (flaky.clone(), rejected.clone()))
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "Flower does not show the retried task ({flaky_id}) succeeded and the rejected one \
+             ({rejected_id}) rejected:\n{}",
+            flower.log()
+        )
+    });
+    // Retried: its `task-retried` set `retried` and the exception; the retry's own events
+    // (received, started, succeeded) then moved the state on — RETRY is only ever the state
+    // until the retry message is received, as with a Python worker.
+    assert!(flaky["retried"].as_f64().is_some(), "{flaky}");
+    assert_eq!(flaky["retries"], 1, "{flaky}");
+    let exception = flaky["exception"].as_str().unwrap_or_default();
+    assert!(
+        exception.starts_with("Retry(") && exception.contains("control_plane_flaky"),
+        "{flaky}"
+    );
+    // Rejected: `task-rejected` set `rejected`, but REJECTED ranks below RECEIVED in Celery's
+    // state precedence (a rejection is taken to happen before the receipt), so the state stays
+    // RECEIVED — what Flower shows for a Python worker's rejected task too.
+    assert!(rejected["rejected"].as_f64().is_some(), "{rejected}");
+    assert_eq!(rejected["state"], "RECEIVED", "{rejected}");
+
     // Revoke before the task arrives: dropped unrun, REVOKED for AsyncResult.
     let revoked_id = uuid::Uuid::new_v4().to_string();
     let (ok, out) = celery(broker, &["control", "revoke", &revoked_id, "-d", &host]).await;
@@ -335,9 +469,10 @@ async fn scenario(broker: &str, label: &str) {
         .await
         .expect("the worker stops after `celery control shutdown`");
     let stats = worker.stop().await;
+    // ok, fail, and the flaky task's two runs (the rejected and revoked ones never ran).
     assert_eq!(
         stats.processed.load(std::sync::atomic::Ordering::Relaxed),
-        2
+        4
     );
 
     // What `celery events --dump` printed for this worker.
@@ -355,6 +490,8 @@ async fn scenario(broker: &str, label: &str) {
         "] task received:",
         "] task succeeded:",
         "] task failed:",
+        "] task retried:",
+        "] task rejected:",
         "] task revoked:",
         "] shutdown:",
     ] {
@@ -364,6 +501,223 @@ async fn scenario(broker: &str, label: &str) {
         );
     }
     flower.assert_running();
+}
+
+/// Sends `count` hold tasks for `run` to `queue`; with `eta_in` (seconds), each due that much
+/// later. The ids, each followed (with an eta) by its eta as `isoformat()`.
+async fn send_holds(
+    broker: &str,
+    queue: &str,
+    run: &str,
+    count: usize,
+    eta_in: Option<&str>,
+) -> Vec<String> {
+    let payload = serde_json::json!({ "run": run }).to_string();
+    let count = count.to_string();
+    let mut args = vec![
+        "send",
+        "--queue",
+        queue,
+        "--event",
+        "control_plane.hold",
+        "--payload",
+        &payload,
+        "--count",
+        &count,
+    ];
+    if let Some(eta_in) = eta_in {
+        args.extend_from_slice(&["--eta-in", eta_in]);
+    }
+    client(broker, &args)
+        .await
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The ids of the tasks in an `inspect active|reserved` answer, sorted.
+fn ids(tasks: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = tasks
+        .as_array()
+        .map(|tasks| {
+            tasks
+                .iter()
+                .filter_map(|t| t["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// What the worker holds, as `celery inspect active`, `reserved` and `scheduled` answer.
+async fn holding(broker: &str, host: &str) -> Option<[Value; 3]> {
+    let (active, reserved, scheduled) = tokio::join!(
+        inspect(broker, host, "active"),
+        inspect(broker, host, "reserved"),
+        inspect(broker, host, "scheduled"),
+    );
+    Some([active?, reserved?, scheduled?])
+}
+
+/// A worker running one task at a time, its one slot taken by a task that blocks until the
+/// test releases it: `celery inspect` shows that task active, the two received behind it
+/// reserved, one due a minute later scheduled (with its eta), each as Celery's `Request.info()`;
+/// `query_task` names each state. Released, the first is gone and one of the two reserved is
+/// active; released all, everything runs (the one with an eta once due) and the lists empty.
+async fn one_slot(broker: &str, label: &str) {
+    let queue = unique_queue(&format!("ctl_slot_{label}"));
+    let host = format!("rust-{queue}@test");
+    let run = queue.clone();
+    let config = WorkerConfig::new(broker)
+        .unwrap()
+        .queues([queue.as_str()])
+        .hostname(host.as_str())
+        .concurrency(1);
+    let worker = InProcessWorker::start(config);
+    eventually(WAIT, || inspect(broker, &host, "ping"))
+        .await
+        .expect("the Rust worker answers `celery inspect ping`");
+
+    let first = send_holds(broker, &queue, &run, 1, None).await.remove(0);
+    eventually(WAIT, || async {
+        let active = inspect(broker, &host, "active").await?;
+        (ids(&active) == [first.clone()]).then_some(())
+    })
+    .await
+    .expect("the first task runs");
+    let mut behind = send_holds(broker, &queue, &run, 2, None).await;
+    behind.sort();
+    // Due in a minute: still ahead when the lists are read, however slow the machine.
+    let later = send_holds(broker, &queue, &run, 1, Some("60")).await;
+    let (later_id, later_eta) = (later[0].clone(), later[1].clone());
+
+    // Everything sent is held by the worker: received (taken from the broker) at once.
+    let [active, reserved, scheduled] = eventually(WAIT, || async {
+        let held = holding(broker, &host).await?;
+        (ids(&held[1]) == behind && held[2].as_array()?.len() == 1).then_some(held)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!("the worker does not list {behind:?} reserved and {later_id} scheduled")
+    });
+    // Celery's `Request.info()`, for a task of this worker taken from `queue`.
+    let info = |id: &str, exchange: &Value| {
+        serde_json::json!({
+            "id": id,
+            "name": "domain_events.control_plane.hold",
+            "args": [],
+            "kwargs": {"payload": {"run": run}},
+            "type": "domain_events.control_plane.hold",
+            "hostname": host,
+            "time_start": null,
+            "acknowledged": false,
+            "delivery_info": {
+                "exchange": exchange,
+                "routing_key": queue,
+                "priority": 0,
+                "redelivered": false,
+            },
+            "worker_pid": null,
+        })
+    };
+    let exchange = &reserved[0]["delivery_info"]["exchange"];
+    assert!(
+        exchange == "" || exchange == queue.as_str(),
+        "the exchange it was published to: {reserved}"
+    );
+    let mut listed = reserved.as_array().unwrap().clone();
+    listed.sort_by_key(|t| t["id"].as_str().unwrap().to_owned());
+    assert_eq!(
+        listed,
+        [info(&behind[0], exchange), info(&behind[1], exchange)]
+    );
+    assert_eq!(
+        scheduled,
+        serde_json::json!([{
+            "eta": later_eta,
+            "priority": 6,
+            "request": info(&later_id, exchange),
+        }])
+    );
+    let running = &active[0];
+    assert_eq!(ids(&active), std::slice::from_ref(&first));
+    assert!(running["time_start"].as_f64().is_some(), "{running}");
+    assert_eq!(running["worker_pid"], std::process::id(), "{running}");
+    let mut expected = info(&first, exchange);
+    expected["time_start"] = running["time_start"].clone();
+    expected["worker_pid"] = running["worker_pid"].clone();
+    assert_eq!(*running, expected);
+    let queried = inspect_with(
+        broker,
+        &host,
+        &["query_task", &first, &behind[0], &later_id, "no-such-task"],
+    )
+    .await
+    .expect("query_task");
+    assert_eq!(
+        queried,
+        serde_json::json!({
+            first.as_str(): ["active", running],
+            behind[0].as_str(): ["reserved", info(&behind[0], exchange)],
+            later_id.as_str(): ["scheduled", info(&later_id, exchange)],
+        })
+    );
+
+    // Reserved, then active: the first done, one of the two behind it runs.
+    release(&first);
+    let (active, reserved) = eventually(WAIT, || async {
+        let [active, reserved, _] = holding(broker, &host).await?;
+        let (active, reserved) = (ids(&active), ids(&reserved));
+        (active.len() == 1 && active != [first.clone()] && reserved.len() == 1)
+            .then_some((active, reserved))
+    })
+    .await
+    .expect("the first task finishes and one behind it starts");
+    let mut moved = [active, reserved].concat();
+    moved.sort();
+    assert_eq!(moved, behind);
+    assert_eq!(held_runs(&first), 1);
+
+    // Then gone: everything runs, the one with an eta when it is due (it waits in the broker
+    // meanwhile, not held by the worker).
+    release(&run);
+    eventually(Duration::from_secs(120), || async {
+        (held_runs(&later_id) == 1).then_some(())
+    })
+    .await
+    .expect("the task with an eta runs once due");
+    for id in &behind {
+        assert_eq!(held_runs(id), 1, "{id}");
+    }
+    let empty = Value::Array(Vec::new());
+    let held = eventually(WAIT, || async {
+        let held = holding(broker, &host).await?;
+        held.iter().all(|list| *list == empty).then_some(())
+    })
+    .await;
+    assert!(
+        held.is_some(),
+        "the worker still lists tasks: {:?}",
+        holding(broker, &host).await
+    );
+    worker.stop().await;
+    assert_eq!(held_runs(&later_id), 1, "run once");
+    if broker.starts_with("redis") {
+        tests::cleanup_redis_queue(&queue, &[]).await;
+    } else {
+        tests::cleanup_amqp_queue(&queue).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slot_reserved_and_scheduled_on_redis() {
+    one_slot(&redis_url(), "redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slot_reserved_and_scheduled_on_rabbitmq() {
+    one_slot(&amqp_url(), "amqp").await;
 }
 
 /// A Python and a Rust worker on one queue both appear in Flower, each under its own name.
@@ -470,16 +824,16 @@ async fn control_plane_on_rabbitmq() {
     scenario(&amqp_url(), "amqp").await;
 }
 
-#[domain_event(name = "control_plane.hold")]
+#[domain_event(name = "control_plane.gated")]
 #[derive(Debug, Clone)]
-struct Hold {
+struct Gated {
     run: String,
 }
 
-/// `control_plane.hold` runs that started, per `run`.
+/// `control_plane.gated` runs that started, per `run`.
 static HELD: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
 
-/// The gate each `hold` run waits at, opened by the test.
+/// The gate each `gated` run waits at, opened by the test.
 fn gate(run: &str) -> std::sync::Arc<tokio::sync::Semaphore> {
     static GATES: Mutex<Option<HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>> =
         Mutex::new(None);
@@ -504,7 +858,7 @@ fn held(run: &str) -> u32 {
 /// Waits until the test opens the run's gate (a minute at most, so that a failing test does
 /// not leave it hanging).
 #[handler(max_retries = 0)]
-async fn control_plane_hold(event: &Hold) -> Result<(), std::io::Error> {
+async fn control_plane_gated(event: &Gated) -> Result<(), std::io::Error> {
     *HELD
         .lock()
         .unwrap()

@@ -1,7 +1,8 @@
 //! The worker's event stream, heard by a custom observer over a real run on each broker: the
 //! exact sequence of events for a success, a handler failure that is retried then succeeds, a
 //! handler that exhausts its retries (dead-lettered), and an expired message — and the
-//! worker's own events around them (online, connected, offline).
+//! worker's own events around them (online, connected, offline); on RabbitMQ, messages received
+//! but still waiting for a slot when the worker stops are returned unrun, and run later.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,26 @@ struct Doomed {
 #[handler(max_retries = 0)]
 fn always_fails(_event: &Doomed) -> Result<(), std::io::Error> {
     Err(std::io::Error::other("never works"))
+}
+
+#[domain_event(name = "observer.slow")]
+#[derive(Debug, Clone)]
+struct Slow {
+    run: String,
+}
+
+/// Released runs of `takes_its_time`, and the task ids it finished.
+static SLOW: Mutex<(Vec<String>, Vec<String>)> = Mutex::new((Vec::new(), Vec::new()));
+
+/// Waits until its run is released (at most a minute), then records its task id.
+#[handler]
+fn takes_its_time(event: &Slow) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !SLOW.lock().unwrap().0.contains(&event.run) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let id = events_core::task::current().map_or_else(String::new, |t| t.id().to_owned());
+    SLOW.lock().unwrap().1.push(id);
 }
 
 /// What the observer heard: each event's name, with the task id when it has one, plus the
@@ -115,6 +136,9 @@ impl WorkerObserver for Recorder {
             } => task_event(&task.id, "rejected"),
             WorkerEvent::Expired { task, .. } => task_event(&task.id, "expired"),
             WorkerEvent::Postponed { task, .. } => task_event(&task.id, "postponed"),
+            WorkerEvent::Returned {
+                task: Some(task), ..
+            } => task_event(&task.id, "returned"),
             WorkerEvent::DeadLettered { reason, .. } => {
                 heard.dead_lettered.push((*reason).to_owned());
             }
@@ -310,4 +334,89 @@ async fn redis_observer_hears_every_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_observer_hears_every_event() {
     the_observer_hears_each_message_s_story(&amqp_url()).await;
+}
+
+/// RabbitMQ, one slot: the worker receives the three messages at once (prefetch), runs the
+/// first and stops while the others wait for the slot: they are returned unrun (`Returned`),
+/// the running one finishes in the grace period, and a new worker runs the other two, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_messages_waiting_for_a_slot_are_returned_unrun_at_shutdown() {
+    let url = amqp_url();
+    let queue = unique_queue("observer_returned");
+    let run = queue.clone();
+    let backend = CeleryBackend::connect(CeleryConfig::new(&url).unwrap().default_queue(&queue))
+        .await
+        .unwrap();
+    let ids: Vec<String> = (1..=3).map(|n| format!("{run}-{n}")).collect();
+    for id in &ids {
+        backend
+            .publish_with(&Slow { run: run.clone() }, |o| o.task_id(id.as_str()))
+            .await
+            .unwrap();
+    }
+    let config = || {
+        WorkerConfig::new(&url)
+            .unwrap()
+            .queues([queue.clone()])
+            .concurrency(1)
+    };
+    let recorder = Recorder::default();
+    let worker = Worker::new(config()).unwrap().observe(recorder.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async {
+        let _ = stopped.await;
+    }));
+    let heard = |id: &str| events_of(&recorder, id);
+    let strings = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let first = eventually(Duration::from_secs(20), || async {
+        ids.iter()
+            .find(|id| heard(id) == ["received", "started"])
+            .cloned()
+            .filter(|_| ids.iter().all(|id| !heard(id).is_empty()))
+    })
+    .await
+    .unwrap_or_else(|| panic!("not all received: {:?}", recorder.0.lock().unwrap()));
+    assert_eq!(first, ids[0], "the first delivered runs first");
+    let _ = stop.send(());
+    let returned = eventually(Duration::from_secs(20), || async {
+        ids[1..]
+            .iter()
+            .all(|id| heard(id) == ["received", "returned"])
+            .then_some(())
+    })
+    .await;
+    SLOW.lock().unwrap().0.push(run.clone());
+    running.await.unwrap().unwrap();
+    assert!(
+        returned.is_some(),
+        "the waiting ones are not returned: {:?}",
+        recorder.0.lock().unwrap()
+    );
+    assert_eq!(
+        heard(&ids[0]),
+        strings(&["received", "started", "succeeded"])
+    );
+
+    let worker = Worker::new(config()).unwrap();
+    let again = worker.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async {
+        let _ = stopped.await;
+    }));
+    let drained = eventually(Duration::from_secs(20), || async {
+        (again.processed.load(std::sync::atomic::Ordering::Relaxed) == 2).then_some(())
+    })
+    .await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    assert!(drained.is_some(), "the returned messages did not run");
+    let finished = SLOW.lock().unwrap().1.clone();
+    for id in &ids {
+        assert_eq!(
+            finished.iter().filter(|f| *f == id).count(),
+            1,
+            "{id} runs once: {finished:?}"
+        );
+    }
+    tests::cleanup_amqp_queue(&queue).await;
 }

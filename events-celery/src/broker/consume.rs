@@ -1,6 +1,11 @@
 //! The contract between the worker and a broker's consumer: what the consumer needs to know
 //! ([`ConsumeSettings`]), what the worker decides for each message ([`Verdict`]), what the
 //! consumer tells back ([`BrokerEvent`]), and the [`Consumer`] the worker implements.
+//!
+//! Each message goes through the consumer in two steps: as soon as it is taken from the broker
+//! and decoded, [`Consumer::receive`] announces it (it is then *reserved*: held by this worker,
+//! waiting for a slot); once a slot is free, [`Consumer::process`] decides and runs it. A
+//! receipt dropped without being processed means the message went back to the broker unrun.
 
 use std::future::Future;
 use std::time::Duration;
@@ -62,13 +67,29 @@ pub(crate) struct DeadLetter {
 pub(crate) enum Verdict {
     /// Done (every handler succeeded, or it expired): acknowledge.
     Ack,
-    /// Not due yet: postpone until `eta` without holding a slot, then acknowledge.
-    Postpone(DateTime<Utc>),
+    /// Not due yet: postpone until `eta` without holding a slot, then acknowledge. The
+    /// [`Parking`] is dropped once the message has left the worker (parked in the broker, or
+    /// back on its queue after a short wait in memory): keep the verdict until then.
+    Postpone(
+        DateTime<Utc>,
+        #[allow(dead_code, reason = "kept for its `Drop` alone")] Parking,
+    ),
     /// Publish these (retry and/or dead letters) first, then acknowledge.
     Forward {
         retry: Option<Box<TaskMessage>>,
         dead: Vec<DeadLetter>,
     },
+}
+
+/// What the worker keeps of a postponed message while the broker's consumer carries the
+/// postponement out: dropping it tells the worker that the message is no longer held here.
+pub(crate) struct Parking(#[allow(dead_code, reason = "kept for its `Drop` alone")] Box<dyn Send>);
+
+impl Parking {
+    /// Wraps the worker's guard (whatever its `Drop` does when the message has left).
+    pub(crate) fn new(guard: impl Send + 'static) -> Self {
+        Self(Box::new(guard))
+    }
 }
 
 /// What a broker's consumer tells the worker, beyond the messages themselves.
@@ -97,20 +118,28 @@ pub(crate) enum BrokerEvent<'a> {
 
 /// The worker, as a broker's consumer sees it.
 pub(crate) trait Consumer: Send + Sync + 'static {
+    /// A message [received](Self::receive) and not processed yet; dropped unprocessed, it tells
+    /// the worker that the message went back to the broker without running.
+    type Receipt: Send + 'static;
+
     /// The settings.
     fn settings(&self) -> &ConsumeSettings;
 
     /// Rate limits for the consumer's own repeated log lines.
     fn quiet(&self) -> &Quiet;
 
-    /// Decides what to do with a message taken from `queue` and, when it is due, runs it;
-    /// `redelivered` when the broker says it delivered the message before.
-    fn process(
+    /// Announces a message taken from `queue`, as soon as it is taken and decoded — before it
+    /// waits for a slot; `redelivered` when the broker says it delivered the message before.
+    fn receive(
         &self,
         queue: &str,
         decoded: Result<TaskMessage, DecodeError>,
         redelivered: bool,
-    ) -> impl Future<Output = Verdict> + Send;
+    ) -> Self::Receipt;
+
+    /// Decides what to do with a received message and, when it is due, runs it (called with a
+    /// slot held).
+    fn process(&self, receipt: Self::Receipt) -> impl Future<Output = Verdict> + Send;
 
     /// Hears what happened at the broker.
     fn report(&self, event: BrokerEvent<'_>);

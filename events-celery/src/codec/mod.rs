@@ -141,3 +141,4 @@ pub use message::{
 pub use python_json::{PythonJsonFormatter, to_python_json, write_python_json};
 pub(crate) use redis::kombu_priority;
 pub use redis::{REDIS_PRIORITY_SEPARATOR, REDIS_PRIORITY_STEPS, RedisMessage, redis_queue_key};
+pub(crate) use timestamp::isoformat;

@@ -4,8 +4,8 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
@@ -19,7 +19,9 @@ use super::control::plane::Plane;
 use super::events::{HandlerFailed, Log, WorkerEvent, WorkerObserver, WorkerStats};
 use super::pending;
 use crate::backoff::{Backoff, Jitter};
-use crate::broker::consume::{BrokerEvent, ConsumeSettings, Consumer, DeadLetter, Verdict};
+use crate::broker::consume::{
+    BrokerEvent, ConsumeSettings, Consumer, DeadLetter, Parking, Verdict,
+};
 use crate::broker::queues::QueueSet;
 use crate::codec::{DecodeError, TaskMessage};
 use crate::quiet::Quiet;
@@ -87,6 +89,52 @@ pub(crate) struct Core {
     observers: Vec<Arc<dyn WorkerObserver>>,
     /// The control plane, for the revoked ids.
     control: Option<Arc<Plane>>,
+    /// This core, for what reports after the fact ([`Receipt`], [`Postponing`]).
+    me: Weak<Core>,
+}
+
+/// A message received and waiting for a slot: [`Core::decide`] takes it; dropped before, it
+/// went back to the broker unrun ([`WorkerEvent::Returned`]).
+pub(crate) struct Receipt {
+    core: Weak<Core>,
+    queue: String,
+    /// Taken by `decide`.
+    decoded: Option<Result<TaskMessage, DecodeError>>,
+    redelivered: bool,
+}
+
+impl Drop for Receipt {
+    fn drop(&mut self) {
+        if let Some(decoded) = self.decoded.take()
+            && let Some(core) = self.core.upgrade()
+        {
+            core.emit(WorkerEvent::Returned {
+                task: decoded.as_ref().ok(),
+                queue: &self.queue,
+            });
+        }
+    }
+}
+
+/// A postponed message while the broker parks it: dropped by the broker's consumer once the
+/// message has left the worker, which then tells [`WorkerEvent::Postponed`].
+struct Postponing {
+    core: Weak<Core>,
+    task: TaskMessage,
+    queue: String,
+    eta: DateTime<Utc>,
+}
+
+impl Drop for Postponing {
+    fn drop(&mut self) {
+        if let Some(core) = self.core.upgrade() {
+            core.emit(WorkerEvent::Postponed {
+                task: &self.task,
+                queue: &self.queue,
+                eta: self.eta,
+            });
+        }
+    }
 }
 
 /// Sync handlers whose runs are this short run on the async thread itself; others go to the
@@ -134,6 +182,8 @@ enum Examined {
 }
 
 impl Core {
+    // Called once, by `Worker::run_until`, with every part the core owns.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         config: WorkerConfig,
         queues: QueueSet,
@@ -142,6 +192,7 @@ impl Core {
         stats: Arc<WorkerStats>,
         observers: Vec<Arc<dyn WorkerObserver>>,
         control: Option<Arc<Plane>>,
+        me: Weak<Core>,
     ) -> Self {
         let mut by_event: HashMap<&'static str, Vec<Handler>> = HashMap::new();
         let mut timings = HashMap::new();
@@ -163,6 +214,7 @@ impl Core {
             stats,
             observers,
             control,
+            me,
         }
     }
 
@@ -190,25 +242,39 @@ impl Core {
         }
     }
 
-    /// Decides what to do with a message taken from `queue` and, when it is due, runs its
-    /// handlers.
-    pub(crate) async fn decide(
+    /// Announces a message taken from `queue`, before it waits for a slot.
+    pub(crate) fn receive(
         &self,
         queue: &str,
         decoded: Result<TaskMessage, DecodeError>,
         redelivered: bool,
-    ) -> Verdict {
+    ) -> Receipt {
+        if let Ok(message) = &decoded {
+            self.emit(WorkerEvent::Received {
+                task: message,
+                queue,
+                at: SystemTime::now(),
+            });
+        }
+        Receipt {
+            core: Weak::clone(&self.me),
+            queue: queue.to_owned(),
+            decoded: Some(decoded),
+            redelivered,
+        }
+    }
+
+    /// Decides what to do with a received message and, when it is due, runs its handlers.
+    pub(crate) async fn decide(&self, mut receipt: Receipt) -> Verdict {
+        let redelivered = receipt.redelivered;
+        let decoded = receipt.decoded.take().expect("a receipt is decided once");
+        let queue = receipt.queue.as_str();
         let message = match decoded {
             Ok(message) => message,
             Err(error) => {
                 return self.reject(queue, None, format!("undecodable message: {error}"));
             }
         };
-        self.emit(WorkerEvent::Received {
-            task: &message,
-            queue,
-            at: SystemTime::now(),
-        });
         if self
             .control
             .as_ref()
@@ -229,14 +295,16 @@ impl Core {
                 });
                 Verdict::Ack
             }
-            Examined::NotDue(eta) => {
-                self.emit(WorkerEvent::Postponed {
-                    task: &message,
-                    queue,
+            // Told once the broker holds it (the consumer drops the parking then).
+            Examined::NotDue(eta) => Verdict::Postpone(
+                eta,
+                Parking::new(Postponing {
+                    core: Weak::clone(&self.me),
+                    task: message,
+                    queue: queue.to_owned(),
                     eta,
-                });
-                Verdict::Postpone(eta)
-            }
+                }),
+            ),
             Examined::Ready {
                 event,
                 handlers,
@@ -572,6 +640,8 @@ impl Core {
 }
 
 impl Consumer for Core {
+    type Receipt = Receipt;
+
     fn settings(&self) -> &ConsumeSettings {
         &self.settings
     }
@@ -580,13 +650,17 @@ impl Consumer for Core {
         &self.log.quiet
     }
 
-    fn process(
+    fn receive(
         &self,
         queue: &str,
         decoded: Result<TaskMessage, DecodeError>,
         redelivered: bool,
-    ) -> impl Future<Output = Verdict> + Send {
-        self.decide(queue, decoded, redelivered)
+    ) -> Receipt {
+        Core::receive(self, queue, decoded, redelivered)
+    }
+
+    fn process(&self, receipt: Receipt) -> impl Future<Output = Verdict> + Send {
+        self.decide(receipt)
     }
 
     fn report(&self, event: BrokerEvent<'_>) {

@@ -19,7 +19,8 @@ use crate::quiet::{Loudness, Quiet};
 /// nothing when nobody keeps it: an observer copies what it needs. `task` is the decoded
 /// message, with everything Celery's monitoring events carry — its id (`uuid`), task name,
 /// `args`/`kwargs` (its body), `retries`, `eta`, `expires`, `root_id` and `parent_id` (its
-/// headers). Events of one message come in this order: `Received`, then either `Expired`,
+/// headers). Events of one message come in this order: `Received` (as soon as the worker takes
+/// it, before it waits for a free slot), then either `Returned`, `Revoked`, `Expired`,
 /// `Postponed` or `Rejected`, or `Started` followed by `Succeeded` or by `Failed` (then one
 /// `Rejected` per handler out of retries, and `Retried` when some have retries left).
 #[derive(Debug, Clone, Copy)]
@@ -51,7 +52,9 @@ pub enum WorkerEvent<'a> {
         /// What went wrong.
         error: &'a str,
     },
-    /// A message was taken and decoded (Celery's `task-received`).
+    /// A message was taken and decoded (Celery's `task-received`): from now until it starts
+    /// (or leaves), it is held by this worker — waiting for a free slot (`celery inspect
+    /// reserved`) or, its `eta` still ahead, for its time (`celery inspect scheduled`).
     Received {
         /// The message.
         task: &'a TaskMessage,
@@ -145,7 +148,9 @@ pub enum WorkerEvent<'a> {
         /// The queue it came from.
         queue: &'a str,
     },
-    /// Not due yet: it waits in the broker until its `eta`.
+    /// Not due yet: it left the worker to wait in the broker until its `eta` (told once the
+    /// broker holds it: parked in RabbitMQ's delay queue or Redis's postponed set, or, due
+    /// within a second on RabbitMQ, back on its queue after waiting that long in memory).
     Postponed {
         /// The message.
         task: &'a TaskMessage,
@@ -153,6 +158,14 @@ pub enum WorkerEvent<'a> {
         queue: &'a str,
         /// When it is due.
         eta: DateTime<Utc>,
+    },
+    /// A message received but not run went back to the broker (the worker stopped, or lost
+    /// its connection, while the message waited for a slot); the broker delivers it again.
+    Returned {
+        /// The message, when it could be decoded.
+        task: Option<&'a TaskMessage>,
+        /// The queue it came from.
+        queue: &'a str,
     },
     /// A dead letter was stored at its destination.
     DeadLettered {
@@ -337,6 +350,7 @@ impl WorkerObserver for WorkerStats {
             | WorkerEvent::Received { .. }
             | WorkerEvent::Started { .. }
             | WorkerEvent::Revoked { .. }
+            | WorkerEvent::Returned { .. }
             | WorkerEvent::DeadLettered { .. } => {}
         }
     }

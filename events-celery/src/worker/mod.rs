@@ -306,7 +306,9 @@ impl WorkerConfig {
         self
     }
 
-    /// RabbitMQ: how many unacknowledged messages each consumer may hold (default 256).
+    /// How many messages the worker may take ahead of a free slot (default 256): on RabbitMQ,
+    /// the unacknowledged messages each queue's consumer may hold; on Redis, in all. They are
+    /// received (`task-received`, `celery inspect reserved`) as they are taken.
     pub fn prefetch(mut self, n: u16) -> Self {
         self.prefetch = n.max(1);
         self
@@ -467,8 +469,11 @@ pub const DEFAULT_DEAD_LETTER_MAX_LEN: usize = 100_000;
 /// message with `retries + 1` and an `eta` (exponential backoff with jitter); one that
 /// exhausted its retries, and any message that cannot run (unknown task, undecodable, refused
 /// content type, payload that does not fit), goes to the dead-letter destination
-/// `<queue>.dead_letter` with the reason. Messages with a future `eta` wait in the broker, not
-/// in a prefetch slot; expired messages are discarded and logged.
+/// `<queue>.dead_letter` with the reason. Messages are taken ahead of a free slot (up to
+/// [`prefetch`](WorkerConfig::prefetch)) and announced as received as they are taken
+/// (`task-received`; `celery inspect reserved` lists them until they start). A message with a
+/// future `eta` waits in the broker, not in a slot: when its turn comes before its eta, it goes
+/// back to the broker until then. Expired messages are discarded and logged.
 ///
 /// **Runtime.** [`run`](Self::run) and [`run_until`](Self::run_until) must be awaited inside a
 /// tokio runtime (tokio's I/O, timers and blocking pool; `#[tokio::main]` with the
@@ -619,15 +624,18 @@ impl Worker {
             observers.push(Arc::clone(&results) as Arc<dyn WorkerObserver>);
             (results, writer)
         });
-        let core = Arc::new(core::Core::new(
-            self.config,
-            queues,
-            self.registry,
-            self.handlers,
-            Arc::clone(&self.stats),
-            observers,
-            Some(Arc::clone(&plane)),
-        ));
+        let core = Arc::new_cyclic(|me| {
+            core::Core::new(
+                self.config,
+                queues,
+                self.registry,
+                self.handlers,
+                Arc::clone(&self.stats),
+                observers,
+                Some(Arc::clone(&plane)),
+                me.clone(),
+            )
+        });
         tracing::info!(
             broker = %core.config.broker,
             hostname = core.hostname(),

@@ -3,13 +3,13 @@
 //! the worker's [`Verdict`] says (the one place that turns it into RabbitMQ commands), and
 //! reconnection with backoff.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::{Stream, StreamExt};
-use lapin::message::Delivery;
+use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::ShortString;
 use lapin::{Channel, Connection};
@@ -60,6 +60,15 @@ pub(crate) async fn run<C: Consumer>(
             }
         }
     }
+}
+
+/// A delivery received by the worker, waiting for a slot.
+struct Waiting<R> {
+    queue: Arc<String>,
+    tag: u64,
+    properties: BasicProperties,
+    body: Vec<u8>,
+    receipt: R,
 }
 
 /// One connection's worth of consuming: connect, declare, consume, drain, close.
@@ -152,18 +161,34 @@ impl<C: Consumer> Session<'_, C> {
         Ok((channel, deliveries, consumers))
     }
 
-    /// Hands each delivery to a task of its own (within the concurrency) until the worker
-    /// stops (`Ok`) or the consumer fails (`Err`).
+    /// Receives each delivery as it arrives (RabbitMQ's prefetch bounds how many) and hands
+    /// them, in the order delivered, each to a task of its own as slots free up (the
+    /// concurrency), until the worker stops (`Ok`) or the consumer fails (`Err`). Those still
+    /// waiting then go back to the queue with the connection.
     async fn drain(
         &self,
         mut deliveries: impl Stream<Item = Received> + Unpin,
         acks: &Acks,
         stopping: &mut watch::Receiver<bool>,
     ) -> Result<(), CeleryError> {
+        let mut waiting: VecDeque<Waiting<C::Receipt>> = VecDeque::new();
         loop {
             tokio::select! {
                 biased;
                 () = stopped(stopping) => return Ok(()),
+                permit = Arc::clone(self.permits).acquire_owned(), if !waiting.is_empty() => {
+                    let permit = permit.expect("the semaphore is never closed");
+                    let Some(next) = waiting.pop_front() else {
+                        unreachable!("a slot is awaited only for a waiting message")
+                    };
+                    tokio::spawn(handle(
+                        Arc::clone(self.consumer),
+                        Arc::clone(self.publisher),
+                        acks.clone(),
+                        next,
+                        permit,
+                    ));
+                }
                 next = deliveries.next() => match next {
                     None => return Err(CeleryError::Broker {
                         broker: self.consumer.settings().broker.clone(),
@@ -173,23 +198,22 @@ impl<C: Consumer> Session<'_, C> {
                     Some((_, Err(error))) => return Err(self.broker_error("consuming")(error)),
                     Some((queue, Ok(delivery))) => {
                         acks.received(delivery.delivery_tag);
-                        // Waiting for a free slot gives way to a stop: the delivery is then
-                        // left unsettled and goes back to its queue with the connection.
-                        let permit = tokio::select! {
-                            biased;
-                            () = stopped(stopping) => return Ok(()),
-                            permit = Arc::clone(self.permits).acquire_owned() => {
-                                permit.expect("the semaphore is never closed")
-                            }
-                        };
-                        tokio::spawn(handle(
-                            Arc::clone(self.consumer),
-                            Arc::clone(self.publisher),
-                            acks.clone(),
+                        let original = AmqpMessage::from_lapin(
+                            delivery.exchange.as_str(),
+                            delivery.routing_key.as_str(),
+                            &delivery.properties,
+                            delivery.data,
+                        );
+                        let settings = self.consumer.settings();
+                        let decoded = TaskMessage::decode_amqp(&original, &settings.decode);
+                        let receipt = self.consumer.receive(&queue, decoded, delivery.redelivered);
+                        waiting.push_back(Waiting {
                             queue,
-                            delivery,
-                            permit,
-                        ));
+                            tag: delivery.delivery_tag,
+                            properties: delivery.properties,
+                            body: original.body,
+                            receipt,
+                        });
                     }
                 }
             }
@@ -239,32 +263,31 @@ async fn cancel(channel: &Channel, tags: &Consumers) {
     }
 }
 
+/// Runs a received message in the slot it got, and settles it.
 async fn handle<C: Consumer>(
     consumer: Arc<C>,
     publisher: Arc<AmqpPublisher>,
     acks: Acks,
-    queue: Arc<String>,
-    delivery: Delivery,
+    message: Waiting<C::Receipt>,
     permit: OwnedSemaphorePermit,
 ) {
-    let tag = delivery.delivery_tag;
+    let Waiting {
+        queue,
+        tag,
+        properties,
+        body,
+        receipt,
+    } = message;
     if !consumer.settings().queues.contains(&queue) {
         // Its queue was cancelled (`cancel_consumer`) after the broker sent it: it goes back
         // to the queue unrun, for the queue's other consumers.
+        drop(receipt);
         drop(permit);
         consumer.report(BrokerEvent::Requeued { count: 1 });
         acks.requeue(tag);
         return;
     }
-    let redelivered = delivery.redelivered;
-    let original = AmqpMessage::from_lapin(
-        delivery.exchange.as_str(),
-        delivery.routing_key.as_str(),
-        &delivery.properties,
-        delivery.data,
-    );
-    let decoded = TaskMessage::decode_amqp(&original, &consumer.settings().decode);
-    let verdict = consumer.process(&queue, decoded, redelivered).await;
+    let verdict = consumer.process(receipt).await;
     if matches!(verdict, Verdict::Ack) {
         // The common case, kept out of the settling future: this task stays small (it is
         // allocated per message), and nothing is published.
@@ -276,8 +299,8 @@ async fn handle<C: Consumer>(
         exchange: String::new(),
         routing_key: queue.to_string(),
         declare_queue: None,
-        properties: delivery.properties,
-        body: original.body,
+        properties,
+        body,
     };
     // Boxed: retries, dead letters and postponements are the rare case, and their publishing
     // futures would otherwise make every message's task several times larger.
@@ -324,7 +347,7 @@ async fn settle<C: Consumer>(
     };
     match verdict {
         Verdict::Ack => Ok(()),
-        Verdict::Postpone(eta) => {
+        Verdict::Postpone(eta, ..) => {
             drop(permit);
             let remaining = (eta - Utc::now()).to_std().unwrap_or_default();
             let mut message = raw;

@@ -696,6 +696,10 @@ async fn handle<C: Consumer>(
         queue,
         list,
     } = fetched;
+    let decoded = TaskMessage::decode_redis(&envelope, &consumer.settings().decode);
+    // Not known here: kombu's `redelivered` header (set when a message is restored) says it, and
+    // the worker reads it from the message.
+    let receipt = consumer.receive(&queue, decoded, false);
     let running = tokio::select! {
         biased;
         () = cancelled(&consumer.settings().queues, &queue) => None,
@@ -704,6 +708,7 @@ async fn handle<C: Consumer>(
     let Some(running) = running else {
         // Its queue was cancelled (`cancel_consumer`) before it ran: back onto its list, at
         // the end taken next, for the queue's other consumers.
+        drop(receipt);
         match restore(&link, &tag, &list, "RPUSH", &envelope).await {
             Ok(_) => {
                 held.lock().expect("not poisoned").remove(&tag);
@@ -719,10 +724,7 @@ async fn handle<C: Consumer>(
         drop(window);
         return;
     };
-    let decoded = TaskMessage::decode_redis(&envelope, &consumer.settings().decode);
-    // Not known here: kombu's `redelivered` header (set when a message is restored) says it, and
-    // the worker reads it from the message.
-    let verdict = consumer.process(&queue, decoded, false).await;
+    let verdict = consumer.process(receipt).await;
     drop(running);
     let taken = TakenMessage {
         queue: &queue,
@@ -791,7 +793,7 @@ async fn settle<C: Consumer>(
     let mut letters = Vec::new();
     match verdict {
         Verdict::Ack => {}
-        Verdict::Postpone(eta) => {
+        Verdict::Postpone(eta, ..) => {
             pipe.zadd(
                 delayed_key(list),
                 delayed_member(envelope),

@@ -159,12 +159,13 @@ pub(crate) struct TaskInfo {
     pub(crate) worker_pid: Option<u32>,
 }
 
-/// A task waiting for its eta (`inspect scheduled`).
+/// A task held by this worker while its eta is ahead (`inspect scheduled`).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ScheduledTask {
     /// The eta, `isoformat()`.
     pub(crate) eta: Option<String>,
-    /// The timer priority (Celery's is the message priority, or 6 when none).
+    /// The priority of its entry in Celery's timer: 6 for every eta task (the message's own
+    /// priority is in the request's `delivery_info`).
     pub(crate) priority: i64,
     /// The request.
     pub(crate) request: TaskInfo,
@@ -214,9 +215,9 @@ pub(crate) struct WorkerSnapshot {
     pub(crate) registered: Vec<String>,
     /// Tasks running now.
     pub(crate) active: Vec<TaskInfo>,
-    /// Tasks received, not running yet (not counting scheduled ones).
+    /// Tasks received, not running yet, their eta (if any) come: waiting for a slot.
     pub(crate) reserved: Vec<TaskInfo>,
-    /// Tasks waiting for their eta.
+    /// Tasks received whose eta is still ahead.
     pub(crate) scheduled: Vec<ScheduledTask>,
     /// Consumed queues.
     pub(crate) queues: Vec<QueueInfo>,

@@ -18,11 +18,12 @@ mod tests;
 
 pub(crate) use clock::LamportClock;
 pub(crate) use dispatcher::{
-    Action, BrokerInfo, ControlConfig, ControlState, QueueInfo, TaskInfo, WorkerSnapshot, py_repr,
+    Action, BrokerInfo, ControlConfig, ControlState, QueueInfo, ScheduledTask, TaskInfo,
+    WorkerSnapshot, py_repr,
 };
 pub(crate) use events::{EventBuilder, WorkerCounters};
 // What only the tests of the dispatcher, schedule and revoked set use by name.
 #[cfg(test)]
-pub(crate) use dispatcher::{ScheduledTask, mask_url_password};
+pub(crate) use dispatcher::mask_url_password;
 #[cfg(test)]
 pub(crate) use revoked::REVOKES_MAX;

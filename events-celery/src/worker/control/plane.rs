@@ -2,20 +2,22 @@
 //! monitoring events (published by a background task through a bounded queue, so a slow
 //! broker never slows the worker: events that do not fit are dropped and counted), the loop
 //! that answers the worker's mailbox (`celery inspect`, `celery control`, Flower) through the
-//! dispatcher and carries out its actions, and the view of running tasks those answers show.
+//! dispatcher and carries out its actions, and the view of the tasks this worker holds that
+//! those answers show (`inspect active`, `reserved`, `scheduled`, `query_task`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, FixedOffset, Utc};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::{
     Action, BrokerInfo, ControlConfig, ControlState, EventBuilder, LamportClock, QueueInfo,
-    TaskInfo, WorkerCounters, WorkerSnapshot,
+    ScheduledTask, TaskInfo, WorkerCounters, WorkerSnapshot,
 };
 use crate::backoff::{Backoff, Jitter};
 use crate::broker::control::ControlLink;
@@ -36,17 +38,164 @@ enum Pending {
     Flush(oneshot::Sender<()>),
 }
 
-/// A running task, as `inspect active` shows it.
-struct Running {
-    message: TaskInfo,
+/// Celery's timer priority of every eta task (`inspect scheduled` shows it, not the message's).
+const SCHEDULED_PRIORITY: i64 = 6;
+
+/// A task this worker holds, as `inspect` shows it.
+struct Held {
+    /// The order it was received in (listings follow it).
+    seq: u64,
+    info: TaskInfo,
+    /// Its `eta`, if it has one.
+    eta: Option<DateTime<FixedOffset>>,
+}
+
+/// Tasks by id. One id may be held twice (a duplicate message, or a postponed message
+/// received again before its parking was told): each id holds a list, oldest first.
+#[derive(Default)]
+struct ById(HashMap<String, Vec<Held>>);
+
+impl ById {
+    fn insert(&mut self, id: &str, held: Held) {
+        match self.0.get_mut(id) {
+            Some(list) => list.push(held),
+            None => {
+                self.0.insert(id.to_owned(), vec![held]);
+            }
+        }
+    }
+
+    /// Removes the oldest held under `id`.
+    fn take(&mut self, id: &str) -> Option<Held> {
+        let list = self.0.get_mut(id)?;
+        let held = list.remove(0);
+        if list.is_empty() {
+            self.0.remove(id);
+        }
+        Some(held)
+    }
+
+    fn len(&self) -> usize {
+        self.0.values().map(Vec::len).sum()
+    }
+
+    /// Every task held, in the order received.
+    fn in_order(&self) -> Vec<&Held> {
+        let mut all: Vec<&Held> = self.0.values().flatten().collect();
+        all.sort_unstable_by_key(|held| held.seq);
+        all
+    }
 }
 
 /// The worker's state the control plane reports.
 #[derive(Default)]
 struct Tracked {
-    active: HashMap<String, Running>,
+    /// Received, not started: waiting for a slot, or (their eta ahead) for their time.
+    waiting: ById,
+    /// Running.
+    active: ById,
+    /// Messages received so far (the next `seq`).
+    received: u64,
     /// Tasks processed, per name, in first-seen order.
     total: Vec<(String, u64)>,
+}
+
+impl Tracked {
+    /// Whether `event` changes what is tracked.
+    fn follows(event: &WorkerEvent<'_>) -> bool {
+        matches!(
+            event,
+            WorkerEvent::Received { .. }
+                | WorkerEvent::Started { .. }
+                | WorkerEvent::Succeeded { .. }
+                | WorkerEvent::Failed { .. }
+                | WorkerEvent::Revoked { .. }
+                | WorkerEvent::Expired { .. }
+                | WorkerEvent::Postponed { .. }
+                | WorkerEvent::Returned { .. }
+                | WorkerEvent::Rejected { .. }
+        )
+    }
+
+    /// Follows one event: a task is received (held, waiting), then started (active), then
+    /// done — or it leaves without running (revoked, expired, postponed into the broker,
+    /// returned to it, rejected).
+    fn hear(&mut self, event: &WorkerEvent<'_>) {
+        match *event {
+            WorkerEvent::Received { task, queue, .. } => {
+                let info = task_info(task, queue, None);
+                let seq = self.received;
+                self.received += 1;
+                self.waiting.insert(
+                    &task.id,
+                    Held {
+                        seq,
+                        info,
+                        eta: task.headers.eta,
+                    },
+                );
+            }
+            WorkerEvent::Started {
+                task, queue, at, ..
+            } => {
+                let mut held = self.waiting.take(&task.id).unwrap_or_else(|| {
+                    let seq = self.received;
+                    self.received += 1;
+                    Held {
+                        seq,
+                        info: task_info(task, queue, None),
+                        eta: task.headers.eta,
+                    }
+                });
+                held.info.time_start = Some(unix(at));
+                held.info.worker_pid = Some(std::process::id());
+                self.active.insert(&task.id, held);
+            }
+            WorkerEvent::Revoked { task, .. }
+            | WorkerEvent::Expired { task, .. }
+            | WorkerEvent::Postponed { task, .. }
+            | WorkerEvent::Returned {
+                task: Some(task), ..
+            }
+            | WorkerEvent::Rejected {
+                task: Some(task),
+                handler: None,
+                ..
+            } => {
+                self.waiting.take(&task.id);
+            }
+            WorkerEvent::Succeeded { task, .. } | WorkerEvent::Failed { task, .. } => {
+                self.active.take(&task.id);
+                match self.total.iter_mut().find(|(name, _)| *name == task.task) {
+                    Some((_, count)) => *count += 1,
+                    None => self.total.push((task.task.clone(), 1)),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The tasks held, into `snapshot`, as Celery's timer sorts them at `now`: a task whose
+    /// eta is ahead is scheduled; once it has come, the task is reserved (waiting for a slot).
+    fn fill(&self, snapshot: &mut WorkerSnapshot, now: DateTime<Utc>) {
+        snapshot.active = self
+            .active
+            .in_order()
+            .into_iter()
+            .map(|held| held.info.clone())
+            .collect();
+        for held in self.waiting.in_order() {
+            match held.eta {
+                Some(eta) if eta > now => snapshot.scheduled.push(ScheduledTask {
+                    eta: Some(crate::codec::isoformat(&eta)),
+                    priority: SCHEDULED_PRIORITY,
+                    request: held.info.clone(),
+                }),
+                _ => snapshot.reserved.push(held.info.clone()),
+            }
+        }
+        snapshot.total = self.total.clone();
+    }
 }
 
 /// The control plane of one worker.
@@ -387,9 +536,7 @@ impl Plane {
 
     fn snapshot(&self) -> WorkerSnapshot {
         let mut snapshot = self.snapshot_base.clone();
-        let tracked = lock(&self.tracked);
-        snapshot.active = tracked.active.values().map(|r| r.message.clone()).collect();
-        snapshot.total = tracked.total.clone();
+        lock(&self.tracked).fill(&mut snapshot, Utc::now());
         snapshot.uptime_secs = self.started.elapsed().as_secs();
         snapshot.queues = self
             .queues
@@ -415,29 +562,8 @@ pub(crate) struct PlaneObserver(pub(crate) Arc<Plane>);
 impl WorkerObserver for PlaneObserver {
     fn on_event(&self, event: &WorkerEvent<'_>) {
         let plane = &*self.0;
-        // The view of running tasks (`inspect active`, `stats.total`).
-        match *event {
-            WorkerEvent::Started {
-                task, queue, at, ..
-            } => {
-                let info = task_info(task, queue, Some(unix(at)));
-                lock(&plane.tracked)
-                    .active
-                    .insert(task.id.clone(), Running { message: info });
-            }
-            WorkerEvent::Succeeded { task, .. } | WorkerEvent::Failed { task, .. } => {
-                let mut tracked = lock(&plane.tracked);
-                tracked.active.remove(&task.id);
-                match tracked
-                    .total
-                    .iter_mut()
-                    .find(|(name, _)| *name == task.task)
-                {
-                    Some((_, count)) => *count += 1,
-                    None => tracked.total.push((task.task.clone(), 1)),
-                }
-            }
-            _ => {}
+        if Tracked::follows(event) {
+            lock(&plane.tracked).hear(event);
         }
         if plane.worker_events {
             let kind = match event {
@@ -538,6 +664,7 @@ pub(crate) fn failure_text<'a>(
         .join("\n")
 }
 
+/// `Request.info()` of `task`, taken from `queue`.
 fn task_info(task: &TaskMessage, queue: &str, time_start: Option<f64>) -> TaskInfo {
     TaskInfo {
         id: task.id.clone(),
@@ -556,9 +683,13 @@ fn task_info(task: &TaskMessage, queue: &str, time_start: Option<f64>) -> TaskIn
             .unwrap_or_else(|| "{}".to_owned()),
         time_start,
         acknowledged: false,
-        exchange: String::new(),
-        routing_key: queue.to_owned(),
-        priority: None,
+        exchange: task.routing.exchange.clone(),
+        routing_key: if task.routing.routing_key.is_empty() {
+            queue.to_owned()
+        } else {
+            task.routing.routing_key.clone()
+        },
+        priority: task.properties.priority,
         redelivered: false,
         worker_pid: time_start.map(|_| std::process::id()),
     }
@@ -672,4 +803,193 @@ fn now() -> f64 {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Routing;
+
+    fn message(id: &str, eta: Option<&str>) -> TaskMessage {
+        let mut message = TaskMessage {
+            id: id.to_owned(),
+            task: "domain_events.tracked".to_owned(),
+            routing: Routing::queue("q"),
+            ..TaskMessage::default()
+        };
+        message.headers.eta = eta.map(|eta| DateTime::parse_from_rfc3339(eta).unwrap());
+        message.properties.priority = Some(0);
+        message
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn received(tracked: &mut Tracked, task: &TaskMessage) {
+        tracked.hear(&WorkerEvent::Received {
+            task,
+            queue: "q",
+            at: SystemTime::now(),
+        });
+    }
+
+    fn started(tracked: &mut Tracked, task: &TaskMessage) {
+        tracked.hear(&WorkerEvent::Started {
+            task,
+            queue: "q",
+            at: SystemTime::now(),
+            handlers: &[],
+        });
+    }
+
+    fn succeeded(tracked: &mut Tracked, task: &TaskMessage) {
+        tracked.hear(&WorkerEvent::Succeeded {
+            task,
+            queue: "q",
+            runtime: Duration::ZERO,
+        });
+    }
+
+    /// The ids active, reserved, and scheduled (with their eta) at `now`.
+    fn lists(tracked: &Tracked, now: &str) -> (Vec<String>, Vec<String>, Vec<(String, String)>) {
+        let config = WorkerConfig::new("redis://127.0.0.1:6379/0").unwrap();
+        let mut snapshot = base_snapshot(&config, Vec::new());
+        tracked.fill(&mut snapshot, at(now));
+        for scheduled in &snapshot.scheduled {
+            assert_eq!(scheduled.priority, 6, "Celery's timer priority");
+            assert_eq!(scheduled.request.time_start, None);
+        }
+        (
+            snapshot.active.iter().map(|t| t.id.clone()).collect(),
+            snapshot.reserved.iter().map(|t| t.id.clone()).collect(),
+            snapshot
+                .scheduled
+                .iter()
+                .map(|s| (s.request.id.clone(), s.eta.clone().unwrap()))
+                .collect(),
+        )
+    }
+
+    const NOW: &str = "2026-01-01T12:00:00Z";
+
+    #[test]
+    fn a_task_goes_from_reserved_to_active_to_gone() {
+        let mut tracked = Tracked::default();
+        let (a, b) = (message("a", None), message("b", None));
+        received(&mut tracked, &a);
+        received(&mut tracked, &b);
+        assert_eq!(
+            lists(&tracked, NOW),
+            (vec![], vec!["a".into(), "b".into()], vec![])
+        );
+        started(&mut tracked, &a);
+        assert_eq!(
+            lists(&tracked, NOW),
+            (vec!["a".into()], vec!["b".into()], vec![])
+        );
+        let config = WorkerConfig::new("redis://127.0.0.1:6379/0").unwrap();
+        let mut snapshot = base_snapshot(&config, Vec::new());
+        tracked.fill(&mut snapshot, at(NOW));
+        let active = &snapshot.active[0];
+        assert!(active.time_start.is_some());
+        assert_eq!(active.worker_pid, Some(std::process::id()));
+        assert_eq!(
+            (active.routing_key.as_str(), active.priority),
+            ("q", Some(0))
+        );
+        assert_eq!(snapshot.reserved[0].time_start, None);
+        succeeded(&mut tracked, &a);
+        started(&mut tracked, &b);
+        succeeded(&mut tracked, &b);
+        assert_eq!(lists(&tracked, NOW), (vec![], vec![], vec![]));
+        assert_eq!(tracked.total, [("domain_events.tracked".to_owned(), 2)]);
+    }
+
+    #[test]
+    fn a_task_whose_eta_is_ahead_is_scheduled_then_reserved_when_it_comes() {
+        let mut tracked = Tracked::default();
+        let later = message("later", Some("2026-01-01T12:00:30.250000+00:00"));
+        received(&mut tracked, &later);
+        assert_eq!(
+            lists(&tracked, NOW),
+            (
+                vec![],
+                vec![],
+                vec![("later".into(), "2026-01-01T12:00:30.250000+00:00".into())]
+            )
+        );
+        assert_eq!(
+            lists(&tracked, "2026-01-01T12:00:31Z"),
+            (vec![], vec!["later".into()], vec![])
+        );
+        // Parked in the broker: no longer held.
+        tracked.hear(&WorkerEvent::Postponed {
+            task: &later,
+            queue: "q",
+            eta: at("2026-01-01T12:00:30.25Z"),
+        });
+        assert_eq!(lists(&tracked, NOW), (vec![], vec![], vec![]));
+    }
+
+    #[test]
+    fn tasks_that_leave_without_running_are_no_longer_held() {
+        let mut tracked = Tracked::default();
+        let ids = ["revoked", "expired", "returned", "rejected", "undecoded"];
+        let messages: Vec<TaskMessage> = ids.iter().map(|id| message(id, None)).collect();
+        for task in &messages {
+            received(&mut tracked, task);
+        }
+        tracked.hear(&WorkerEvent::Revoked {
+            task: &messages[0],
+            queue: "q",
+        });
+        tracked.hear(&WorkerEvent::Expired {
+            task: &messages[1],
+            queue: "q",
+        });
+        tracked.hear(&WorkerEvent::Returned {
+            task: Some(&messages[2]),
+            queue: "q",
+        });
+        tracked.hear(&WorkerEvent::Rejected {
+            task: Some(&messages[3]),
+            queue: "q",
+            reason: "unknown task",
+            handler: None,
+        });
+        // Nothing to match an undecodable message to: nothing removed.
+        tracked.hear(&WorkerEvent::Returned {
+            task: None,
+            queue: "q",
+        });
+        assert_eq!(
+            lists(&tracked, NOW),
+            (vec![], vec!["undecoded".into()], vec![])
+        );
+    }
+
+    #[test]
+    fn one_id_held_twice_is_listed_twice_and_leaves_once_per_event() {
+        let mut tracked = Tracked::default();
+        let twice = message("twice", None);
+        received(&mut tracked, &twice);
+        received(&mut tracked, &twice);
+        started(&mut tracked, &twice);
+        assert_eq!(
+            lists(&tracked, NOW),
+            (vec!["twice".into()], vec!["twice".into()], vec![])
+        );
+        // A handler out of retries is rejected after it failed: not one of the waiting.
+        tracked.hear(&WorkerEvent::Rejected {
+            task: Some(&twice),
+            queue: "q",
+            reason: "handler failed",
+            handler: Some("h"),
+        });
+        succeeded(&mut tracked, &twice);
+        assert_eq!(lists(&tracked, NOW), (vec![], vec!["twice".into()], vec![]));
+    }
 }
