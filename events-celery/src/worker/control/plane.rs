@@ -5,7 +5,7 @@
 //! dispatcher and carries out its actions, and the view of running tasks those answers show.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,8 +21,8 @@ use crate::backoff::{Backoff, Jitter};
 use crate::broker::control::ControlLink;
 use crate::broker::{BrokerKind, BrokerUrl};
 use crate::codec::{
-    EventSource, Json, JsonMap, KombuMessage, PidboxRequest, TaskEvent, TaskMessage,
-    WorkerEventKind, pidbox_reply, round_loadavg, task_multi_message, utcoffset_hours,
+    EventSource, Json, JsonMap, PidboxRequest, PreparedMessage, TaskEvent, TaskEventBatch,
+    TaskMessage, WorkerEventKind, pidbox_reply, round_loadavg, utcoffset_hours,
 };
 use crate::worker::WorkerConfig;
 use crate::worker::events::{WorkerEvent, WorkerObserver, WorkerStats};
@@ -51,8 +51,6 @@ struct Tracked {
 /// The control plane of one worker.
 pub(crate) struct Plane {
     hostname: String,
-    /// Who sends the events (for `task.multi` messages).
-    source: EventSource,
     link: ControlLink,
     clock: Mutex<LamportClock>,
     builder: Mutex<EventBuilder>,
@@ -62,6 +60,8 @@ pub(crate) struct Plane {
     any_revoked: AtomicBool,
     tracked: Mutex<Tracked>,
     queue: mpsc::Sender<Pending>,
+    /// Events the publisher has taken from the queue and not yet sent or given up.
+    in_flight: AtomicU64,
     stats: Arc<WorkerStats>,
     stop: Arc<watch::Sender<bool>>,
     started: Instant,
@@ -76,12 +76,35 @@ pub(crate) struct PlaneTasks {
 }
 
 /// How long the last events (`worker-offline`) may take to go out at shutdown.
-const FLUSH_LIMIT: Duration = Duration::from_secs(3);
+const FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+/// How long closing the connection may take at shutdown (a broker that stopped answering
+/// never acknowledges the close).
+pub(crate) const CLOSE_LIMIT: Duration = Duration::from_secs(1);
+
+/// Events the publisher takes from its queue in one round at most: under a backlog, a round's
+/// messages go out in one pipelined write.
+const ROUND: usize = 4096;
+
+/// Task events in one `task.multi` message at most.
+const MULTI: usize = 256;
 
 impl Plane {
     /// Starts the plane for a worker with `config`, running `registered` task names.
     pub(crate) fn start(
         config: &WorkerConfig,
+        registered: Vec<String>,
+        stats: Arc<WorkerStats>,
+        stop: Arc<watch::Sender<bool>>,
+    ) -> (Arc<Self>, PlaneTasks) {
+        let link = ControlLink::new(&config.broker);
+        Self::start_with(config, link, registered, stats, stop)
+    }
+
+    /// [`start`](Self::start) with the broker link given.
+    fn start_with(
+        config: &WorkerConfig,
+        link: ControlLink,
         registered: Vec<String>,
         stats: Arc<WorkerStats>,
         stop: Arc<watch::Sender<bool>>,
@@ -93,11 +116,7 @@ impl Plane {
             utcoffset: utcoffset_hours(chrono::Local::now().offset().local_minus_utc()),
         };
         let task_events = config.task_events;
-        let builder = EventBuilder::new(
-            source.clone(),
-            super::super::HEARTBEAT.as_secs_f64(),
-            task_events,
-        );
+        let builder = EventBuilder::new(source, super::super::HEARTBEAT.as_secs_f64(), task_events);
         let state = ControlState::new(
             ControlConfig {
                 hostname: hostname.clone(),
@@ -108,8 +127,7 @@ impl Plane {
         );
         let (queue, receiver) = mpsc::channel(config.event_queue_capacity.max(16));
         let plane = Arc::new(Self {
-            source,
-            link: ControlLink::new(&config.broker),
+            link,
             clock: Mutex::new(LamportClock::new()),
             builder: Mutex::new(builder),
             worker_events: config.worker_events,
@@ -118,6 +136,7 @@ impl Plane {
             any_revoked: AtomicBool::new(false),
             tracked: Mutex::new(Tracked::default()),
             queue,
+            in_flight: AtomicU64::new(0),
             stats,
             stop,
             started: Instant::now(),
@@ -137,24 +156,42 @@ impl Plane {
         self.any_revoked.load(Ordering::Relaxed) && lock(&self.state).revoked.contains(id)
     }
 
-    /// Publishes what is queued (`worker-offline` last), stops reading the mailbox, closes.
+    /// Publishes what is queued (`worker-offline` last), stops reading the mailbox, closes:
+    /// within [`FLUSH_LIMIT`] and [`CLOSE_LIMIT`], whatever the broker does. Events not sent
+    /// by then are counted as dropped.
     pub(crate) async fn finish(&self, tasks: PlaneTasks) {
         if let Some(mailbox) = tasks.mailbox {
             mailbox.abort();
         }
+        let deadline = tokio::time::Instant::now() + FLUSH_LIMIT;
         let (done, flushed) = oneshot::channel();
-        let sent = tokio::time::timeout(FLUSH_LIMIT, self.queue.send(Pending::Flush(done))).await;
+        let sent = tokio::time::timeout_at(deadline, self.queue.send(Pending::Flush(done))).await;
         if matches!(sent, Ok(Ok(()))) {
-            let _ = tokio::time::timeout(FLUSH_LIMIT, flushed).await;
+            let _ = tokio::time::timeout_at(deadline, flushed).await;
         }
+        // What is still queued or being sent will not go out.
+        let queued = self.queue.max_capacity() - self.queue.capacity();
         tasks.publisher.abort();
-        self.link.close().await;
+        let _ = tokio::time::timeout(CLOSE_LIMIT, tasks.publisher).await;
+        let unsent = queued as u64 + self.in_flight.swap(0, Ordering::Relaxed);
+        self.stats
+            .events_dropped
+            .fetch_add(unsent, Ordering::Relaxed);
+        if tokio::time::timeout(CLOSE_LIMIT, self.link.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the broker did not answer the closing of the control-plane connection within \
+                 {CLOSE_LIMIT:?}; it was left to close by itself"
+            );
+        }
         let dropped = self.stats.events_dropped.load(Ordering::Relaxed);
         if dropped > 0 {
             tracing::warn!(
                 dropped,
                 "monitoring events dropped because the broker could not take them as fast as \
-                 the worker made them (the worker never waits for them)"
+                 the worker made them, or at all (the worker never waits for them)"
             );
         }
     }
@@ -173,61 +210,90 @@ impl Plane {
         }
     }
 
-    /// The message for a queued event (`None` for a flush or an event of a disabled group).
-    fn message(&self, pending: Pending) -> Option<KombuMessage> {
+    /// The messages of a round of queued events, in their order: task events gathered into
+    /// `task.multi` messages of up to [`MULTI`] events, worker events alone. Flushes go to
+    /// `flushed`; the count is of the events in the messages (those of a disabled group are
+    /// not sent, and not counted).
+    fn prepare(
+        &self,
+        pending: &mut Vec<Pending>,
+        flushed: &mut Vec<oneshot::Sender<()>>,
+    ) -> (Vec<PreparedMessage>, u64) {
         let builder = lock(&self.builder);
-        match pending {
-            Pending::Worker(kind) => {
-                let counters = self.counters();
-                builder.worker_event(kind, counters, &mut lock(&self.clock), now())
+        let source = builder.source();
+        let mut batch = TaskEventBatch::new();
+        let mut messages = Vec::new();
+        let mut count = 0;
+        for item in pending.drain(..) {
+            match item {
+                Pending::Task(event, at) => {
+                    match builder.push_task_event(&mut batch, &event, &mut lock(&self.clock), at) {
+                        Ok(sent) => count += u64::from(sent),
+                        Err(error) => self.unsendable(&error),
+                    }
+                    if batch.len() >= MULTI {
+                        messages.extend(batch.take_message(source));
+                    }
+                }
+                Pending::Worker(kind) => {
+                    messages.extend(batch.take_message(source));
+                    let counters = self.counters();
+                    let message =
+                        builder.worker_event(kind, counters, &mut lock(&self.clock), now());
+                    match message.map(|m| m.prepare()) {
+                        Some(Ok(message)) => {
+                            messages.push(message);
+                            count += 1;
+                        }
+                        Some(Err(error)) => self.unsendable(&error),
+                        None => {}
+                    }
+                }
+                Pending::Flush(done) => flushed.push(done),
             }
-            Pending::Task(event, at) => builder.task_event(&event, &mut lock(&self.clock), at),
-            Pending::Flush(_) => None,
         }
+        messages.extend(batch.take_message(source));
+        (messages, count)
+    }
+
+    fn unsendable(&self, error: &dyn std::fmt::Display) {
+        self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%error, "a monitoring event cannot be encoded; dropped");
     }
 
     async fn publish_loop(self: Arc<Self>, mut receiver: mpsc::Receiver<Pending>) {
-        /// Events published in one go when they queue up.
-        const BATCH: usize = 256;
         let mut failures = 0u32;
+        let mut backoff = Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_secs(30),
+            Jitter::Below,
+        );
         let mut retry_at: Option<Instant> = None;
-        let mut pending = Vec::with_capacity(BATCH);
-        let mut messages = Vec::with_capacity(BATCH);
-        while receiver.recv_many(&mut pending, BATCH).await > 0 {
-            let mut flushed = Vec::new();
-            // Task events that queued up go as one `task.multi` message, as a Python worker
-            // flushes its buffer (receivers such as Flower and `celery events` take both).
-            let mut tasks: Vec<KombuMessage> = Vec::new();
-            for item in pending.drain(..) {
-                match item {
-                    Pending::Flush(done) => flushed.push(done),
-                    item @ Pending::Task(..) => tasks.extend(self.message(item)),
-                    item => messages.extend(self.message(item)),
-                }
-            }
-            if tasks.len() == 1 {
-                messages.append(&mut tasks);
-            } else if !tasks.is_empty() {
-                let bodies = tasks.into_iter().map(|m| m.body).collect();
-                messages.push(task_multi_message(&self.source, bodies));
-            }
+        let mut pending = Vec::with_capacity(ROUND);
+        let mut flushed = Vec::new();
+        // Whatever queued up while the last round was being sent is the next round: the
+        // rounds grow with the backlog, and so does what each write carries.
+        while receiver.recv_many(&mut pending, ROUND).await > 0 {
+            let (messages, count) = self.prepare(&mut pending, &mut flushed);
             if !messages.is_empty() {
-                let count = messages
-                    .iter()
-                    .map(|m| m.body.as_array().map_or(1, Vec::len) as u64)
-                    .sum();
                 // After a failure, no attempt before the backoff says (events meanwhile are
                 // dropped): an unreachable broker gets one reconnect loop from here, not one
                 // attempt per event.
-                let waiting = retry_at.is_some_and(|at| Instant::now() < at);
-                let result = if waiting {
+                let result = if retry_at.is_some_and(|at| Instant::now() < at) {
                     Err(None)
                 } else {
-                    self.link.publish_many(&messages).await.map_err(Some)
+                    self.in_flight.store(count, Ordering::Relaxed);
+                    let result = self.link.publish_many(messages).await.map_err(Some);
+                    self.in_flight.store(0, Ordering::Relaxed);
+                    result
                 };
                 match result {
                     Ok(()) => {
+                        if failures > 0 {
+                            tracing::info!("monitoring events are published again");
+                        }
                         failures = 0;
+                        backoff.reset();
                         retry_at = None;
                     }
                     Err(error) => {
@@ -239,21 +305,12 @@ impl Plane {
                                 tracing::warn!(%error, "cannot publish monitoring events; dropping them until the broker takes them again");
                             }
                             failures = failures.saturating_add(1);
-                            retry_at = Some(
-                                Instant::now()
-                                    + Backoff::nth(
-                                        Duration::from_millis(200),
-                                        Duration::from_secs(30),
-                                        failures,
-                                        Jitter::Below,
-                                    ),
-                            );
+                            retry_at = Some(Instant::now() + backoff.step());
                         }
                     }
                 }
-                messages.clear();
             }
-            for done in flushed {
+            for done in flushed.drain(..) {
                 let _ = done.send(());
             }
         }
@@ -429,7 +486,7 @@ impl WorkerObserver for PlaneObserver {
         if !plane.task_events_on() {
             return;
         }
-        let now = SystemTime::now();
+        let now = SystemTime::now;
         match *event {
             WorkerEvent::Received { task, at, .. } => {
                 plane.task_event(TaskEvent::received(task), at);
@@ -448,7 +505,7 @@ impl WorkerObserver for PlaneObserver {
                     result: "None".to_owned(),
                     runtime: runtime.as_secs_f64(),
                 },
-                now,
+                now(),
             ),
             WorkerEvent::Failed { task, failures, .. } => {
                 let exhausted: Vec<_> = failures.iter().filter(|f| !f.will_retry).collect();
@@ -460,7 +517,7 @@ impl WorkerObserver for PlaneObserver {
                             exception: format!("HandlerFailed({})", super::py_repr(&text)),
                             traceback: text,
                         },
-                        now,
+                        now(),
                     );
                 }
             }
@@ -472,7 +529,7 @@ impl WorkerObserver for PlaneObserver {
                         exception: format!("Retry({})", super::py_repr(&text)),
                         traceback: text,
                     },
-                    now,
+                    now(),
                 );
             }
             WorkerEvent::Rejected {
@@ -484,7 +541,7 @@ impl WorkerObserver for PlaneObserver {
                     uuid: task.id.clone(),
                     requeue: false,
                 },
-                now,
+                now(),
             ),
             WorkerEvent::Expired { task, .. } | WorkerEvent::Revoked { task, .. } => {
                 plane.task_event(
@@ -494,7 +551,7 @@ impl WorkerObserver for PlaneObserver {
                         signum: None,
                         expired: matches!(event, WorkerEvent::Expired { .. }),
                     },
-                    now,
+                    now(),
                 );
             }
             _ => {}
