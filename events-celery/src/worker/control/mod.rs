@@ -8,6 +8,8 @@
 mod clock;
 mod dispatcher;
 mod events;
+#[cfg(test)]
+mod observer_tests;
 pub(crate) mod plane;
 pub(crate) mod results;
 mod revoked;

@@ -60,6 +60,8 @@ pub(crate) struct Plane {
     any_revoked: AtomicBool,
     tracked: Mutex<Tracked>,
     queue: mpsc::Sender<Pending>,
+    /// Events in the queue.
+    queued: AtomicU64,
     /// Events the publisher has taken from the queue and not yet sent or given up.
     in_flight: AtomicU64,
     stats: Arc<WorkerStats>,
@@ -102,7 +104,7 @@ impl Plane {
     }
 
     /// [`start`](Self::start) with the broker link given.
-    fn start_with(
+    pub(super) fn start_with(
         config: &WorkerConfig,
         link: ControlLink,
         registered: Vec<String>,
@@ -136,6 +138,7 @@ impl Plane {
             any_revoked: AtomicBool::new(false),
             tracked: Mutex::new(Tracked::default()),
             queue,
+            queued: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             stats,
             stop,
@@ -170,10 +173,10 @@ impl Plane {
             let _ = tokio::time::timeout_at(deadline, flushed).await;
         }
         // What is still queued or being sent will not go out.
-        let queued = self.queue.max_capacity() - self.queue.capacity();
         tasks.publisher.abort();
         let _ = tokio::time::timeout(CLOSE_LIMIT, tasks.publisher).await;
-        let unsent = queued as u64 + self.in_flight.swap(0, Ordering::Relaxed);
+        let unsent =
+            self.queued.swap(0, Ordering::Relaxed) + self.in_flight.swap(0, Ordering::Relaxed);
         self.stats
             .events_dropped
             .fetch_add(unsent, Ordering::Relaxed);
@@ -197,7 +200,9 @@ impl Plane {
     }
 
     fn enqueue(&self, pending: Pending) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
         if self.queue.try_send(pending).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
             self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -224,6 +229,11 @@ impl Plane {
         let mut batch = TaskEventBatch::new();
         let mut messages = Vec::new();
         let mut count = 0;
+        let taken = pending
+            .iter()
+            .filter(|item| !matches!(item, Pending::Flush(_)))
+            .count();
+        self.queued.fetch_sub(taken as u64, Ordering::Relaxed);
         for item in pending.drain(..) {
             match item {
                 Pending::Task(event, at) => {
@@ -268,7 +278,7 @@ impl Plane {
             Duration::from_secs(30),
             Jitter::Below,
         );
-        let mut retry_at: Option<Instant> = None;
+        let mut retry_at: Option<tokio::time::Instant> = None;
         let mut pending = Vec::with_capacity(ROUND);
         let mut flushed = Vec::new();
         // Whatever queued up while the last round was being sent is the next round: the
@@ -279,7 +289,7 @@ impl Plane {
                 // After a failure, no attempt before the backoff says (events meanwhile are
                 // dropped): an unreachable broker gets one reconnect loop from here, not one
                 // attempt per event.
-                let result = if retry_at.is_some_and(|at| Instant::now() < at) {
+                let result = if retry_at.is_some_and(|at| tokio::time::Instant::now() < at) {
                     Err(None)
                 } else {
                     self.in_flight.store(count, Ordering::Relaxed);
@@ -305,7 +315,7 @@ impl Plane {
                                 tracing::warn!(%error, "cannot publish monitoring events; dropping them until the broker takes them again");
                             }
                             failures = failures.saturating_add(1);
-                            retry_at = Some(Instant::now() + backoff.step());
+                            retry_at = Some(tokio::time::Instant::now() + backoff.step());
                         }
                     }
                 }

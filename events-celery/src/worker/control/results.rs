@@ -51,6 +51,8 @@ pub(crate) struct Results {
 /// What the observer shares with the writer task.
 #[derive(Default)]
 struct Writer {
+    /// Results in the queue.
+    queued: AtomicU64,
     /// Results the writer has taken from the queue and not yet written or given up.
     in_flight: AtomicU64,
     /// The worker is stopping: stop waiting between attempts.
@@ -76,7 +78,7 @@ impl Results {
     }
 
     /// [`start`](Self::start) with the store given.
-    fn start_with(
+    pub(super) fn start_with(
         store: ResultStore,
         track_started: bool,
         hostname: String,
@@ -116,7 +118,9 @@ impl Results {
             self.stats.results_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        self.writer.queued.fetch_add(1, Ordering::Relaxed);
         if self.queue.try_send(Job::Write(write)).is_err() {
+            self.writer.queued.fetch_sub(1, Ordering::Relaxed);
             self.stats.results_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -133,10 +137,10 @@ impl Results {
         if matches!(sent, Ok(Ok(()))) {
             let _ = tokio::time::timeout_at(deadline, flushed).await;
         }
-        let queued = self.queue.max_capacity() - self.queue.capacity();
         task.abort();
         let _ = tokio::time::timeout(CLOSE_LIMIT, task).await;
-        let unwritten = queued as u64 + self.writer.in_flight.swap(0, Ordering::Relaxed);
+        let unwritten = self.writer.queued.swap(0, Ordering::Relaxed)
+            + self.writer.in_flight.swap(0, Ordering::Relaxed);
         self.stats
             .results_dropped
             .fetch_add(unwritten, Ordering::Relaxed);
@@ -176,6 +180,7 @@ async fn write_loop(
         }
         if !writes.is_empty() {
             let count = writes.len() as u64;
+            writer.queued.fetch_sub(count, Ordering::Relaxed);
             // Stopping while the backend is unreachable: give up at once.
             let result = if stopping && failures > 0 {
                 Err(None)
