@@ -31,6 +31,29 @@ fn push_body(
     event: &TaskEvent,
     stamp: EventStamp,
 ) -> Result<(), serde_json::Error> {
+    push_head(out, source)?;
+    push_rest(out, event, stamp)
+}
+
+/// `{"hostname": …, "utcoffset": …, "pid": …, "clock": `: the same for every event of
+/// `source`.
+fn push_head(out: &mut String, source: &EventSource) -> Result<(), serde_json::Error> {
+    out.push_str("{\"hostname\": ");
+    push_json_str(out, &source.hostname)?;
+    out.push_str(", \"utcoffset\": ");
+    push_python_float(source.utcoffset, out);
+    out.push_str(", \"pid\": ");
+    push_integer(out, u64::from(source.pid));
+    out.push_str(", \"clock\": ");
+    Ok(())
+}
+
+/// The rest of a body after [`push_head`]: the clock, the event's fields, `timestamp`, `type`.
+fn push_rest(
+    out: &mut String,
+    event: &TaskEvent,
+    stamp: EventStamp,
+) -> Result<(), serde_json::Error> {
     let optional = |out: &mut String, value: &Option<String>| match value {
         Some(text) => push_json_str(out, text),
         None => {
@@ -40,13 +63,6 @@ fn push_body(
     };
     let boolean =
         |out: &mut String, value: bool| out.push_str(if value { "true" } else { "false" });
-    out.push_str("{\"hostname\": ");
-    push_json_str(out, &source.hostname)?;
-    out.push_str(", \"utcoffset\": ");
-    push_python_float(source.utcoffset, out);
-    out.push_str(", \"pid\": ");
-    push_integer(out, u64::from(source.pid));
-    out.push_str(", \"clock\": ");
     push_integer(out, stamp.clock);
     out.push_str(", \"uuid\": ");
     push_json_str(out, event.uuid())?;
@@ -137,42 +153,55 @@ fn push_body(
     Ok(())
 }
 
-/// Task events gathered into one message: a single event goes as its own message (routing key
-/// `task.received`, `task.succeeded`…, as [`task_event_message`](super::task_event_message)),
-/// several as one `task.multi` list ([`task_multi_message`]), as a Python worker flushes its
-/// buffer. Each event's body is written to text as it is pushed.
-#[derive(Debug, Default)]
+/// Task events of one worker gathered into one message: a single event goes as its own
+/// message (routing key `task.received`, `task.succeeded`…, as
+/// [`task_event_message`](super::task_event_message)), several as one `task.multi` list
+/// ([`task_multi_message`]), as a Python worker flushes its buffer. Each event's body is
+/// written to text as it is pushed; what every event of the worker shares is written once.
+#[derive(Debug)]
 pub struct TaskEventBatch {
+    /// The start of every body ([`push_head`]).
+    head: String,
+    /// The `hostname` header.
+    hostname: String,
     /// `[` then the bodies, separated by `, `.
     text: String,
     len: usize,
     /// The type of the first event (its routing key if it stays alone).
     first_type: &'static str,
+    /// The size of the last list taken: the next is allocated at that size at once.
+    last_size: usize,
 }
 
 impl TaskEventBatch {
-    /// An empty batch.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty batch for the events of `source`.
+    pub fn new(source: &EventSource) -> Result<Self, EncodeError> {
+        let mut head = String::with_capacity(source.hostname.len() + 64);
+        push_head(&mut head, source).map_err(EncodeError::Body)?;
+        Ok(Self {
+            head,
+            hostname: source.hostname.clone(),
+            text: String::new(),
+            len: 0,
+            first_type: "",
+            last_size: 0,
+        })
     }
 
-    /// Appends `event`, stamped with `stamp`, from `source`.
-    pub fn push(
-        &mut self,
-        source: &EventSource,
-        event: &TaskEvent,
-        stamp: EventStamp,
-    ) -> Result<(), EncodeError> {
+    /// Appends `event`, stamped with `stamp`.
+    pub fn push(&mut self, event: &TaskEvent, stamp: EventStamp) -> Result<(), EncodeError> {
         let mark = self.text.len();
         if self.len == 0 {
             self.text.clear();
+            self.text.reserve(self.last_size);
             self.text.push('[');
         } else {
             self.text.push_str(", ");
         }
-        if let Err(error) = push_task_event_body(&mut self.text, source, event, stamp) {
+        self.text.push_str(&self.head);
+        if let Err(error) = push_rest(&mut self.text, event, stamp) {
             self.text.truncate(mark);
-            return Err(error);
+            return Err(EncodeError::Body(error));
         }
         if self.len == 0 {
             self.first_type = event.event_type();
@@ -191,9 +220,9 @@ impl TaskEventBatch {
         self.len == 0
     }
 
-    /// The message of the events pushed so far (`None` if there are none), from `source`;
-    /// the batch is empty again.
-    pub fn take_message(&mut self, source: &EventSource) -> Option<PreparedMessage> {
+    /// The message of the events pushed so far (`None` if there are none); the batch is
+    /// empty again.
+    pub fn take_message(&mut self) -> Option<PreparedMessage> {
         let (routing_key, body_json) = match self.len {
             0 => return None,
             1 => (
@@ -202,16 +231,16 @@ impl TaskEventBatch {
             ),
             _ => {
                 self.text.push(']');
+                self.last_size = self.text.len();
                 (
                     TASK_MULTI_ROUTING_KEY.to_owned(),
                     std::mem::take(&mut self.text),
                 )
             }
         };
-        self.text.clear();
         self.len = 0;
         let mut headers = JsonMap::with_capacity(1);
-        headers.insert("hostname".into(), source.hostname.clone().into());
+        headers.insert("hostname".into(), self.hostname.clone().into());
         Some(PreparedMessage {
             exchange: EVENT_EXCHANGE.to_owned(),
             routing_key,
@@ -318,10 +347,10 @@ mod tests {
             clock: n as u64,
             timestamp: 10.0 + n as f64,
         };
-        let mut batch = TaskEventBatch::new();
-        assert!(batch.take_message(&source).is_none());
+        let mut batch = TaskEventBatch::new(&source).unwrap();
+        assert!(batch.take_message().is_none());
         for (n, event) in events.iter().enumerate() {
-            batch.push(&source, event, stamp(n)).unwrap();
+            batch.push(event, stamp(n)).unwrap();
         }
         assert_eq!(batch.len(), events.len());
         let bodies = events
@@ -330,11 +359,11 @@ mod tests {
             .map(|(n, e)| task_event_body(&source, e, stamp(n)))
             .collect();
         let expected = task_multi_message(&source, bodies).prepare().unwrap();
-        assert_eq!(batch.take_message(&source).unwrap(), expected);
+        assert_eq!(batch.take_message().unwrap(), expected);
         assert!(batch.is_empty());
         // One event alone: its own message, as before, and the batch is reusable.
-        batch.push(&source, &events[2], stamp(2)).unwrap();
-        let alone = batch.take_message(&source).unwrap();
+        batch.push(&events[2], stamp(2)).unwrap();
+        let alone = batch.take_message().unwrap();
         let expected = task_event_message(&source, &events[2], stamp(2));
         assert_eq!(alone.routing_key, "task.succeeded");
         assert_eq!(alone, expected.clone().prepare().unwrap());
@@ -344,6 +373,17 @@ mod tests {
             expected.redis_envelope(tag).unwrap()
         );
         assert_eq!(alone.into_amqp().unwrap(), expected.to_amqp().unwrap());
+        // Again several, after one alone.
+        for (n, event) in events.iter().enumerate().take(3) {
+            batch.push(event, stamp(n)).unwrap();
+        }
+        let bodies = events[..3]
+            .iter()
+            .enumerate()
+            .map(|(n, e)| task_event_body(&source, e, stamp(n)))
+            .collect();
+        let expected = task_multi_message(&source, bodies).prepare().unwrap();
+        assert_eq!(batch.take_message().unwrap(), expected);
     }
 
     proptest! {
@@ -365,10 +405,14 @@ mod tests {
             if let TaskEvent::Received { retries: r, .. } = &mut events[0] {
                 *r = retries;
             }
+            let mut batch = TaskEventBatch::new(&source).unwrap();
             for event in &events {
                 let mut out = String::new();
                 push_task_event_body(&mut out, &source, event, stamp).unwrap();
-                prop_assert_eq!(out, through_json(&source, event, stamp));
+                let expected = through_json(&source, event, stamp);
+                batch.push(event, stamp).unwrap();
+                prop_assert_eq!(&batch.take_message().unwrap().body_json, &expected);
+                prop_assert_eq!(out, expected);
             }
         }
     }

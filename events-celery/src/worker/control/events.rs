@@ -94,7 +94,7 @@ impl EventBuilder {
             clock: clock.forward(),
             timestamp,
         };
-        batch.push(&self.source, event, stamp)?;
+        batch.push(event, stamp)?;
         Ok(true)
     }
 
@@ -122,12 +122,12 @@ mod tests {
         let started = TaskEvent::Started { uuid: "id".into() };
         let mut clock = LamportClock::new();
         let mut events = builder(false);
-        let mut batch = TaskEventBatch::new();
+        let mut batch = TaskEventBatch::new(events.source()).unwrap();
         let mut push = |events: &EventBuilder, clock: &mut LamportClock, at: f64| {
             events
                 .push_task_event(&mut batch, &started, clock, at)
                 .unwrap()
-                .then(|| batch.take_message(events.source()).unwrap())
+                .then(|| batch.take_message().unwrap())
         };
         assert!(push(&events, &mut clock, 1.0).is_none());
         assert_eq!(clock.value(), 0, "a dropped event does not tick the clock");

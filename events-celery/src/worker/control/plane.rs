@@ -222,11 +222,10 @@ impl Plane {
     fn prepare(
         &self,
         pending: &mut Vec<Pending>,
+        batch: &mut TaskEventBatch,
         flushed: &mut Vec<oneshot::Sender<()>>,
     ) -> (Vec<PreparedMessage>, u64) {
         let builder = lock(&self.builder);
-        let source = builder.source();
-        let mut batch = TaskEventBatch::new();
         let mut messages = Vec::new();
         let mut count = 0;
         let taken = pending
@@ -237,16 +236,16 @@ impl Plane {
         for item in pending.drain(..) {
             match item {
                 Pending::Task(event, at) => {
-                    match builder.push_task_event(&mut batch, &event, &mut lock(&self.clock), at) {
+                    match builder.push_task_event(batch, &event, &mut lock(&self.clock), at) {
                         Ok(sent) => count += u64::from(sent),
                         Err(error) => self.unsendable(&error),
                     }
                     if batch.len() >= MULTI {
-                        messages.extend(batch.take_message(source));
+                        messages.extend(batch.take_message());
                     }
                 }
                 Pending::Worker(kind) => {
-                    messages.extend(batch.take_message(source));
+                    messages.extend(batch.take_message());
                     let counters = self.counters();
                     let message =
                         builder.worker_event(kind, counters, &mut lock(&self.clock), now());
@@ -262,7 +261,7 @@ impl Plane {
                 Pending::Flush(done) => flushed.push(done),
             }
         }
-        messages.extend(batch.take_message(source));
+        messages.extend(batch.take_message());
         (messages, count)
     }
 
@@ -281,10 +280,18 @@ impl Plane {
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut pending = Vec::with_capacity(ROUND);
         let mut flushed = Vec::new();
+        let batch = TaskEventBatch::new(lock(&self.builder).source());
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::error!(%error, "cannot encode this worker's name in monitoring events; none are sent");
+                return;
+            }
+        };
         // Whatever queued up while the last round was being sent is the next round: the
         // rounds grow with the backlog, and so does what each write carries.
         while receiver.recv_many(&mut pending, ROUND).await > 0 {
-            let (messages, count) = self.prepare(&mut pending, &mut flushed);
+            let (messages, count) = self.prepare(&mut pending, &mut batch, &mut flushed);
             if !messages.is_empty() {
                 // After a failure, no attempt before the backoff says (events meanwhile are
                 // dropped): an unreachable broker gets one reconnect loop from here, not one
