@@ -503,7 +503,6 @@ impl WorkerObserver for PlaneObserver {
         if !plane.task_events_on() {
             return;
         }
-        let now = SystemTime::now;
         match *event {
             WorkerEvent::Received { task, at, .. } => {
                 plane.task_event(TaskEvent::received(task), at);
@@ -522,7 +521,7 @@ impl WorkerObserver for PlaneObserver {
                     result: "None".to_owned(),
                     runtime: runtime.as_secs_f64(),
                 },
-                now(),
+                SystemTime::now(),
             ),
             WorkerEvent::Failed { task, failures, .. } => {
                 let exhausted: Vec<_> = failures.iter().filter(|f| !f.will_retry).collect();
@@ -534,7 +533,7 @@ impl WorkerObserver for PlaneObserver {
                             exception: format!("HandlerFailed({})", super::py_repr(&text)),
                             traceback: text,
                         },
-                        now(),
+                        SystemTime::now(),
                     );
                 }
             }
@@ -546,7 +545,7 @@ impl WorkerObserver for PlaneObserver {
                         exception: format!("Retry({})", super::py_repr(&text)),
                         traceback: text,
                     },
-                    now(),
+                    SystemTime::now(),
                 );
             }
             WorkerEvent::Rejected {
@@ -558,7 +557,7 @@ impl WorkerObserver for PlaneObserver {
                     uuid: task.id.clone(),
                     requeue: false,
                 },
-                now(),
+                SystemTime::now(),
             ),
             WorkerEvent::Expired { task, .. } | WorkerEvent::Revoked { task, .. } => {
                 plane.task_event(
@@ -568,7 +567,7 @@ impl WorkerObserver for PlaneObserver {
                         signum: None,
                         expired: matches!(event, WorkerEvent::Expired { .. }),
                     },
-                    now(),
+                    SystemTime::now(),
                 );
             }
             _ => {}

@@ -2,8 +2,9 @@
 //! events: `SUCCESS` when every handler completed, `FAILURE` naming the handlers that failed
 //! for good (a `RuntimeError` Python's `AsyncResult.get()` raises), `REVOKED` for revoked and
 //! expired tasks, `STARTED` with track-started. Written by a background task through a bounded
-//! queue: a slow result store never slows the worker (results that do not fit are dropped and
-//! counted).
+//! queue, many per round trip: a slow or unreachable result store never slows the worker
+//! (the writer retries with backoff; results that do not fit or cannot be stored are dropped
+//! and counted in `WorkerStats::results_dropped`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
