@@ -3,58 +3,17 @@
 //! (not once per result), counts the results it could not store
 //! (`WorkerStats::results_dropped`, in its final stats line), and stops gracefully.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use events_celery::{CeleryBackend, CeleryConfig};
 use tests::fault::{
-    WorkerProcess, WorkerSpec, cleanup_redis_queue_at, fault_redis_url, forget_run, publish_ticks,
-    rust_count, sized,
+    Refusing, WorkerProcess, WorkerSpec, cleanup_redis_queue_at, fault_redis_url, forget_run,
+    most_attempts, publish_ticks, rust_count, sized,
 };
 use tests::unique_queue;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_fault_worker");
-
-/// A port whose server accepts each connection and closes it at once: every connection
-/// attempt fails fast, and is counted.
-struct Closing {
-    port: u16,
-    made: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Closing {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let made = Arc::new(AtomicUsize::new(0));
-        let task = {
-            let made = Arc::clone(&made);
-            tokio::spawn(async move {
-                while let Ok((socket, _)) = listener.accept().await {
-                    made.fetch_add(1, Ordering::SeqCst);
-                    drop(socket);
-                }
-            })
-        };
-        Self { port, made, task }
-    }
-}
-
-/// The most attempts one loop backing off from 200 ms (×0.75 jitter at least), doubling up
-/// to 10 s (the results writer's longest wait), can make in `elapsed`.
-fn most_attempts(elapsed: Duration) -> usize {
-    let (mut spent, mut delay, mut attempts) = (Duration::ZERO, Duration::from_millis(200), 1);
-    loop {
-        spent += delay.mul_f64(0.75);
-        if spent > elapsed {
-            return attempts;
-        }
-        attempts += 1;
-        delay = (delay * 2).min(Duration::from_secs(10));
-    }
-}
 
 /// `name`'s value in the worker's final stats line (`fault_worker stopped: [("processed",
 /// 200), …]`).
@@ -66,7 +25,8 @@ fn final_stat(log: &str, name: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_result_backend_unreachable_tasks_run_and_lost_results_are_counted() {
-    let backend_server = Closing::start().await;
+    // Each connection closed at once: a writer without backoff would try once per result.
+    let backend_server = Refusing::start(Duration::ZERO).await;
     let url = fault_redis_url();
     let queue = unique_queue("fault_results");
     let run = queue.clone();
@@ -106,7 +66,7 @@ async fn redis_result_backend_unreachable_tasks_run_and_lost_results_are_counted
     }
     let exited = worker.terminate(Duration::from_secs(20));
     let elapsed = started.elapsed();
-    backend_server.task.abort();
+    backend_server.stop();
     let log = worker.log();
     for wave in 0..waves {
         forget_run(&format!("{run}-{wave}"), None).await;
@@ -131,7 +91,7 @@ async fn redis_result_backend_unreachable_tasks_run_and_lost_results_are_counted
     );
     assert!(attempts >= 1, "the result backend was never tried");
     assert!(
-        attempts <= most_attempts(elapsed),
+        attempts <= most_attempts(elapsed, Duration::from_secs(10)),
         "{attempts} connection attempts in {elapsed:?} for {tasks} results: more than one per \
          backoff step"
     );

@@ -54,18 +54,32 @@ fn push_rest(
     event: &TaskEvent,
     stamp: EventStamp,
 ) -> Result<(), serde_json::Error> {
-    let optional = |out: &mut String, value: &Option<String>| match value {
-        Some(text) => push_json_str(out, text),
-        None => {
-            out.push_str("null");
-            Ok(())
+    // `, "name": ` then the value, as `json.dumps` writes each kind.
+    let key = |out: &mut String, name: &str| {
+        out.push_str(", \"");
+        out.push_str(name);
+        out.push_str("\": ");
+    };
+    let text = |out: &mut String, name: &str, value: &str| {
+        key(out, name);
+        push_json_str(out, value)
+    };
+    let optional = |out: &mut String, name: &str, value: &Option<String>| {
+        key(out, name);
+        match value {
+            Some(value) => push_json_str(out, value),
+            None => {
+                out.push_str("null");
+                Ok(())
+            }
         }
     };
-    let boolean =
-        |out: &mut String, value: bool| out.push_str(if value { "true" } else { "false" });
+    let boolean = |out: &mut String, name: &str, value: bool| {
+        key(out, name);
+        out.push_str(if value { "true" } else { "false" });
+    };
     push_integer(out, stamp.clock);
-    out.push_str(", \"uuid\": ");
-    push_json_str(out, event.uuid())?;
+    text(out, "uuid", event.uuid())?;
     match event {
         TaskEvent::Received {
             name,
@@ -78,30 +92,22 @@ fn push_rest(
             expires,
             ..
         } => {
-            out.push_str(", \"name\": ");
-            push_json_str(out, name)?;
-            out.push_str(", \"args\": ");
-            push_json_str(out, args)?;
-            out.push_str(", \"kwargs\": ");
-            push_json_str(out, kwargs)?;
-            out.push_str(", \"root_id\": ");
-            optional(out, root_id)?;
-            out.push_str(", \"parent_id\": ");
-            optional(out, parent_id)?;
-            out.push_str(", \"retries\": ");
+            text(out, "name", name)?;
+            text(out, "args", args)?;
+            text(out, "kwargs", kwargs)?;
+            optional(out, "root_id", root_id)?;
+            optional(out, "parent_id", parent_id)?;
+            key(out, "retries");
             push_integer(out, *retries);
-            out.push_str(", \"eta\": ");
-            optional(out, eta)?;
-            out.push_str(", \"expires\": ");
-            optional(out, expires)?;
+            optional(out, "eta", eta)?;
+            optional(out, "expires", expires)?;
         }
         TaskEvent::Started { .. } => {}
         TaskEvent::Succeeded {
             result, runtime, ..
         } => {
-            out.push_str(", \"result\": ");
-            push_json_str(out, result)?;
-            out.push_str(", \"runtime\": ");
+            text(out, "result", result)?;
+            key(out, "runtime");
             push_python_float(*runtime, out);
         }
         TaskEvent::Failed {
@@ -114,24 +120,18 @@ fn push_rest(
             traceback,
             ..
         } => {
-            out.push_str(", \"exception\": ");
-            push_json_str(out, exception)?;
-            out.push_str(", \"traceback\": ");
-            push_json_str(out, traceback)?;
+            text(out, "exception", exception)?;
+            text(out, "traceback", traceback)?;
         }
-        TaskEvent::Rejected { requeue, .. } => {
-            out.push_str(", \"requeue\": ");
-            boolean(out, *requeue);
-        }
+        TaskEvent::Rejected { requeue, .. } => boolean(out, "requeue", *requeue),
         TaskEvent::Revoked {
             terminated,
             signum,
             expired,
             ..
         } => {
-            out.push_str(", \"terminated\": ");
-            boolean(out, *terminated);
-            out.push_str(", \"signum\": ");
+            boolean(out, "terminated", *terminated);
+            key(out, "signum");
             match signum {
                 Some(signum) => {
                     if *signum < 0 {
@@ -141,14 +141,12 @@ fn push_rest(
                 }
                 None => out.push_str("null"),
             }
-            out.push_str(", \"expired\": ");
-            boolean(out, *expired);
+            boolean(out, "expired", *expired);
         }
     }
-    out.push_str(", \"timestamp\": ");
+    key(out, "timestamp");
     push_python_float(stamp.timestamp, out);
-    out.push_str(", \"type\": ");
-    push_json_str(out, event.event_type())?;
+    text(out, "type", event.event_type())?;
     out.push('}');
     Ok(())
 }
@@ -349,18 +347,21 @@ mod tests {
         };
         let mut batch = TaskEventBatch::new(&source).unwrap();
         assert!(batch.take_message().is_none());
-        for (n, event) in events.iter().enumerate() {
-            batch.push(event, stamp(n)).unwrap();
-        }
-        assert_eq!(batch.len(), events.len());
-        let bodies = events
-            .iter()
-            .enumerate()
-            .map(|(n, e)| task_event_body(&source, e, stamp(n)))
-            .collect();
-        let expected = task_multi_message(&source, bodies).prepare().unwrap();
-        assert_eq!(batch.take_message().unwrap(), expected);
-        assert!(batch.is_empty());
+        let several = |batch: &mut TaskEventBatch, events: &[TaskEvent]| {
+            for (n, event) in events.iter().enumerate() {
+                batch.push(event, stamp(n)).unwrap();
+            }
+            assert_eq!(batch.len(), events.len());
+            let bodies = events
+                .iter()
+                .enumerate()
+                .map(|(n, e)| task_event_body(&source, e, stamp(n)))
+                .collect();
+            let expected = task_multi_message(&source, bodies).prepare().unwrap();
+            assert_eq!(batch.take_message().unwrap(), expected);
+            assert!(batch.is_empty());
+        };
+        several(&mut batch, &events);
         // One event alone: its own message, as before, and the batch is reusable.
         batch.push(&events[2], stamp(2)).unwrap();
         let alone = batch.take_message().unwrap();
@@ -374,16 +375,7 @@ mod tests {
         );
         assert_eq!(alone.into_amqp().unwrap(), expected.to_amqp().unwrap());
         // Again several, after one alone.
-        for (n, event) in events.iter().enumerate().take(3) {
-            batch.push(event, stamp(n)).unwrap();
-        }
-        let bodies = events[..3]
-            .iter()
-            .enumerate()
-            .map(|(n, e)| task_event_body(&source, e, stamp(n)))
-            .collect();
-        let expected = task_multi_message(&source, bodies).prepare().unwrap();
-        assert_eq!(batch.take_message().unwrap(), expected);
+        several(&mut batch, &events[..3]);
     }
 
     proptest! {

@@ -60,14 +60,15 @@ fn config(task_events: bool, capacity: usize) -> WorkerConfig {
         .event_queue_capacity(capacity)
 }
 
-struct Started {
+struct Running {
     plane: Arc<Plane>,
+    observer: PlaneObserver,
     tasks: PlaneTasks,
     stats: Arc<WorkerStats>,
     broker: Arc<MemoryBroker>,
 }
 
-fn start_plane(config: &WorkerConfig) -> Started {
+fn start_plane(config: &WorkerConfig) -> Running {
     let broker = Arc::new(MemoryBroker::default());
     let stats = Arc::new(WorkerStats::default());
     let (stop, _) = watch::channel(false);
@@ -78,11 +79,21 @@ fn start_plane(config: &WorkerConfig) -> Started {
         Arc::clone(&stats),
         Arc::new(stop),
     );
-    Started {
+    Running {
+        observer: PlaneObserver(Arc::clone(&plane)),
         plane,
         tasks,
         stats,
         broker,
+    }
+}
+
+fn started(task: &TaskMessage) -> WorkerEvent<'_> {
+    WorkerEvent::Started {
+        task,
+        queue: "q",
+        at: SystemTime::now(),
+        handlers: &[],
     }
 }
 
@@ -113,13 +124,7 @@ fn types(events: &[Json]) -> Vec<&str> {
 
 #[tokio::test]
 async fn worker_events_become_celerys_events_in_their_order() {
-    let Started {
-        plane,
-        tasks,
-        stats,
-        broker,
-    } = start_plane(&config(true, 1024));
-    let observer = PlaneObserver(Arc::clone(&plane));
+    let run = start_plane(&config(true, 1024));
     let (ok, failed, expired, revoked) = (task("ok"), task("failed"), task("exp"), task("rev"));
     let at = SystemTime::now();
     let queues = ["q".to_owned()];
@@ -197,10 +202,10 @@ async fn worker_events_become_celerys_events_in_their_order() {
             hostname: "observer@test",
         },
     ] {
-        observer.on_event(&event);
+        run.observer.on_event(&event);
     }
-    plane.finish(tasks).await;
-    let published = broker.published.lock().unwrap().clone();
+    run.plane.finish(run.tasks).await;
+    let published = run.broker.published.lock().unwrap().clone();
     // One round (the publisher had not run yet): the task events between two worker events
     // are one `task.multi` message, and the order is kept.
     let keys: Vec<&str> = published.iter().map(|m| m.routing_key.as_str()).collect();
@@ -256,130 +261,91 @@ async fn worker_events_become_celerys_events_in_their_order() {
     assert_eq!(events[7]["expired"], Json::Bool(true));
     assert_eq!(events[8]["uuid"].as_str(), Some("rev"));
     assert_eq!(events[8]["expired"], Json::Bool(false));
-    assert_eq!(stats.events_dropped.load(Ordering::Relaxed), 0);
+    assert_eq!(run.stats.events_dropped.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test]
 async fn without_task_events_only_worker_events_go_out() {
-    let Started {
-        plane,
-        tasks,
-        stats,
-        broker,
-    } = start_plane(&config(false, 1024));
-    let observer = PlaneObserver(Arc::clone(&plane));
+    let run = start_plane(&config(false, 1024));
     let ok = task("ok");
-    observer.on_event(&WorkerEvent::Online {
+    run.observer.on_event(&WorkerEvent::Online {
         hostname: "observer@test",
         queues: &[],
     });
-    observer.on_event(&WorkerEvent::Received {
+    run.observer.on_event(&WorkerEvent::Received {
         task: &ok,
         queue: "q",
         at: SystemTime::now(),
     });
-    observer.on_event(&WorkerEvent::Succeeded {
+    run.observer.on_event(&WorkerEvent::Succeeded {
         task: &ok,
         queue: "q",
         runtime: Duration::ZERO,
     });
-    observer.on_event(&WorkerEvent::Offline {
+    run.observer.on_event(&WorkerEvent::Offline {
         hostname: "observer@test",
     });
-    plane.finish(tasks).await;
-    let events = events(&broker.published.lock().unwrap());
+    run.plane.finish(run.tasks).await;
+    let events = events(&run.broker.published.lock().unwrap());
     assert_eq!(types(&events), ["worker-online", "worker-offline"]);
-    assert_eq!(stats.events_dropped.load(Ordering::Relaxed), 0);
+    assert_eq!(run.stats.events_dropped.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test]
 async fn a_full_queue_drops_and_counts_and_finishing_sends_the_rest() {
-    let Started {
-        plane,
-        tasks,
-        stats,
-        broker,
-    } = start_plane(&config(true, 16));
-    let observer = PlaneObserver(Arc::clone(&plane));
+    let run = start_plane(&config(true, 16));
     let ok = task("ok");
     // The publisher has not run yet (one thread, no await so far): 16 fit, 4 do not.
     for _ in 0..20 {
-        observer.on_event(&WorkerEvent::Started {
-            task: &ok,
-            queue: "q",
-            at: SystemTime::now(),
-            handlers: &[],
-        });
+        run.observer.on_event(&started(&ok));
     }
-    assert_eq!(stats.events_dropped.load(Ordering::Relaxed), 4);
-    assert!(broker.published.lock().unwrap().is_empty());
-    plane.finish(tasks).await;
-    let events = events(&broker.published.lock().unwrap());
+    assert_eq!(run.stats.events_dropped.load(Ordering::Relaxed), 4);
+    assert!(run.broker.published.lock().unwrap().is_empty());
+    run.plane.finish(run.tasks).await;
+    let events = events(&run.broker.published.lock().unwrap());
     assert_eq!(events.len(), 16, "finishing sends what was queued");
-    assert_eq!(stats.events_dropped.load(Ordering::Relaxed), 4);
+    assert_eq!(run.stats.events_dropped.load(Ordering::Relaxed), 4);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_unreachable_broker_gets_one_attempt_per_backoff_step() {
-    let Started {
-        plane,
-        tasks,
-        stats,
-        broker,
-    } = start_plane(&config(true, 1024));
-    broker.set(Behaviour::Fail);
-    let observer = PlaneObserver(Arc::clone(&plane));
+    let run = start_plane(&config(true, 1024));
+    run.broker.set(Behaviour::Fail);
     let ok = task("ok");
     for _ in 0..50 {
-        observer.on_event(&WorkerEvent::Started {
-            task: &ok,
-            queue: "q",
-            at: SystemTime::now(),
-            handlers: &[],
-        });
+        run.observer.on_event(&started(&ok));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    plane.finish(tasks).await;
+    run.plane.finish(run.tasks).await;
     // In one second of backoff from 200 ms (at least half of each step, doubling): attempts
     // at 0, ≥ 0.1, ≥ 0.3, ≥ 0.7 s, and perhaps one for the flush — not one per event.
-    let attempts = broker.attempts.load(Ordering::SeqCst);
+    let attempts = run.broker.attempts.load(Ordering::SeqCst);
     assert!((2..=5).contains(&attempts), "{attempts} attempts");
-    assert_eq!(stats.events_dropped.load(Ordering::Relaxed), 50);
+    assert_eq!(run.stats.events_dropped.load(Ordering::Relaxed), 50);
 }
 
 #[tokio::test(start_paused = true)]
 async fn finishing_is_bounded_when_the_broker_hangs() {
-    let Started {
-        plane,
-        tasks,
-        stats,
-        broker,
-    } = start_plane(&config(true, 1024));
-    broker.set(Behaviour::Hang);
-    let observer = PlaneObserver(Arc::clone(&plane));
+    let run = start_plane(&config(true, 1024));
+    run.broker.set(Behaviour::Hang);
     let ok = task("ok");
     for _ in 0..10 {
-        observer.on_event(&WorkerEvent::Started {
-            task: &ok,
-            queue: "q",
-            at: SystemTime::now(),
-            handlers: &[],
-        });
+        run.observer.on_event(&started(&ok));
     }
     // The publisher takes them and hangs; the last event waits behind them.
     tokio::time::sleep(Duration::from_millis(10)).await;
-    assert_eq!(broker.attempts.load(Ordering::SeqCst), 1);
-    observer.on_event(&WorkerEvent::Offline {
+    assert_eq!(run.broker.attempts.load(Ordering::SeqCst), 1);
+    run.observer.on_event(&WorkerEvent::Offline {
         hostname: "observer@test",
     });
     let started = Instant::now();
-    tokio::time::timeout(HUNG, plane.finish(tasks))
+    tokio::time::timeout(HUNG, run.plane.finish(run.tasks))
         .await
         .expect("Plane::finish returns even when the broker never answers");
     // The flush limit, then the publisher's end and the close, each bounded (paused clock:
     // exact).
     assert!(started.elapsed() <= Duration::from_secs(2) + 2 * CLOSE_LIMIT);
-    assert_eq!(stats.events_dropped.load(Ordering::Relaxed), 11);
+    assert_eq!(run.stats.events_dropped.load(Ordering::Relaxed), 11);
 }
 
 struct Writing {
@@ -417,12 +383,7 @@ fn succeeded(task: &TaskMessage) -> WorkerEvent<'_> {
 
 #[tokio::test]
 async fn results_follow_the_worker_events() {
-    let Writing {
-        results,
-        writer,
-        stats,
-        broker,
-    } = start_results(true);
+    let run = start_results(true);
     let ok = task("ok");
     let failed = task("failed");
     let retrying = task("retrying");
@@ -480,10 +441,10 @@ async fn results_follow_the_worker_events() {
         },
         succeeded(&ignored),
     ] {
-        results.on_event(&event);
+        run.results.on_event(&event);
     }
-    results.finish(writer).await;
-    let stored = broker.stored.lock().unwrap().clone();
+    run.results.finish(run.writer).await;
+    let stored = run.broker.stored.lock().unwrap().clone();
     let outcomes: Vec<(String, String, Json)> = stored
         .iter()
         .map(|write| {
@@ -522,35 +483,30 @@ async fn results_follow_the_worker_events() {
         outcomes[3].2["result"]["exc_message"][0].as_str(),
         Some("not a task this worker knows")
     );
-    assert_eq!(stats.results_dropped.load(Ordering::Relaxed), 0);
+    assert_eq!(run.stats.results_dropped.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_unreachable_backend_is_retried_with_backoff_and_what_is_lost_counted() {
-    let Writing {
-        results,
-        writer,
-        stats,
-        broker,
-    } = start_results(false);
-    broker.set(Behaviour::Fail);
+    let run = start_results(false);
+    run.broker.set(Behaviour::Fail);
     let tasks: Vec<TaskMessage> = (0..50).map(|n| task(&format!("t{n}"))).collect();
     for task in &tasks {
-        results.on_event(&succeeded(task));
+        run.results.on_event(&succeeded(task));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // In one second of backoff from 200 ms (at least 75 % of each step, doubling): attempts
     // at 0, ≥ 0.15, ≥ 0.45 s — not one per result.
-    let attempts = broker.attempts.load(Ordering::SeqCst);
+    let attempts = run.broker.attempts.load(Ordering::SeqCst);
     assert!((2..=4).contains(&attempts), "{attempts} attempts");
     // The backend is back: the results made meanwhile wait in the queue for the next attempt.
-    broker.set(Behaviour::Take);
+    run.broker.set(Behaviour::Take);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let back = task("back");
-    results.on_event(&succeeded(&back));
-    results.finish(writer).await;
-    let stored = broker.stored.lock().unwrap().clone();
-    let lost = stats.results_dropped.load(Ordering::Relaxed);
+    run.results.on_event(&succeeded(&back));
+    run.results.finish(run.writer).await;
+    let stored = run.broker.stored.lock().unwrap().clone();
+    let lost = run.stats.results_dropped.load(Ordering::Relaxed);
     assert!(stored.iter().any(|w| w.key == "celery-task-meta-back"));
     assert_eq!(
         lost + stored.len() as u64,
@@ -567,31 +523,30 @@ async fn an_unreachable_backend_is_retried_with_backoff_and_what_is_lost_counted
 #[tokio::test(start_paused = true)]
 async fn finishing_results_is_bounded_when_the_backend_hangs_or_is_down() {
     for behaviour in [Behaviour::Hang, Behaviour::Fail] {
-        let Writing {
-            results,
-            writer,
-            stats,
-            broker,
-        } = start_results(false);
-        broker.set(behaviour);
+        let run = start_results(false);
+        run.broker.set(behaviour);
         let tasks: Vec<TaskMessage> = (0..10).map(|n| task(&format!("t{n}"))).collect();
-        results.on_event(&succeeded(&tasks[0]));
+        run.results.on_event(&succeeded(&tasks[0]));
         // The writer takes the first and hangs, or fails and waits to retry.
         tokio::time::sleep(Duration::from_millis(10)).await;
         for task in &tasks[1..] {
-            results.on_event(&succeeded(task));
+            run.results.on_event(&succeeded(task));
         }
         let started = Instant::now();
-        tokio::time::timeout(HUNG, results.finish(writer))
+        tokio::time::timeout(HUNG, run.results.finish(run.writer))
             .await
             .expect("Results::finish returns whatever the backend does");
         assert!(
             started.elapsed() <= Duration::from_secs(2) + CLOSE_LIMIT,
             "{behaviour:?}"
         );
-        assert_eq!(broker.attempts.load(Ordering::SeqCst), 1, "{behaviour:?}");
         assert_eq!(
-            stats.results_dropped.load(Ordering::Relaxed),
+            run.broker.attempts.load(Ordering::SeqCst),
+            1,
+            "{behaviour:?}"
+        );
+        assert_eq!(
+            run.stats.results_dropped.load(Ordering::Relaxed),
             10,
             "{behaviour:?}"
         );
