@@ -35,6 +35,63 @@ enum Pending {
     Flush(oneshot::Sender<()>),
 }
 
+/// A round of events for the broker: its messages, how many events they hold, and the
+/// flushes waiting for it.
+struct Round {
+    messages: Vec<PreparedMessage>,
+    count: u64,
+    flushed: Vec<oneshot::Sender<()>>,
+}
+
+/// A round being published.
+type Sending<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), crate::error::CeleryError>> + Send + 'a>,
+>;
+
+/// The publisher's attempts: after a failure, none before the backoff says.
+struct Attempts {
+    failures: u32,
+    backoff: Backoff,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl Attempts {
+    fn new() -> Self {
+        Self {
+            failures: 0,
+            backoff: Backoff::new(
+                Duration::from_millis(200),
+                Duration::from_secs(30),
+                Jitter::Below,
+            ),
+            retry_at: None,
+        }
+    }
+
+    /// Whether the backoff after a failure still runs.
+    fn waiting(&self) -> bool {
+        self.retry_at
+            .is_some_and(|at| tokio::time::Instant::now() < at)
+    }
+
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::info!("monitoring events are published again");
+        }
+        self.failures = 0;
+        self.backoff.reset();
+        self.retry_at = None;
+    }
+
+    fn failed(&mut self, error: &crate::error::CeleryError) {
+        if self.failures == 0 {
+            tracing::warn!(%error, "cannot publish monitoring events; dropping them until the broker takes them again");
+        }
+        self.failures = self.failures.saturating_add(1);
+        self.retry_at = Some(tokio::time::Instant::now() + self.backoff.step());
+    }
+}
+
 /// A running task, as `inspect active` shows it.
 struct Running {
     message: TaskInfo,
@@ -62,7 +119,8 @@ pub(crate) struct Plane {
     queue: mpsc::Sender<Pending>,
     /// Events in the queue.
     queued: AtomicU64,
-    /// Events the publisher has taken from the queue and not yet sent or given up.
+    /// Events the publisher has taken from the queue and not yet sent or given up (the round
+    /// being sent and the next one).
     in_flight: AtomicU64,
     stats: Arc<WorkerStats>,
     stop: Arc<watch::Sender<bool>>,
@@ -84,9 +142,9 @@ const FLUSH_LIMIT: Duration = Duration::from_secs(2);
 /// never acknowledges the close).
 pub(crate) const CLOSE_LIMIT: Duration = Duration::from_secs(1);
 
-/// Events the publisher takes from its queue in one round at most: under a backlog, a round's
-/// messages go out in one pipelined write.
-const ROUND: usize = 4096;
+/// Events the publisher takes from its queue in one round at most (all that queued up, at the
+/// default capacity): a round's messages go out in one pipelined write.
+const ROUND: usize = 16_384;
 
 /// Task events in one `task.multi` message at most.
 const MULTI: usize = 256;
@@ -216,17 +274,12 @@ impl Plane {
     }
 
     /// The messages of a round of queued events, in their order: task events gathered into
-    /// `task.multi` messages of up to [`MULTI`] events, worker events alone. Flushes go to
-    /// `flushed`; the count is of the events in the messages (those of a disabled group are
-    /// not sent, and not counted).
-    fn prepare(
-        &self,
-        pending: &mut Vec<Pending>,
-        batch: &mut TaskEventBatch,
-        flushed: &mut Vec<oneshot::Sender<()>>,
-    ) -> (Vec<PreparedMessage>, u64) {
+    /// `task.multi` messages of up to [`MULTI`] events, worker events alone; the count is of
+    /// the events in the messages (those of a disabled group are not sent, and not counted).
+    fn prepare(&self, pending: &mut Vec<Pending>, batch: &mut TaskEventBatch) -> Round {
         let builder = lock(&self.builder);
         let mut messages = Vec::new();
+        let mut flushed = Vec::new();
         let mut count = 0;
         let taken = pending
             .iter()
@@ -262,7 +315,11 @@ impl Plane {
             }
         }
         messages.extend(batch.take_message());
-        (messages, count)
+        Round {
+            messages,
+            count,
+            flushed,
+        }
     }
 
     fn unsendable(&self, error: &dyn std::fmt::Display) {
@@ -271,15 +328,6 @@ impl Plane {
     }
 
     async fn publish_loop(self: Arc<Self>, mut receiver: mpsc::Receiver<Pending>) {
-        let mut failures = 0u32;
-        let mut backoff = Backoff::new(
-            Duration::from_millis(200),
-            Duration::from_secs(30),
-            Jitter::Below,
-        );
-        let mut retry_at: Option<tokio::time::Instant> = None;
-        let mut pending = Vec::with_capacity(ROUND);
-        let mut flushed = Vec::new();
         let batch = TaskEventBatch::new(lock(&self.builder).source());
         let mut batch = match batch {
             Ok(batch) => batch,
@@ -288,48 +336,78 @@ impl Plane {
                 return;
             }
         };
-        // Whatever queued up while the last round was being sent is the next round: the
-        // rounds grow with the backlog, and so does what each write carries.
-        while receiver.recv_many(&mut pending, ROUND).await > 0 {
-            let (messages, count) = self.prepare(&mut pending, &mut batch, &mut flushed);
-            if !messages.is_empty() {
-                // After a failure, no attempt before the backoff says (events meanwhile are
-                // dropped): an unreachable broker gets one reconnect loop from here, not one
-                // attempt per event.
-                let result = if retry_at.is_some_and(|at| tokio::time::Instant::now() < at) {
-                    Err(None)
+        let mut attempts = Attempts::new();
+        let mut pending = Vec::with_capacity(ROUND);
+        // The round being sent, and the next one, prepared meanwhile (whatever queued up):
+        // rounds go out in order, one at a time, and grow with the backlog.
+        let mut sending: Option<(Sending<'_>, Round)> = None;
+        let mut ready: Option<Round> = None;
+        let mut open = true;
+        loop {
+            if sending.is_none()
+                && let Some(mut round) = ready.take()
+            {
+                if round.messages.is_empty() || attempts.waiting() {
+                    // Nothing to send, or in the backoff after a failure (events meanwhile
+                    // are dropped: an unreachable broker gets one reconnect loop from here,
+                    // not one attempt per event).
+                    self.settle(round, None, &mut attempts);
                 } else {
-                    self.in_flight.store(count, Ordering::Relaxed);
-                    let result = self.link.publish_many(messages).await.map_err(Some);
-                    self.in_flight.store(0, Ordering::Relaxed);
-                    result
-                };
-                match result {
-                    Ok(()) => {
-                        if failures > 0 {
-                            tracing::info!("monitoring events are published again");
-                        }
-                        failures = 0;
-                        backoff.reset();
-                        retry_at = None;
-                    }
-                    Err(error) => {
-                        self.stats
-                            .events_dropped
-                            .fetch_add(count, Ordering::Relaxed);
-                        if let Some(error) = error {
-                            if failures == 0 {
-                                tracing::warn!(%error, "cannot publish monitoring events; dropping them until the broker takes them again");
-                            }
-                            failures = failures.saturating_add(1);
-                            retry_at = Some(tokio::time::Instant::now() + backoff.step());
-                        }
+                    let messages = std::mem::take(&mut round.messages);
+                    sending = Some((Box::pin(self.link.publish_many(messages)), round));
+                }
+            }
+            if sending.is_none() && ready.is_none() && !open {
+                return;
+            }
+            tokio::select! {
+                biased;
+                result = async { sending.as_mut().expect("checked").0.as_mut().await },
+                    if sending.is_some() =>
+                {
+                    let (_, round) = sending.take().expect("checked");
+                    self.settle(round, Some(result), &mut attempts);
+                }
+                taken = receiver.recv_many(&mut pending, ROUND), if ready.is_none() && open => {
+                    if taken == 0 {
+                        open = false;
+                    } else {
+                        let round = self.prepare(&mut pending, &mut batch);
+                        self.in_flight.fetch_add(round.count, Ordering::Relaxed);
+                        ready = Some(round);
                     }
                 }
             }
-            for done in flushed.drain(..) {
-                let _ = done.send(());
+        }
+    }
+
+    /// After a round was sent (`Some(result)`) or not (`None`): counts what was dropped,
+    /// keeps the backoff, and answers the flushes that waited for the round.
+    fn settle(
+        &self,
+        round: Round,
+        result: Option<Result<(), crate::error::CeleryError>>,
+        attempts: &mut Attempts,
+    ) {
+        self.in_flight.fetch_sub(round.count, Ordering::Relaxed);
+        let sent = match result {
+            Some(Ok(())) => {
+                attempts.succeeded();
+                true
             }
+            Some(Err(error)) => {
+                attempts.failed(&error);
+                false
+            }
+            None => false,
+        };
+        if !sent && round.count > 0 {
+            self.stats
+                .events_dropped
+                .fetch_add(round.count, Ordering::Relaxed);
+        }
+        for done in round.flushed {
+            let _ = done.send(());
         }
     }
 
