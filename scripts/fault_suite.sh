@@ -19,7 +19,7 @@ trap 'rm -f "$report"' EXIT
 
 suites=("$@")
 if [ ${#suites[@]} -eq 0 ]; then
-    suites=(fault_crash fault_restart fault_load fault_bad_input fault_handlers fault_security fault_poison compression_bomb fault_flood)
+    suites=(fault_crash fault_restart fault_load fault_bad_input fault_handlers fault_security fault_poison compression_bomb fault_flood fault_results)
 fi
 status=0
 for suite in "${suites[@]}"; do

@@ -14,6 +14,12 @@ same `domain_events.bench.noop` task (DRAIN_PREFILL_ONLY), then:
   after it; timed from the worker's start (connections included) to the last message
   processed, in a process of its own, which also reports its peak RSS (VmHWM).
 Prints msg/s per worker, the ratio, and both peak RSS figures.
+
+`--events-cost` measures what Celery's task events (`-E`) cost the Rust worker instead: for each
+broker, `--rounds` rounds of two drains of `count` messages each, task events off then on
+(DRAIN_TASK_EVENTS), interleaved so that a change in the machine's load hits both; prints each
+round's msg/s, the mean ratio on/off and the events dropped (`WorkerStats::events_dropped`:
+events the background publisher could not take).
 """
 
 import argparse
@@ -125,8 +131,11 @@ RUST_LINE = re.compile(
 )
 
 
-def rust_drain(drain, url, queue, count):
-    env = dict(os.environ, DRAIN_SKIP_PREFILL="1")
+DROPPED_LINE = re.compile(r"monitoring events dropped \(publisher behind\): (\d+)")
+
+
+def rust_drain(drain, url, queue, count, extra_env=None):
+    env = dict(os.environ, DRAIN_SKIP_PREFILL="1", **(extra_env or {}))
     env.pop("DRAIN_PREFILL_ONLY", None)
     out = subprocess.run(
         [drain, url, str(count), queue], env=env, check=True, capture_output=True, text=True
@@ -137,8 +146,40 @@ def rust_drain(drain, url, queue, count):
     done, seconds, rate, rss = match.groups()
     if int(done) < count:
         raise SystemExit(f"the Rust worker processed {done} of {count}")
+    dropped = DROPPED_LINE.search(out)
     return {"count": int(done), "seconds": float(seconds), "msg_per_s": float(rate),
-            "peak_rss_mib": float(rss)}
+            "peak_rss_mib": float(rss), "events_dropped": int(dropped.group(1)) if dropped else 0}
+
+
+def events_cost(args, brokers):
+    """Task events off vs on, interleaved rounds, per broker: msg/s, ratio, events dropped."""
+    rows = []
+    for broker, url in brokers:
+        runs = {"off": [], "on": []}
+        for round_ in range(max(1, args.rounds)):
+            for mode in ("off", "on"):
+                queue = f"bench_events_{mode}_{uuid.uuid4().hex[:8]}"
+                print(f"{broker}: round {round_ + 1}, task events {mode}…", file=sys.stderr)
+                try:
+                    prefill(args.drain, url, queue, args.count)
+                    env = {"DRAIN_TASK_EVENTS": "1" if mode == "on" else "0"}
+                    runs[mode].append(rust_drain(args.drain, url, queue, args.count, env))
+                finally:
+                    cleanup(url, queue)
+        rows.append((broker, runs))
+    print()
+    print(f"{'broker':<8} {'messages':>8} {'task events off (msg/s)':>26} "
+          f"{'task events on (msg/s)':>26} {'on/off':>7} {'events dropped (on)':>22}")
+    for broker, runs in rows:
+        off = [r["msg_per_s"] for r in runs["off"]]
+        on = [r["msg_per_s"] for r in runs["on"]]
+        dropped = [r["events_dropped"] for r in runs["on"]]
+        ratio = (sum(on) / len(on)) / (sum(off) / len(off))
+        print(f"{broker:<8} {args.count:>8} {' / '.join(f'{v:.0f}' for v in off):>26} "
+              f"{' / '.join(f'{v:.0f}' for v in on):>26} {ratio:>6.0%} "
+              f"{' / '.join(str(d) for d in dropped):>22}")
+    print(f"(the Rust worker, no-op handler, {max(1, args.rounds)} interleaved rounds; on/off: "
+          "ratio of the means; events dropped: of 3 per message)")
 
 
 def cleanup(url, queue):
@@ -170,6 +211,9 @@ def main():
     parser.add_argument("--drain", help="the worker_drain example binary")
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--rust-rounds", type=int, default=2, help="best of")
+    parser.add_argument("--events-cost", action="store_true",
+                        help="the Rust worker with task events off vs on, instead")
+    parser.add_argument("--rounds", type=int, default=3, help="--events-cost rounds")
     parser.add_argument("--brokers", default="redis,amqp")
     parser.add_argument("--redis-url", default=os.environ.get(
         "EVENTS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
@@ -181,9 +225,12 @@ def main():
     if not args.drain:
         parser.error("--drain is required")
 
+    urls = {"redis": args.redis_url, "amqp": args.amqp_url, "rabbitmq": args.amqp_url}
+    brokers = [(b.strip(), urls[b.strip()]) for b in args.brokers.split(",") if b.strip()]
+    if args.events_cost:
+        return events_cost(args, brokers)
     rows = []
-    for broker in [b.strip() for b in args.brokers.split(",") if b.strip()]:
-        url = {"redis": args.redis_url, "amqp": args.amqp_url, "rabbitmq": args.amqp_url}[broker]
+    for broker, url in brokers:
         tag = uuid.uuid4().hex[:8]
         py_queue, rs_queue = f"bench_worker_py_{tag}", f"bench_worker_rs_{tag}"
         try:

@@ -5,8 +5,7 @@
 //! connection with backoff, each failure logged once; an idle Redis worker polls once per
 //! interval, not once per fetcher.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use events_celery::{CeleryBackend, CeleryConfig};
@@ -14,8 +13,8 @@ use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use tests::fault::{
-    Counts, PrivateRedis, Published, WorkerProcess, WorkerSpec, cleanup_redis_queue_at, command,
-    fault_redis_url, forget_run, rust_count, rust_runs, sized, tick,
+    Counts, PrivateRedis, Published, Refusing, WorkerProcess, WorkerSpec, cleanup_redis_queue_at,
+    command, fault_redis_url, forget_run, most_attempts, rust_count, rust_runs, sized, tick,
 };
 use tests::{amqp_channel, amqp_url, cleanup_amqp_queue, eventually, unique_queue};
 
@@ -430,68 +429,13 @@ async fn redis_dead_letters_stay_within_their_bound() {
     cleanup_redis_queue_at(&url, &queue).await;
 }
 
-/// Each connection attempt made to a server that accepts and then closes the connection after
-/// 300 ms: how many were made, and the most open at once.
-struct Refusing {
-    port: u16,
-    made: Arc<AtomicUsize>,
-    most: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Refusing {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let made = Arc::new(AtomicUsize::new(0));
-        let most = Arc::new(AtomicUsize::new(0));
-        let open = Arc::new(AtomicUsize::new(0));
-        let task = {
-            let (made, most) = (Arc::clone(&made), Arc::clone(&most));
-            tokio::spawn(async move {
-                while let Ok((socket, _)) = listener.accept().await {
-                    made.fetch_add(1, Ordering::SeqCst);
-                    let now = open.fetch_add(1, Ordering::SeqCst) + 1;
-                    most.fetch_max(now, Ordering::SeqCst);
-                    let open = Arc::clone(&open);
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        drop(socket);
-                        open.fetch_sub(1, Ordering::SeqCst);
-                    });
-                }
-            })
-        };
-        Self {
-            port,
-            made,
-            most,
-            task,
-        }
-    }
-}
-
-/// The most attempts one loop backing off from 200 ms (×0.75 jitter), doubling up to `max`,
-/// can make in `elapsed`.
-fn most_attempts(elapsed: Duration, max: Duration) -> usize {
-    let (mut spent, mut delay, mut attempts) = (Duration::ZERO, Duration::from_millis(200), 1);
-    loop {
-        spent += delay.mul_f64(0.75);
-        if spent > elapsed {
-            return attempts;
-        }
-        attempts += 1;
-        delay = (delay * 2).min(max);
-    }
-}
-
 /// An unreachable Redis (it accepts connections and drops them): the worker's 16 fetchers
 /// reconnect through one loop, with backoff — before, each ran its own (16 attempts at once,
 /// 112 ERROR lines in 20 s) and `moving due postponed messages failed` was logged 4 times a
 /// second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_unreachable_one_reconnect_loop_per_connection() {
-    let server = Refusing::start().await;
+    let server = Refusing::start(Duration::from_millis(300)).await;
     let url = format!("redis://127.0.0.1:{}/0", server.port);
     let mut spec = WorkerSpec::new(&url, &unique_queue("fault_unreachable"));
     spec.prefetch = 64; // 16 fetchers
@@ -501,7 +445,7 @@ async fn redis_unreachable_one_reconnect_loop_per_connection() {
     worker.assert_running();
     worker.terminate(Duration::from_secs(10));
     let elapsed = started.elapsed();
-    server.task.abort();
+    server.stop();
     let log = worker.log();
     let made = server.made.load(Ordering::SeqCst);
     let most = server.most.load(Ordering::SeqCst);

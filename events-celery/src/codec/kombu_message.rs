@@ -16,7 +16,8 @@ use base64::engine::general_purpose::STANDARD;
 use super::amqp::{AmqpMessage, AmqpProperties, AmqpTable, AmqpValue};
 use super::error::{DecodeError, EncodeError};
 use super::json::{Json, JsonMap};
-use super::python_json::{push_json_str, push_json_value};
+use super::message::push_integer;
+use super::python_json::{push_json_str, push_json_value, push_map};
 use super::uuid4::new_uuid4;
 
 /// What kombu puts between the routing key, pattern and queue of a Redis binding-set member.
@@ -63,25 +64,7 @@ impl KombuMessage {
     /// `delivery_mode`, `priority=0` (as py-amqp sends them for kombu), the headers as a field
     /// table (`str` → `S`, small `int` → `I`, `float` → `d`).
     pub fn to_amqp(&self) -> Result<AmqpMessage, EncodeError> {
-        let mut headers = AmqpTable::default();
-        for (name, value) in self.headers.iter() {
-            headers.push(name.clone(), amqp_value(value, name, 0)?);
-        }
-        Ok(AmqpMessage {
-            exchange: self.exchange.clone(),
-            routing_key: self.routing_key.clone(),
-            properties: AmqpProperties {
-                content_type: Some("application/json".to_owned()),
-                content_encoding: Some("utf-8".to_owned()),
-                delivery_mode: Some(self.delivery_mode),
-                priority: Some(0),
-                correlation_id: None,
-                reply_to: None,
-                expiration: None,
-            },
-            headers,
-            body: self.body_json()?.into_bytes(),
-        })
+        amqp_form(self.frame(), self.body_json()?)
     }
 
     /// kombu's Redis envelope, byte for byte as Python writes it:
@@ -92,26 +75,29 @@ impl KombuMessage {
     ///  "routing_key": …}, "priority": 0, "body_encoding": "base64", "delivery_tag": "<uuid4>"}}
     /// ```
     pub fn redis_envelope(&self, delivery_tag: &str) -> Result<String, EncodeError> {
-        let body = STANDARD.encode(self.body_json()?);
-        let mut out = String::with_capacity(body.len() + 320);
-        let body_err = EncodeError::Body;
-        out.push_str("{\"body\": \"");
-        out.push_str(&body);
-        out.push_str(
-            "\", \"content-encoding\": \"utf-8\", \"content-type\": \"application/json\", \
-             \"headers\": ",
-        );
-        push_json_value(&mut out, &Json::Object(self.headers.clone())).map_err(body_err)?;
-        out.push_str(", \"properties\": {\"delivery_mode\": ");
-        out.push_str(&self.delivery_mode.to_string());
-        out.push_str(", \"delivery_info\": {\"exchange\": ");
-        push_json_str(&mut out, &self.exchange).map_err(body_err)?;
-        out.push_str(", \"routing_key\": ");
-        push_json_str(&mut out, &self.routing_key).map_err(body_err)?;
-        out.push_str("}, \"priority\": 0, \"body_encoding\": \"base64\", \"delivery_tag\": ");
-        push_json_str(&mut out, delivery_tag).map_err(body_err)?;
-        out.push_str("}}");
-        Ok(out)
+        redis_envelope_of(self.frame(), &self.body_json()?, delivery_tag)
+    }
+
+    /// The message with its body written as JSON text: the same wire forms, the body written
+    /// once.
+    pub fn prepare(self) -> Result<PreparedMessage, EncodeError> {
+        let body_json = self.body_json()?;
+        Ok(PreparedMessage {
+            exchange: self.exchange,
+            routing_key: self.routing_key,
+            headers: self.headers,
+            delivery_mode: self.delivery_mode,
+            body_json,
+        })
+    }
+
+    fn frame(&self) -> Frame<'_> {
+        Frame {
+            exchange: &self.exchange,
+            routing_key: &self.routing_key,
+            headers: &self.headers,
+            delivery_mode: self.delivery_mode,
+        }
     }
 
     /// [`redis_envelope`](Self::redis_envelope) with a fresh uuid4 delivery tag.
@@ -124,6 +110,118 @@ impl KombuMessage {
     pub fn redis_channel(&self, db: u32) -> String {
         redis_fanout_channel(db, &self.exchange, &self.routing_key)
     }
+}
+
+/// A [`KombuMessage`] whose body is already JSON text, as Python's `json.dumps` writes it:
+/// what [`KombuMessage::prepare`] makes, and what [`TaskEventBatch`](super::TaskEventBatch)
+/// writes task events into without building their bodies. Its wire forms are a
+/// `KombuMessage`'s, byte for byte.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedMessage {
+    /// The exchange.
+    pub exchange: String,
+    /// The routing key.
+    pub routing_key: String,
+    /// The message headers, in the order kombu writes them.
+    pub headers: JsonMap,
+    /// 1 (transient) or 2 (persistent).
+    pub delivery_mode: u8,
+    /// The body's JSON text (it must be JSON as Python's `json.dumps` writes it).
+    pub body_json: String,
+}
+
+impl PreparedMessage {
+    /// The AMQP form ([`KombuMessage::to_amqp`]).
+    pub fn into_amqp(self) -> Result<AmqpMessage, EncodeError> {
+        let frame = Frame {
+            exchange: &self.exchange,
+            routing_key: &self.routing_key,
+            headers: &self.headers,
+            delivery_mode: self.delivery_mode,
+        };
+        let mut amqp = amqp_form(frame, String::new())?;
+        amqp.body = self.body_json.into_bytes();
+        Ok(amqp)
+    }
+
+    /// kombu's Redis envelope ([`KombuMessage::redis_envelope`]).
+    pub fn redis_envelope(&self, delivery_tag: &str) -> Result<String, EncodeError> {
+        let frame = Frame {
+            exchange: &self.exchange,
+            routing_key: &self.routing_key,
+            headers: &self.headers,
+            delivery_mode: self.delivery_mode,
+        };
+        redis_envelope_of(frame, &self.body_json, delivery_tag)
+    }
+
+    /// [`redis_envelope`](Self::redis_envelope) with a fresh uuid4 delivery tag.
+    pub fn to_redis_envelope(&self) -> Result<String, EncodeError> {
+        self.redis_envelope(&new_uuid4())
+    }
+
+    /// The channel to `PUBLISH` it on for a fanout exchange ([`redis_fanout_channel`]).
+    pub fn redis_channel(&self, db: u32) -> String {
+        redis_fanout_channel(db, &self.exchange, &self.routing_key)
+    }
+}
+
+/// What a kombu message is besides its body.
+#[derive(Clone, Copy)]
+struct Frame<'a> {
+    exchange: &'a str,
+    routing_key: &'a str,
+    headers: &'a JsonMap,
+    delivery_mode: u8,
+}
+
+fn amqp_form(frame: Frame<'_>, body_json: String) -> Result<AmqpMessage, EncodeError> {
+    let mut headers = AmqpTable::default();
+    for (name, value) in frame.headers.iter() {
+        headers.push(name.clone(), amqp_value(value, name, 0)?);
+    }
+    Ok(AmqpMessage {
+        exchange: frame.exchange.to_owned(),
+        routing_key: frame.routing_key.to_owned(),
+        properties: AmqpProperties {
+            content_type: Some("application/json".to_owned()),
+            content_encoding: Some("utf-8".to_owned()),
+            delivery_mode: Some(frame.delivery_mode),
+            priority: Some(0),
+            correlation_id: None,
+            reply_to: None,
+            expiration: None,
+        },
+        headers,
+        body: body_json.into_bytes(),
+    })
+}
+
+fn redis_envelope_of(
+    frame: Frame<'_>,
+    body_json: &str,
+    delivery_tag: &str,
+) -> Result<String, EncodeError> {
+    let body_err = EncodeError::Body;
+    let mut out = String::with_capacity(body_json.len().div_ceil(3) * 4 + 320);
+    out.push_str("{\"body\": \"");
+    // Base64 needs no escaping.
+    STANDARD.encode_string(body_json, &mut out);
+    out.push_str(
+        "\", \"content-encoding\": \"utf-8\", \"content-type\": \"application/json\", \
+         \"headers\": ",
+    );
+    push_map(&mut out, frame.headers, 0).map_err(body_err)?;
+    out.push_str(", \"properties\": {\"delivery_mode\": ");
+    push_integer(&mut out, u64::from(frame.delivery_mode));
+    out.push_str(", \"delivery_info\": {\"exchange\": ");
+    push_json_str(&mut out, frame.exchange).map_err(body_err)?;
+    out.push_str(", \"routing_key\": ");
+    push_json_str(&mut out, frame.routing_key).map_err(body_err)?;
+    out.push_str("}, \"priority\": 0, \"body_encoding\": \"base64\", \"delivery_tag\": ");
+    push_json_str(&mut out, delivery_tag).map_err(body_err)?;
+    out.push_str("}}");
+    Ok(out)
 }
 
 impl ReceivedKombuMessage {

@@ -91,6 +91,7 @@ mod decode;
 mod depth_tests;
 mod encode;
 mod error;
+mod event_text;
 mod json;
 mod kombu_json;
 mod kombu_message;
@@ -111,9 +112,10 @@ pub use celery_events::{
     event_routing_key, round_loadavg, task_event_body, task_event_message, task_multi_message,
     utcoffset_hours, worker_event_body, worker_event_message,
 };
+pub use event_text::{TaskEventBatch, push_task_event_body};
 pub use kombu_message::{
-    KombuMessage, REDIS_BINDING_SEPARATOR, ReceivedKombuMessage, parse_redis_binding,
-    redis_binding_key, redis_direct_queues, redis_fanout_channel,
+    KombuMessage, PreparedMessage, REDIS_BINDING_SEPARATOR, ReceivedKombuMessage,
+    parse_redis_binding, redis_binding_key, redis_direct_queues, redis_fanout_channel,
 };
 pub use pidbox::{
     DEFAULT_MAX_PIDBOX_BYTES, MAX_PATTERN_LEN, PIDBOX_EXCHANGE, PIDBOX_QUEUE_EXPIRES_MS,

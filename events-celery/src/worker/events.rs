@@ -294,14 +294,20 @@ pub struct WorkerStats {
     /// Inbox calls that failed (the handlers ran, or their completion went unrecorded).
     pub inbox_errors: AtomicU64,
     /// Monitoring events (Celery's `worker-*` / `task-*`) not sent: the background
-    /// publisher's queue was full ([`WorkerConfig::event_queue_capacity`](super::WorkerConfig::event_queue_capacity))
-    /// or the broker refused them. The worker never waits for its events.
+    /// publisher's queue was full ([`WorkerConfig::event_queue_capacity`](super::WorkerConfig::event_queue_capacity)),
+    /// the broker refused them, or they were still unsent when the worker stopped. The worker
+    /// never waits for its events.
     pub events_dropped: AtomicU64,
+    /// Task results not stored in the [result backend](super::WorkerConfig::result_backend):
+    /// the writer's queue was full, the backend could not be reached (the writer retries with
+    /// backoff; results made meanwhile wait in the queue), or they were still unwritten when
+    /// the worker stopped. The worker never waits for its results.
+    pub results_dropped: AtomicU64,
 }
 
 impl WorkerStats {
     /// A snapshot of the counters as `(name, value)` pairs.
-    pub fn snapshot(&self) -> [(&'static str, u64); 12] {
+    pub fn snapshot(&self) -> [(&'static str, u64); 13] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("processed", get(&self.processed)),
@@ -316,6 +322,7 @@ impl WorkerStats {
             ("inbox_skipped", get(&self.inbox_skipped)),
             ("inbox_errors", get(&self.inbox_errors)),
             ("events_dropped", get(&self.events_dropped)),
+            ("results_dropped", get(&self.results_dropped)),
         ]
     }
 }

@@ -619,6 +619,7 @@ impl Worker {
                 self.config.track_started,
                 self.config.node_name(),
                 self.config.event_queue_capacity,
+                Arc::clone(&self.stats),
             );
             let results = Arc::new(results);
             observers.push(Arc::clone(&results) as Arc<dyn WorkerObserver>);
@@ -683,10 +684,13 @@ impl Worker {
         core.emit(WorkerEvent::Offline {
             hostname: core.hostname(),
         });
-        plane.finish(plane_tasks).await;
-        if let Some((results, writer)) = results {
-            results.finish(writer).await;
-        }
+        // Both bounded, side by side: a few seconds at most, whatever the brokers do.
+        let finishing_results = async {
+            if let Some((results, writer)) = results {
+                results.finish(writer).await;
+            }
+        };
+        tokio::join!(plane.finish(plane_tasks), finishing_results);
         outcome?;
         tracing::info!(stats = ?self.stats.snapshot(), "worker stopped");
         Ok(self.stats)

@@ -7,7 +7,8 @@
 //! comma-separated, are consumed in that order),
 //! `FAULT_RECORD_URL` (the Redis to record on, default `redis://127.0.0.1:6379/0`),
 //! `FAULT_SLEEP_MS`, `FAULT_CONCURRENCY`, `FAULT_PREFETCH`, `FAULT_VISIBILITY_MS`,
-//! `FAULT_RESTORE_MS`, `FAULT_RECONNECT_MAX_MS`, `FAULT_MAX_BYTES`, `FAULT_DEAD_LETTER_MAX`.
+//! `FAULT_RESTORE_MS`, `FAULT_RECONNECT_MAX_MS`, `FAULT_MAX_BYTES`, `FAULT_DEAD_LETTER_MAX`,
+//! `FAULT_RESULT_BACKEND` (a Redis URL: store task results there).
 //! Stops gracefully on
 //! SIGTERM.
 
@@ -89,6 +90,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(n) = env_u64("FAULT_DEAD_LETTER_MAX") {
         config = config.dead_letter_max_len(usize::try_from(n)?);
+    }
+    if let Ok(url) = std::env::var("FAULT_RESULT_BACKEND") {
+        config = config.result_backend(&url)?;
     }
     let stats = Worker::new(config)?.run().await?;
     eprintln!("fault_worker stopped: {:?}", stats.snapshot());

@@ -10,7 +10,8 @@
 //!
 //! The parts, by concern: [`publish`](Publishing) ticks, count what the workers [`records`](rust_runs)
 //! recorded, [`report`](Counts) a row of the reliability table, control worker
-//! [`process`](WorkerProcess)es and brokers ([`RabbitOutage`], [`PrivateRedis`]), and inspect
+//! [`process`](WorkerProcess)es and brokers ([`RabbitOutage`], [`PrivateRedis`], an unreachable
+//! one: [`Refusing`]), and inspect
 //! [`queues`](dead_letter_reasons).
 
 mod outage;
@@ -19,6 +20,7 @@ mod publish;
 mod queues;
 mod records;
 mod report;
+mod unreachable;
 
 pub use outage::{PrivateRedis, RabbitOutage, rabbitmqctl};
 pub use process::{WorkerProcess, WorkerSpec, process_memory};
@@ -28,6 +30,7 @@ pub use records::{
     all_runs, forget_run, merge, python_runs, runs_key, rust_count, rust_runs, wait_processed,
 };
 pub use report::{Counts, command};
+pub use unreachable::{Refusing, most_attempts};
 
 /// The event every fault scenario publishes: `{"run": "<run id>", "seq": <n>}`.
 pub const TICK_EVENT: &str = "fault.tick";

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
@@ -19,7 +19,7 @@ use crate::broker::BrokerUrl;
 use crate::broker::control::Mailbox;
 use crate::codec::{
     AmqpMessage, EVENT_EXCHANGE, KombuMessage, PIDBOX_EXCHANGE, PIDBOX_QUEUE_EXPIRES_MS,
-    PIDBOX_QUEUE_TTL_MS, PidboxRequest, pidbox_queue,
+    PIDBOX_QUEUE_TTL_MS, PidboxRequest, PreparedMessage, pidbox_queue,
 };
 use crate::error::CeleryError;
 
@@ -73,6 +73,92 @@ impl AmqpControl {
         result
     }
 
+    /// Publishes `messages` in order, each sent before any is waited for (lapin queues a
+    /// message's frames on the first poll of its publish): one wait for the lot, not one per
+    /// message.
+    pub(crate) async fn publish_many(
+        &self,
+        messages: Vec<PreparedMessage>,
+    ) -> Result<(), CeleryError> {
+        let amqp = messages
+            .into_iter()
+            .map(PreparedMessage::into_amqp)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CeleryError::Config(format!("cannot encode a control message: {e}")))?;
+        let mut guard = self.open.lock().await;
+        let result = self.publish_all(&mut guard, amqp).await;
+        if result.is_err() {
+            *guard = None;
+        }
+        result
+    }
+
+    async fn publish_all(
+        &self,
+        guard: &mut Option<Open>,
+        messages: Vec<AmqpMessage>,
+    ) -> Result<(), CeleryError> {
+        let open = self.ensure(guard).await?;
+        for message in &messages {
+            self.declare_exchange(open, &message.exchange).await?;
+        }
+        let broker_error = |e: lapin::Error| CeleryError::broker(&self.url, "basic.publish", &e);
+        let mut bodies = Vec::with_capacity(messages.len());
+        let mut frames = Vec::with_capacity(messages.len());
+        for outgoing in messages.into_iter().map(amqp_outgoing) {
+            bodies.push(outgoing.body);
+            frames.push((outgoing.exchange, outgoing.routing_key, outgoing.properties));
+        }
+        let mut sending = Vec::with_capacity(bodies.len());
+        for (body, (exchange, routing_key, properties)) in bodies.iter().zip(frames) {
+            let mut send = Box::pin(open.channel.basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(routing_key),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            ));
+            // The first poll queues the frames, so they go out in this order.
+            match send.as_mut().now_or_never() {
+                Some(result) => {
+                    result.map_err(broker_error)?;
+                }
+                None => sending.push(send),
+            }
+        }
+        for send in sending {
+            send.await.map_err(broker_error)?;
+        }
+        Ok(())
+    }
+
+    /// Declares `exchange` once per connection: `celeryev` a durable topic,
+    /// `reply.celery.pidbox` a transient direct exchange (as kombu does).
+    async fn declare_exchange(&self, open: &mut Open, exchange: &str) -> Result<(), CeleryError> {
+        if open.declared.contains(exchange) {
+            return Ok(());
+        }
+        let (kind, durable) = if exchange == EVENT_EXCHANGE {
+            (ExchangeKind::Topic, true)
+        } else {
+            (ExchangeKind::Direct, false)
+        };
+        open.channel
+            .exchange_declare(
+                ShortString::from(exchange),
+                kind,
+                ExchangeDeclareOptions {
+                    durable,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| CeleryError::broker(&self.url, "exchange.declare", &e))?;
+        open.declared.insert(exchange.to_owned());
+        Ok(())
+    }
+
     async fn publish_on(
         &self,
         guard: &mut Option<Open>,
@@ -81,27 +167,7 @@ impl AmqpControl {
         let open = self.ensure(guard).await?;
         let broker_error =
             |operation, e: lapin::Error| CeleryError::broker(&self.url, operation, &e);
-        if !open.declared.contains(&amqp.exchange) {
-            // `celeryev`: durable topic; `reply.celery.pidbox`: transient direct (kombu).
-            let (kind, durable) = if amqp.exchange == EVENT_EXCHANGE {
-                (ExchangeKind::Topic, true)
-            } else {
-                (ExchangeKind::Direct, false)
-            };
-            open.channel
-                .exchange_declare(
-                    ShortString::from(amqp.exchange.as_str()),
-                    kind,
-                    ExchangeDeclareOptions {
-                        durable,
-                        ..ExchangeDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| broker_error("exchange.declare", e))?;
-            open.declared.insert(amqp.exchange.clone());
-        }
+        self.declare_exchange(open, &amqp.exchange).await?;
         let outgoing = amqp_outgoing(amqp);
         open.channel
             .basic_publish(

@@ -12,8 +12,9 @@ use super::connect;
 use crate::broker::BrokerUrl;
 use crate::broker::control::Mailbox;
 use crate::codec::{
-    KombuMessage, PIDBOX_EXCHANGE, PIDBOX_REPLY_EXCHANGE, PidboxRequest, REDIS_BINDING_SEPARATOR,
-    RedisResultWrite, pidbox_queue, redis_binding_key, redis_direct_queues, redis_fanout_channel,
+    KombuMessage, PIDBOX_EXCHANGE, PIDBOX_REPLY_EXCHANGE, PidboxRequest, PreparedMessage,
+    REDIS_BINDING_SEPARATOR, RedisResultWrite, pidbox_queue, redis_binding_key,
+    redis_direct_queues, redis_fanout_channel,
 };
 use crate::error::CeleryError;
 
@@ -103,8 +104,11 @@ impl RedisControl {
         .map(drop)
     }
 
-    /// `PUBLISH`es fanout messages (events) in one pipeline.
-    pub(crate) async fn publish_many(&self, messages: &[KombuMessage]) -> Result<(), CeleryError> {
+    /// `PUBLISH`es fanout messages (events), in order, in one pipelined round trip.
+    pub(crate) async fn publish_many(
+        &self,
+        messages: &[PreparedMessage],
+    ) -> Result<(), CeleryError> {
         let mut pipe = redis::pipe();
         for message in messages {
             let envelope = message.to_redis_envelope().map_err(|e| {
@@ -162,12 +166,12 @@ impl RedisControl {
 }
 
 /// Celery's Redis result backend, writing what the worker's results observer decides.
-pub(crate) struct ResultStore {
+pub(crate) struct RedisResultStore {
     url: BrokerUrl,
     connection: Mutex<Option<MultiplexedConnection>>,
 }
 
-impl ResultStore {
+impl RedisResultStore {
     /// A store at `url` (`redis://…`); connects on first use.
     pub(crate) fn new(url: BrokerUrl) -> Self {
         Self {
@@ -176,8 +180,9 @@ impl ResultStore {
         }
     }
 
-    /// `SETEX key expires value` then `PUBLISH key value`, in one round trip.
-    pub(crate) async fn write(&self, write: &RedisResultWrite) -> Result<(), CeleryError> {
+    /// For each write, `SETEX key expires value` then `PUBLISH key value`: all in one
+    /// pipelined round trip. After a connection error the next call reconnects.
+    pub(crate) async fn write_many(&self, writes: &[RedisResultWrite]) -> Result<(), CeleryError> {
         let mut guard = self.connection.lock().await;
         let mut connection = match guard.as_ref() {
             Some(connection) => connection.clone(),
@@ -187,22 +192,21 @@ impl ResultStore {
                 connection
             }
         };
-        drop(guard);
         let mut pipe = redis::pipe();
-        pipe.cmd("SETEX")
-            .arg(&write.key)
-            .arg(write.expires_secs)
-            .arg(&write.value)
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(&write.key)
-            .arg(&write.value)
-            .ignore();
+        for write in writes {
+            pipe.cmd("SETEX")
+                .arg(&write.key)
+                .arg(write.expires_secs)
+                .arg(&write.value)
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(&write.key)
+                .arg(&write.value)
+                .ignore();
+        }
         let result: redis::RedisResult<()> = pipe.query_async(&mut connection).await;
         result.map_err(|error| {
-            if super::is_connection_error(&error)
-                && let Ok(mut guard) = self.connection.try_lock()
-            {
+            if super::is_connection_error(&error) {
                 guard.take();
             }
             CeleryError::broker(&self.url, "SETEX", &error)

@@ -3,8 +3,8 @@
 //! event, events of a disabled group dropped. Pure: the caller gives the time and publishes.
 
 use crate::codec::{
-    EventSource, EventStamp, KombuMessage, SoftwareInfo, TaskEvent, WorkerEventKind, WorkerStatus,
-    event_group, task_event_message, worker_event_message,
+    EncodeError, EventSource, EventStamp, KombuMessage, SoftwareInfo, TaskEvent, TaskEventBatch,
+    WorkerEventKind, WorkerStatus, event_group, worker_event_message,
 };
 
 use super::clock::LamportClock;
@@ -77,22 +77,30 @@ impl EventBuilder {
         Some(worker_event_message(&self.source, kind, &status, stamp))
     }
 
-    /// A task event, if task events are on (the clock is forwarded only then, as Celery's
-    /// `send` returns before stamping an event of a disabled group).
-    pub(crate) fn task_event(
+    /// Writes a task event into `batch` if task events are on (`Ok(false)` when they are off:
+    /// the clock is forwarded only when it is written, as Celery's `send` returns before
+    /// stamping an event of a disabled group).
+    pub(crate) fn push_task_event(
         &self,
+        batch: &mut TaskEventBatch,
         event: &TaskEvent,
         clock: &mut LamportClock,
         timestamp: f64,
-    ) -> Option<KombuMessage> {
+    ) -> Result<bool, EncodeError> {
         if !self.groups.sends(event_group(event.event_type())) {
-            return None;
+            return Ok(false);
         }
         let stamp = EventStamp {
             clock: clock.forward(),
             timestamp,
         };
-        Some(task_event_message(&self.source, event, stamp))
+        batch.push(event, stamp)?;
+        Ok(true)
+    }
+
+    /// Who sends the events.
+    pub(crate) fn source(&self) -> &EventSource {
+        &self.source
     }
 }
 
@@ -114,7 +122,14 @@ mod tests {
         let started = TaskEvent::Started { uuid: "id".into() };
         let mut clock = LamportClock::new();
         let mut events = builder(false);
-        assert!(events.task_event(&started, &mut clock, 1.0).is_none());
+        let mut batch = TaskEventBatch::new(events.source()).unwrap();
+        let mut push = |events: &EventBuilder, clock: &mut LamportClock, at: f64| {
+            events
+                .push_task_event(&mut batch, &started, clock, at)
+                .unwrap()
+                .then(|| batch.take_message().unwrap())
+        };
+        assert!(push(&events, &mut clock, 1.0).is_none());
         assert_eq!(clock.value(), 0, "a dropped event does not tick the clock");
         let counters = WorkerCounters {
             active: 0,
@@ -127,15 +142,12 @@ mod tests {
         assert_eq!(online.routing_key, "worker.online");
         assert_eq!(online.body["clock"].as_u64(), Some(1));
         events.set_task_events(true);
-        let message = events.task_event(&started, &mut clock, 2.0).unwrap();
+        let message = push(&events, &mut clock, 2.0).unwrap();
         assert_eq!(message.routing_key, "task.started");
-        assert_eq!(message.body["clock"].as_u64(), Some(2));
+        let body = crate::codec::Json::parse(&message.body_json).unwrap();
+        assert_eq!(body["clock"].as_u64(), Some(2));
         events.set_task_events(false);
-        assert!(events.task_event(&started, &mut clock, 3.0).is_none());
-        assert!(
-            builder(true)
-                .task_event(&started, &mut clock, 3.0)
-                .is_some()
-        );
+        assert!(push(&events, &mut clock, 3.0).is_none());
+        assert!(push(&builder(true), &mut clock, 3.0).is_some());
     }
 }

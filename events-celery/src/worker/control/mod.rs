@@ -1,15 +1,15 @@
-//! Celery's control plane for the worker, without I/O: the Lamport clock, the heartbeat
-//! schedule, the revoked set, the remote-control dispatcher (`celery inspect` / `celery
-//! control` / Flower) and the event builder. The worker's loop feeds it parsed messages and
-//! publishes what it returns (see `crate::codec` for the wire forms).
+//! Celery's control plane for the worker: without I/O, the Lamport clock, the revoked set, the
+//! remote-control dispatcher (`celery inspect` / `celery control` / Flower) and the event
+//! builder; at work, the plane (events published, the mailbox answered) and the results
+//! writer, both through `crate::broker::control`. Heartbeats come from the worker's own timer
+//! ([`HEARTBEAT`](crate::worker::HEARTBEAT), Celery's 2 s), as `WorkerEvent::Heartbeat`s the
+//! plane turns into `worker-heartbeat` events (see `crate::codec` for the wire forms).
 
 mod clock;
 mod dispatcher;
 mod events;
-// The worker beats on its own timer (`HEARTBEAT`); the schedule documents Celery's `Heart`
-// and is checked by the tests.
-#[cfg_attr(not(test), allow(dead_code))]
-mod heartbeat;
+#[cfg(test)]
+mod observer_tests;
 pub(crate) mod plane;
 pub(crate) mod results;
 mod revoked;

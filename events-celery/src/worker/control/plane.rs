@@ -6,7 +6,7 @@
 //! those answers show (`inspect active`, `reserved`, `scheduled`, `query_task`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,8 +24,8 @@ use crate::broker::control::ControlLink;
 use crate::broker::queues::{Added, ConsumedQueue, QueueSet};
 use crate::broker::{BrokerKind, BrokerUrl};
 use crate::codec::{
-    EventSource, Json, JsonMap, KombuMessage, PidboxRequest, TaskEvent, TaskMessage,
-    WorkerEventKind, pidbox_reply, round_loadavg, task_multi_message, utcoffset_hours,
+    EventSource, Json, JsonMap, PidboxRequest, PreparedMessage, TaskEvent, TaskEventBatch,
+    TaskMessage, WorkerEventKind, pidbox_reply, round_loadavg, utcoffset_hours,
 };
 use crate::worker::WorkerConfig;
 use crate::worker::events::{WorkerEvent, WorkerObserver, WorkerStats};
@@ -84,6 +84,63 @@ impl ById {
         let mut all: Vec<&Held> = self.0.values().flatten().collect();
         all.sort_unstable_by_key(|held| held.seq);
         all
+    }
+}
+
+/// A round of events for the broker: its messages, how many events they hold, and the
+/// flushes waiting for it.
+struct Round {
+    messages: Vec<PreparedMessage>,
+    count: u64,
+    flushed: Vec<oneshot::Sender<()>>,
+}
+
+/// A round being published.
+type Sending<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), crate::error::CeleryError>> + Send + 'a>,
+>;
+
+/// The publisher's attempts: after a failure, none before the backoff says.
+struct Attempts {
+    failures: u32,
+    backoff: Backoff,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl Attempts {
+    fn new() -> Self {
+        Self {
+            failures: 0,
+            backoff: Backoff::new(
+                Duration::from_millis(200),
+                Duration::from_secs(30),
+                Jitter::Below,
+            ),
+            retry_at: None,
+        }
+    }
+
+    /// Whether the backoff after a failure still runs.
+    fn waiting(&self) -> bool {
+        self.retry_at
+            .is_some_and(|at| tokio::time::Instant::now() < at)
+    }
+
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::info!("monitoring events are published again");
+        }
+        self.failures = 0;
+        self.backoff.reset();
+        self.retry_at = None;
+    }
+
+    fn failed(&mut self, error: &crate::error::CeleryError) {
+        if self.failures == 0 {
+            tracing::warn!(%error, "cannot publish monitoring events; dropping them until the broker takes them again");
+        }
+        self.failures = self.failures.saturating_add(1);
+        self.retry_at = Some(tokio::time::Instant::now() + self.backoff.step());
     }
 }
 
@@ -201,8 +258,6 @@ impl Tracked {
 /// The control plane of one worker.
 pub(crate) struct Plane {
     hostname: String,
-    /// Who sends the events (for `task.multi` messages).
-    source: EventSource,
     link: ControlLink,
     clock: Mutex<LamportClock>,
     builder: Mutex<EventBuilder>,
@@ -212,6 +267,11 @@ pub(crate) struct Plane {
     any_revoked: AtomicBool,
     tracked: Mutex<Tracked>,
     queue: mpsc::Sender<Pending>,
+    /// Events in the queue.
+    queued: AtomicU64,
+    /// Events the publisher has taken from the queue and not yet sent or given up (the round
+    /// being sent and the next one).
+    in_flight: AtomicU64,
     stats: Arc<WorkerStats>,
     stop: Arc<watch::Sender<bool>>,
     started: Instant,
@@ -230,12 +290,36 @@ pub(crate) struct PlaneTasks {
 }
 
 /// How long the last events (`worker-offline`) may take to go out at shutdown.
-const FLUSH_LIMIT: Duration = Duration::from_secs(3);
+const FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+/// How long closing the connection may take at shutdown (a broker that stopped answering
+/// never acknowledges the close).
+pub(crate) const CLOSE_LIMIT: Duration = Duration::from_secs(1);
+
+/// Events the publisher takes from its queue in one round at most (all that queued up, at the
+/// default capacity): a round's messages go out in one pipelined write.
+const ROUND: usize = 16_384;
+
+/// Task events in one `task.multi` message at most.
+const MULTI: usize = 256;
 
 impl Plane {
     /// Starts the plane for a worker with `config`, running `registered` task names.
     pub(crate) fn start(
         config: &WorkerConfig,
+        registered: Vec<String>,
+        queues: QueueSet,
+        stats: Arc<WorkerStats>,
+        stop: Arc<watch::Sender<bool>>,
+    ) -> (Arc<Self>, PlaneTasks) {
+        let link = ControlLink::new(&config.broker);
+        Self::start_with(config, link, registered, queues, stats, stop)
+    }
+
+    /// [`start`](Self::start) with the broker link given.
+    pub(super) fn start_with(
+        config: &WorkerConfig,
+        link: ControlLink,
         registered: Vec<String>,
         queues: QueueSet,
         stats: Arc<WorkerStats>,
@@ -248,11 +332,7 @@ impl Plane {
             utcoffset: utcoffset_hours(chrono::Local::now().offset().local_minus_utc()),
         };
         let task_events = config.task_events;
-        let builder = EventBuilder::new(
-            source.clone(),
-            super::super::HEARTBEAT.as_secs_f64(),
-            task_events,
-        );
+        let builder = EventBuilder::new(source, super::super::HEARTBEAT.as_secs_f64(), task_events);
         let state = ControlState::new(
             ControlConfig {
                 hostname: hostname.clone(),
@@ -263,8 +343,7 @@ impl Plane {
         );
         let (queue, receiver) = mpsc::channel(config.event_queue_capacity.max(16));
         let plane = Arc::new(Self {
-            source,
-            link: ControlLink::new(&config.broker),
+            link,
             clock: Mutex::new(LamportClock::new()),
             builder: Mutex::new(builder),
             worker_events: config.worker_events,
@@ -273,6 +352,8 @@ impl Plane {
             any_revoked: AtomicBool::new(false),
             tracked: Mutex::new(Tracked::default()),
             queue,
+            queued: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             stats,
             stop,
             started: Instant::now(),
@@ -294,31 +375,50 @@ impl Plane {
         self.any_revoked.load(Ordering::Relaxed) && lock(&self.state).revoked.contains(id)
     }
 
-    /// Publishes what is queued (`worker-offline` last), stops reading the mailbox, closes.
+    /// Publishes what is queued (`worker-offline` last), stops reading the mailbox, closes:
+    /// within [`FLUSH_LIMIT`] and [`CLOSE_LIMIT`], whatever the broker does. Events not sent
+    /// by then are counted as dropped.
     pub(crate) async fn finish(&self, tasks: PlaneTasks) {
         if let Some(mailbox) = tasks.mailbox {
             mailbox.abort();
         }
+        let deadline = tokio::time::Instant::now() + FLUSH_LIMIT;
         let (done, flushed) = oneshot::channel();
-        let sent = tokio::time::timeout(FLUSH_LIMIT, self.queue.send(Pending::Flush(done))).await;
+        let sent = tokio::time::timeout_at(deadline, self.queue.send(Pending::Flush(done))).await;
         if matches!(sent, Ok(Ok(()))) {
-            let _ = tokio::time::timeout(FLUSH_LIMIT, flushed).await;
+            let _ = tokio::time::timeout_at(deadline, flushed).await;
         }
+        // What is still queued or being sent will not go out.
         tasks.publisher.abort();
-        // Bounded: a broker that never confirms the close must not keep the worker running.
-        let _ = tokio::time::timeout(FLUSH_LIMIT, self.link.close()).await;
+        let _ = tokio::time::timeout(CLOSE_LIMIT, tasks.publisher).await;
+        let unsent =
+            self.queued.swap(0, Ordering::Relaxed) + self.in_flight.swap(0, Ordering::Relaxed);
+        self.stats
+            .events_dropped
+            .fetch_add(unsent, Ordering::Relaxed);
+        if tokio::time::timeout(CLOSE_LIMIT, self.link.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the broker did not answer the closing of the control-plane connection within \
+                 {CLOSE_LIMIT:?}; it was left to close by itself"
+            );
+        }
         let dropped = self.stats.events_dropped.load(Ordering::Relaxed);
         if dropped > 0 {
             tracing::warn!(
                 dropped,
                 "monitoring events dropped because the broker could not take them as fast as \
-                 the worker made them (the worker never waits for them)"
+                 the worker made them, or at all (the worker never waits for them)"
             );
         }
     }
 
     fn enqueue(&self, pending: Pending) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
         if self.queue.try_send(pending).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
             self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -331,89 +431,141 @@ impl Plane {
         }
     }
 
-    /// The message for a queued event (`None` for a flush or an event of a disabled group).
-    fn message(&self, pending: Pending) -> Option<KombuMessage> {
+    /// The messages of a round of queued events, in their order: task events gathered into
+    /// `task.multi` messages of up to [`MULTI`] events, worker events alone; the count is of
+    /// the events in the messages (those of a disabled group are not sent, and not counted).
+    fn prepare(&self, pending: &mut Vec<Pending>, batch: &mut TaskEventBatch) -> Round {
         let builder = lock(&self.builder);
-        match pending {
-            Pending::Worker(kind) => {
-                let counters = self.counters();
-                builder.worker_event(kind, counters, &mut lock(&self.clock), now())
+        let mut messages = Vec::new();
+        let mut flushed = Vec::new();
+        let mut count = 0;
+        let taken = pending
+            .iter()
+            .filter(|item| !matches!(item, Pending::Flush(_)))
+            .count();
+        self.queued.fetch_sub(taken as u64, Ordering::Relaxed);
+        for item in pending.drain(..) {
+            match item {
+                Pending::Task(event, at) => {
+                    match builder.push_task_event(batch, &event, &mut lock(&self.clock), at) {
+                        Ok(sent) => count += u64::from(sent),
+                        Err(error) => self.unsendable(&error),
+                    }
+                    if batch.len() >= MULTI {
+                        messages.extend(batch.take_message());
+                    }
+                }
+                Pending::Worker(kind) => {
+                    messages.extend(batch.take_message());
+                    let counters = self.counters();
+                    let message =
+                        builder.worker_event(kind, counters, &mut lock(&self.clock), now());
+                    match message.map(|m| m.prepare()) {
+                        Some(Ok(message)) => {
+                            messages.push(message);
+                            count += 1;
+                        }
+                        Some(Err(error)) => self.unsendable(&error),
+                        None => {}
+                    }
+                }
+                Pending::Flush(done) => flushed.push(done),
             }
-            Pending::Task(event, at) => builder.task_event(&event, &mut lock(&self.clock), at),
-            Pending::Flush(_) => None,
+        }
+        messages.extend(batch.take_message());
+        Round {
+            messages,
+            count,
+            flushed,
         }
     }
 
+    fn unsendable(&self, error: &dyn std::fmt::Display) {
+        self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%error, "a monitoring event cannot be encoded; dropped");
+    }
+
     async fn publish_loop(self: Arc<Self>, mut receiver: mpsc::Receiver<Pending>) {
-        /// Events published in one go when they queue up.
-        const BATCH: usize = 256;
-        let mut failures = 0u32;
-        let mut retry_at: Option<Instant> = None;
-        let mut pending = Vec::with_capacity(BATCH);
-        let mut messages = Vec::with_capacity(BATCH);
-        while receiver.recv_many(&mut pending, BATCH).await > 0 {
-            let mut flushed = Vec::new();
-            // Task events that queued up go as one `task.multi` message, as a Python worker
-            // flushes its buffer (receivers such as Flower and `celery events` take both).
-            let mut tasks: Vec<KombuMessage> = Vec::new();
-            for item in pending.drain(..) {
-                match item {
-                    Pending::Flush(done) => flushed.push(done),
-                    item @ Pending::Task(..) => tasks.extend(self.message(item)),
-                    item => messages.extend(self.message(item)),
-                }
+        let batch = TaskEventBatch::new(lock(&self.builder).source());
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::error!(%error, "cannot encode this worker's name in monitoring events; none are sent");
+                return;
             }
-            if tasks.len() == 1 {
-                messages.append(&mut tasks);
-            } else if !tasks.is_empty() {
-                let bodies = tasks.into_iter().map(|m| m.body).collect();
-                messages.push(task_multi_message(&self.source, bodies));
-            }
-            if !messages.is_empty() {
-                let count = messages
-                    .iter()
-                    .map(|m| m.body.as_array().map_or(1, Vec::len) as u64)
-                    .sum();
-                // After a failure, no attempt before the backoff says (events meanwhile are
-                // dropped): an unreachable broker gets one reconnect loop from here, not one
-                // attempt per event.
-                let waiting = retry_at.is_some_and(|at| Instant::now() < at);
-                let result = if waiting {
-                    Err(None)
+        };
+        let mut attempts = Attempts::new();
+        let mut pending = Vec::with_capacity(ROUND);
+        // The round being sent, and the next one, prepared meanwhile (whatever queued up):
+        // rounds go out in order, one at a time, and grow with the backlog.
+        let mut sending: Option<(Sending<'_>, Round)> = None;
+        let mut ready: Option<Round> = None;
+        let mut open = true;
+        loop {
+            if sending.is_none()
+                && let Some(mut round) = ready.take()
+            {
+                if round.messages.is_empty() || attempts.waiting() {
+                    // Nothing to send, or in the backoff after a failure (events meanwhile
+                    // are dropped: an unreachable broker gets one reconnect loop from here,
+                    // not one attempt per event).
+                    self.settle(round, None, &mut attempts);
                 } else {
-                    self.link.publish_many(&messages).await.map_err(Some)
-                };
-                match result {
-                    Ok(()) => {
-                        failures = 0;
-                        retry_at = None;
-                    }
-                    Err(error) => {
-                        self.stats
-                            .events_dropped
-                            .fetch_add(count, Ordering::Relaxed);
-                        if let Some(error) = error {
-                            if failures == 0 {
-                                tracing::warn!(%error, "cannot publish monitoring events; dropping them until the broker takes them again");
-                            }
-                            failures = failures.saturating_add(1);
-                            retry_at = Some(
-                                Instant::now()
-                                    + Backoff::nth(
-                                        Duration::from_millis(200),
-                                        Duration::from_secs(30),
-                                        failures,
-                                        Jitter::Below,
-                                    ),
-                            );
-                        }
+                    let messages = std::mem::take(&mut round.messages);
+                    sending = Some((Box::pin(self.link.publish_many(messages)), round));
+                }
+            }
+            if sending.is_none() && ready.is_none() && !open {
+                return;
+            }
+            tokio::select! {
+                biased;
+                result = async { sending.as_mut().expect("checked").0.as_mut().await },
+                    if sending.is_some() =>
+                {
+                    let (_, round) = sending.take().expect("checked");
+                    self.settle(round, Some(result), &mut attempts);
+                }
+                taken = receiver.recv_many(&mut pending, ROUND), if ready.is_none() && open => {
+                    if taken == 0 {
+                        open = false;
+                    } else {
+                        let round = self.prepare(&mut pending, &mut batch);
+                        self.in_flight.fetch_add(round.count, Ordering::Relaxed);
+                        ready = Some(round);
                     }
                 }
-                messages.clear();
             }
-            for done in flushed {
-                let _ = done.send(());
+        }
+    }
+
+    /// After a round was sent (`Some(result)`) or not (`None`): counts what was dropped,
+    /// keeps the backoff, and answers the flushes that waited for the round.
+    fn settle(
+        &self,
+        round: Round,
+        result: Option<Result<(), crate::error::CeleryError>>,
+        attempts: &mut Attempts,
+    ) {
+        self.in_flight.fetch_sub(round.count, Ordering::Relaxed);
+        let sent = match result {
+            Some(Ok(())) => {
+                attempts.succeeded();
+                true
             }
+            Some(Err(error)) => {
+                attempts.failed(&error);
+                false
+            }
+            None => false,
+        };
+        if !sent && round.count > 0 {
+            self.stats
+                .events_dropped
+                .fetch_add(round.count, Ordering::Relaxed);
+        }
+        for done in round.flushed {
+            let _ = done.send(());
         }
     }
 
@@ -580,7 +732,6 @@ impl WorkerObserver for PlaneObserver {
         if !plane.task_events_on() {
             return;
         }
-        let now = SystemTime::now();
         match *event {
             WorkerEvent::Received { task, at, .. } => {
                 plane.task_event(TaskEvent::received(task), at);
@@ -599,7 +750,7 @@ impl WorkerObserver for PlaneObserver {
                     result: "None".to_owned(),
                     runtime: runtime.as_secs_f64(),
                 },
-                now,
+                SystemTime::now(),
             ),
             WorkerEvent::Failed { task, failures, .. } => {
                 let exhausted: Vec<_> = failures.iter().filter(|f| !f.will_retry).collect();
@@ -611,7 +762,7 @@ impl WorkerObserver for PlaneObserver {
                             exception: format!("HandlerFailed({})", super::py_repr(&text)),
                             traceback: text,
                         },
-                        now,
+                        SystemTime::now(),
                     );
                 }
             }
@@ -623,7 +774,7 @@ impl WorkerObserver for PlaneObserver {
                         exception: format!("Retry({})", super::py_repr(&text)),
                         traceback: text,
                     },
-                    now,
+                    SystemTime::now(),
                 );
             }
             WorkerEvent::Rejected {
@@ -635,7 +786,7 @@ impl WorkerObserver for PlaneObserver {
                     uuid: task.id.clone(),
                     requeue: false,
                 },
-                now,
+                SystemTime::now(),
             ),
             WorkerEvent::Expired { task, .. } | WorkerEvent::Revoked { task, .. } => {
                 plane.task_event(
@@ -645,7 +796,7 @@ impl WorkerObserver for PlaneObserver {
                         signum: None,
                         expired: matches!(event, WorkerEvent::Expired { .. }),
                     },
-                    now,
+                    SystemTime::now(),
                 );
             }
             _ => {}
