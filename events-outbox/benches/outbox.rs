@@ -11,7 +11,7 @@
 //! Environment: `EVENTS_TEST_PG_URL`, `EVENTS_TEST_REDIS_URL`, `EVENTS_TEST_AMQP_URL` (the
 //! local services by default), `OUTBOX_BENCH_N` (events per throughput run, default 20,000),
 //! `OUTBOX_BENCH_BATCH` and `OUTBOX_BENCH_CONCURRENCY` (the throughput relay's batch size and
-//! batches in flight, default 2,000 and 4), `OUTBOX_BENCH_BROKERS` (default `redis,rabbitmq`),
+//! batches in flight; the relay's defaults if unset), `OUTBOX_BENCH_BROKERS` (default `redis,rabbitmq`),
 //! `OUTBOX_BENCH_DETAIL` (a path prefix: each event's times of the latency runs are written to
 //! `<prefix>.<broker>.csv` and `<prefix>.<broker>.direct.csv`).
 
@@ -171,11 +171,13 @@ async fn relayed(pool: &PgPool, outbox: &Outbox, backend: CeleryBackend, n: i64)
         outbox.insert_in(&mut tx, entries).await.unwrap();
         tx.commit().await.unwrap();
     }
-    let batch: usize = env("OUTBOX_BENCH_BATCH", "2000").parse().unwrap();
-    let concurrency: usize = env("OUTBOX_BENCH_CONCURRENCY", "4").parse().unwrap();
-    let relay = Relay::new(outbox.clone(), pool.clone(), backend)
-        .batch_size(batch)
-        .concurrency(concurrency);
+    let mut relay = Relay::new(outbox.clone(), pool.clone(), backend);
+    if let Ok(batch) = std::env::var("OUTBOX_BENCH_BATCH") {
+        relay = relay.batch_size(batch.parse().unwrap());
+    }
+    if let Ok(concurrency) = std::env::var("OUTBOX_BENCH_CONCURRENCY") {
+        relay = relay.concurrency(concurrency.parse().unwrap());
+    }
     let stats = relay.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let started = Instant::now();

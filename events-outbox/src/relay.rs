@@ -105,7 +105,7 @@ struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            batch_size: 256,
+            batch_size: 512,
             concurrency: 2,
             poll_interval: Duration::from_millis(500),
             listen: true,
@@ -394,7 +394,7 @@ impl Relay {
     }
 
     /// How many rows one transaction claims at most, and so holds until the broker confirmed
-    /// them (default 256).
+    /// them (default 512).
     pub fn batch_size(mut self, rows: usize) -> Self {
         self.config.batch_size = rows.max(1);
         self
