@@ -11,7 +11,9 @@
 //! Environment: `EVENTS_TEST_PG_URL`, `EVENTS_TEST_REDIS_URL`, `EVENTS_TEST_AMQP_URL` (the
 //! local services by default), `OUTBOX_BENCH_N` (events per throughput run, default 20,000),
 //! `OUTBOX_BENCH_BATCH` and `OUTBOX_BENCH_CONCURRENCY` (the throughput relay's batch size and
-//! batches in flight, default 2,000 and 4).
+//! batches in flight; the relay's defaults if unset), `OUTBOX_BENCH_BROKERS` (default `redis,rabbitmq`),
+//! `OUTBOX_BENCH_DETAIL` (a path prefix: each event's times of the latency runs are written to
+//! `<prefix>.<broker>.csv` and `<prefix>.<broker>.direct.csv`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,9 +52,10 @@ fn unique(what: &str) -> String {
     )
 }
 
-/// A backend that records when each task id was confirmed.
+/// A backend that records when the relay handed each task id over and when it was confirmed.
 struct Timed {
     inner: CeleryBackend,
+    started: Mutex<HashMap<String, Instant>>,
     confirmed: Mutex<HashMap<String, Instant>>,
 }
 
@@ -75,6 +78,10 @@ impl Backend for Timed {
         options: &'a PublishOptions,
     ) -> BoxFuture<'a, Result<Receipt, events_core::Error>> {
         Box::pin(async move {
+            if let Some(id) = &options.task_id {
+                let now = Instant::now();
+                self.started.lock().unwrap().insert(id.clone(), now);
+            }
             let receipt = Backend::publish_with(&self.inner, event, options).await?;
             if let Some(id) = &options.task_id {
                 let now = Instant::now();
@@ -164,11 +171,13 @@ async fn relayed(pool: &PgPool, outbox: &Outbox, backend: CeleryBackend, n: i64)
         outbox.insert_in(&mut tx, entries).await.unwrap();
         tx.commit().await.unwrap();
     }
-    let batch: usize = env("OUTBOX_BENCH_BATCH", "2000").parse().unwrap();
-    let concurrency: usize = env("OUTBOX_BENCH_CONCURRENCY", "4").parse().unwrap();
-    let relay = Relay::new(outbox.clone(), pool.clone(), backend)
-        .batch_size(batch)
-        .concurrency(concurrency);
+    let mut relay = Relay::new(outbox.clone(), pool.clone(), backend);
+    if let Ok(batch) = std::env::var("OUTBOX_BENCH_BATCH") {
+        relay = relay.batch_size(batch.parse().unwrap());
+    }
+    if let Ok(concurrency) = std::env::var("OUTBOX_BENCH_CONCURRENCY") {
+        relay = relay.concurrency(concurrency.parse().unwrap());
+    }
     let stats = relay.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let started = Instant::now();
@@ -182,17 +191,30 @@ async fn relayed(pool: &PgPool, outbox: &Outbox, backend: CeleryBackend, n: i64)
     n as f64 / took.as_secs_f64()
 }
 
-/// Commit-to-confirmation latencies (ms, sorted) of events committed at `rate` per second for
-/// `seconds`, one per transaction, from 4 writers.
+/// Where the commit-to-confirmation time of the events of one latency run went (ms, each
+/// sorted): in total, from the commit until the relay handed the event to the backend (waiting
+/// for a claim), and from then until the broker confirmed it.
+struct Latencies {
+    total: Vec<f64>,
+    claim: Vec<f64>,
+    broker: Vec<f64>,
+    /// Every event: committed, handed to the backend and confirmed, in ms since the run's
+    /// start (written to the CSV file `OUTBOX_BENCH_DETAIL` names, if set).
+    timeline: Vec<(f64, f64, f64)>,
+}
+
+/// Commit-to-confirmation latencies of events committed at `rate` per second for `seconds`,
+/// one per transaction, from 4 writers.
 async fn latencies(
     pool: &PgPool,
     outbox: &Outbox,
     backend: CeleryBackend,
     rate: u64,
     seconds: u64,
-) -> Vec<f64> {
+) -> Latencies {
     let timed = Arc::new(Timed {
         inner: backend,
+        started: Mutex::default(),
         confirmed: Mutex::default(),
     });
     let relay = Relay::from_shared(
@@ -208,6 +230,7 @@ async fn latencies(
     let per_writer = rate * seconds / writers;
     let interval = Duration::from_secs_f64(writers as f64 / rate as f64);
     let committed = Arc::new(Mutex::new(HashMap::new()));
+    let run_started = Instant::now();
     let tasks: Vec<_> = (0..writers)
         .map(|w| {
             let (pool, outbox, committed) = (pool.clone(), outbox.clone(), Arc::clone(&committed));
@@ -240,51 +263,63 @@ async fn latencies(
     }
     stop.send(()).unwrap();
     running.await.unwrap();
+    let started = timed.started.lock().unwrap();
     let confirmed = timed.confirmed.lock().unwrap();
     let committed = committed.lock().unwrap();
-    let mut ms: Vec<f64> = committed
+    let ms = |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64() * 1000.0;
+    // A confirmation can come before the writer took its "committed" time: 0.
+    let mut events: Vec<(f64, f64, f64, f64)> = committed
         .iter()
-        .filter_map(|(id, at)| {
-            // A confirmation can come before the writer took its "committed" time: 0.
-            confirmed
-                .get(id)
-                .map(|c| c.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        .filter_map(|(id, &at)| {
+            let (&start, &done) = (started.get(id)?, confirmed.get(id)?);
+            Some((
+                ms(at, done),
+                ms(run_started, at),
+                ms(at, start),
+                ms(start.max(at), done),
+            ))
         })
         .collect();
-    assert_eq!(ms.len(), total, "not every event was confirmed");
-    ms.sort_by(f64::total_cmp);
-    ms
+    assert_eq!(events.len(), total, "not every event was confirmed");
+    events.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let sorted = |pick: fn(&(f64, f64, f64, f64)) -> f64| {
+        let mut v: Vec<f64> = events.iter().map(pick).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    Latencies {
+        total: sorted(|e| e.0),
+        claim: sorted(|e| e.2),
+        broker: sorted(|e| e.3),
+        timeline: events.iter().map(|e| (e.1, e.1 + e.2, e.1 + e.0)).collect(),
+    }
 }
 
-/// Publish-to-confirmation latencies (ms, sorted) of direct publishes at `rate` per second for
-/// `seconds`, from 4 publishers: the broker's own share of the outbox latency.
-async fn direct_latencies(backend: &CeleryBackend, rate: u64, seconds: u64) -> Vec<f64> {
-    let publishers = 4;
-    let per = rate * seconds / publishers;
-    let interval = Duration::from_secs_f64(publishers as f64 / rate as f64);
-    let tasks: Vec<_> = (0..publishers)
-        .map(|p| {
-            let backend = backend.clone();
-            tokio::spawn(async move {
-                let mut ticker = tokio::time::interval(interval);
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut ms = Vec::with_capacity(per as usize);
-                for i in 0..per {
-                    ticker.tick().await;
-                    let started = Instant::now();
-                    backend.publish(&order((p * per + i) as i64)).await.unwrap();
-                    ms.push(started.elapsed().as_secs_f64() * 1000.0);
-                }
-                ms
-            })
-        })
-        .collect();
-    let mut ms = Vec::new();
-    for task in tasks {
-        ms.extend(task.await.unwrap());
+/// When each of the direct publishes at `rate` per second for `seconds` started and was
+/// confirmed (ms since the run's start), for their publish-to-confirmation latencies: the broker's own share of the outbox latency. Open loop, like the outbox's
+/// writers: each publish starts at its own time, whether or not earlier ones were confirmed, so
+/// a stall of the broker counts for every event it held up (not only for the few in flight).
+async fn direct_latencies(backend: &CeleryBackend, rate: u64, seconds: u64) -> Vec<(f64, f64)> {
+    let n = rate * seconds;
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let run_started = Instant::now();
+    let mut tasks = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        ticker.tick().await;
+        let backend = backend.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            backend.publish(&order(i as i64)).await.unwrap();
+            let ms = |at: Instant| at.duration_since(run_started).as_secs_f64() * 1000.0;
+            (ms(started), ms(Instant::now()))
+        }));
     }
-    ms.sort_by(f64::total_cmp);
-    ms
+    let mut timeline = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        timeline.push(task.await.unwrap());
+    }
+    timeline
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -354,6 +389,12 @@ async fn main() {
             ),
         ),
     ] {
+        if !env("OUTBOX_BENCH_BROKERS", "redis,rabbitmq")
+            .split(',')
+            .any(|b| b == broker)
+        {
+            continue;
+        }
         let queue = unique("outbox_bench");
         let config = CeleryConfig::new(&url)
             .unwrap()
@@ -369,16 +410,37 @@ async fn main() {
             relay_rate / direct_rate * 100.0
         );
         let backend_for_latency = backend.clone();
-        let ms = latencies(&pool, &outbox, backend, 1000, 5).await;
+        let lat = latencies(&pool, &outbox, backend, 1000, 5).await;
+        let ms = &lat.total;
         println!(
             "{broker:8}: commit → broker confirmation at 1,000 ev/s ({} events): p50 {:.2} ms, \
              p99 {:.2} ms, max {:.2} ms (goal p50 ≤ 5, p99 ≤ 50)",
             ms.len(),
-            percentile(&ms, 0.5),
-            percentile(&ms, 0.99),
+            percentile(ms, 0.5),
+            percentile(ms, 0.99),
             ms[ms.len() - 1]
         );
-        let direct_ms = direct_latencies(&backend_for_latency, 1000, 5).await;
+        for (part, ms) in [
+            ("commit → handed to the backend", &lat.claim),
+            ("handed to the backend → confirm", &lat.broker),
+        ] {
+            println!(
+                "{broker:8}:   of which {part}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                percentile(ms, 0.5),
+                percentile(ms, 0.99),
+                ms[ms.len() - 1]
+            );
+        }
+        if let Ok(path) = std::env::var("OUTBOX_BENCH_DETAIL") {
+            let mut csv = String::from("committed_ms,handed_ms,confirmed_ms\n");
+            for (committed, handed, confirmed) in &lat.timeline {
+                csv.push_str(&format!("{committed:.3},{handed:.3},{confirmed:.3}\n"));
+            }
+            std::fs::write(format!("{path}.{broker}.csv"), csv).unwrap();
+        }
+        let direct = direct_latencies(&backend_for_latency, 1000, 5).await;
+        let mut direct_ms: Vec<f64> = direct.iter().map(|(start, done)| done - start).collect();
+        direct_ms.sort_by(f64::total_cmp);
         println!(
             "{broker:8}: direct publish → confirmation at 1,000 ev/s (same run, baseline): \
              p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
@@ -386,6 +448,13 @@ async fn main() {
             percentile(&direct_ms, 0.99),
             direct_ms[direct_ms.len() - 1]
         );
+        if let Ok(path) = std::env::var("OUTBOX_BENCH_DETAIL") {
+            let mut csv = String::from("started_ms,confirmed_ms\n");
+            for (started, confirmed) in &direct {
+                csv.push_str(&format!("{started:.3},{confirmed:.3}\n"));
+            }
+            std::fs::write(format!("{path}.{broker}.direct.csv"), csv).unwrap();
+        }
         delete_queue(broker, &url, &queue).await;
     }
     let _ = sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))

@@ -3,12 +3,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use events_core::{Backend, EventBus, EventRef, PublishOptions, Registry};
-use futures_util::future::join_all;
+use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, join_all};
+use futures_util::stream::FuturesUnordered;
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 use tokio::sync::{Notify, watch};
@@ -23,21 +25,26 @@ use crate::outbox::Outbox;
 /// - **Wakes** on the table's `NOTIFY` (sent at the commit of every transaction that wrote
 ///   events) within milliseconds, and polls every [`poll_interval`](Self::poll_interval) in
 ///   case a notification was missed (a dropped `LISTEN` connection).
-/// - **Claims** up to [`batch_size`](Self::batch_size) due rows with `FOR UPDATE SKIP LOCKED`
-///   in a transaction, publishes them through the backend (concurrently; a Celery backend
-///   pipelines them), and in the same transaction deletes the confirmed ones (or marks them
-///   delivered, with a [`retention`](Self::retention)). Several relays — tasks, processes,
-///   machines — share one table: a row is claimed by one relay at a time. If a relay dies or
-///   loses its connection mid-batch, its transaction rolls back and the rows are delivered
-///   again (same task id): delivery is at least once.
+/// - **Claims** due rows with `FOR UPDATE SKIP LOCKED` in a transaction and hands each to the
+///   backend at once (a Celery backend pipelines them). Claiming never waits for the broker's
+///   confirmations: while earlier rows wait for theirs, the transaction goes on claiming newly
+///   committed rows, up to [`batch_size`](Self::batch_size) rows; then the next transaction
+///   (of [`concurrency`](Self::concurrency)) takes over the claiming, and the full one, once
+///   the broker confirmed or refused all its rows, deletes the confirmed ones (or marks them
+///   delivered, with a [`retention`](Self::retention)) and commits. A row is marked only
+///   after the broker confirmed it. Several relays — tasks, processes, machines — share one
+///   table: a row is claimed by one relay at a time. If a relay dies or loses its connection
+///   mid-batch, its transaction rolls back and the rows are delivered again (same task id):
+///   delivery is at least once.
 /// - **Retries** a failed delivery after a backoff (doubling from
 ///   [`backoff`](Self::backoff)'s base to its cap); after [`max_attempts`](Self::max_attempts)
 ///   the row is parked as failed with its error ([`Outbox::failed`],
 ///   [`Outbox::replay_failed`]).
 /// - **Orders** events of one [ordering key](crate::OutboxOptions::key): only the oldest
 ///   pending row of a key is claimable, so they are delivered one after the other, in commit
-///   order, even with several relays — one event of a key per batch, so a single hot key is
-///   delivered at one event per round trip. (A parked row no longer holds its key back.)
+///   order, even with several relays. The next event of a key is claimed once the previous
+///   one is confirmed (by the transaction that delivered it), so a single hot key is delivered
+///   at one event per broker round trip. (A parked row no longer holds its key back.)
 /// - The **task id** of every delivery of an event is its row id.
 ///
 /// On the [`MemoryBackend`](events_core::MemoryBackend) (through [`Relay::for_bus`]) the same
@@ -98,7 +105,7 @@ struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            batch_size: 256,
+            batch_size: 512,
             concurrency: 2,
             poll_interval: Duration::from_millis(500),
             listen: true,
@@ -131,7 +138,8 @@ pub struct RelayReport {
     pub failed_attempts: u64,
     /// Events parked as failed after their last attempt.
     pub parked: u64,
-    /// Batches claimed (non-empty).
+    /// Claims that found rows (a batch's transaction claims once, or again at each commit
+    /// notified while its rows wait for the broker).
     pub batches: u64,
     /// Database errors the relay recovered from (a batch rolled back, then retried).
     pub database_errors: u64,
@@ -158,7 +166,8 @@ impl RelayStats {
     }
 }
 
-/// A claim looks for its batch among this many times `batch_size` of the oldest due rows.
+/// A claim looks for its rows among those whose `seq` is at most this many times
+/// `batch_size` past the oldest due row's.
 const CLAIM_WINDOW: i64 = 8;
 
 /// One claimed row.
@@ -171,6 +180,181 @@ struct Claimed {
     priority: Option<i16>,
     queue: Option<String>,
     attempts: i32,
+    /// It has an ordering key: its key's next row waits for it.
+    keyed: bool,
+}
+
+/// What became of one delivery: the row, and the backend's answer (the error text is what the
+/// row keeps).
+type Outcome = (Claimed, Result<(), String>);
+
+/// What the claiming transactions of one relay share.
+struct Shared {
+    /// Held by the one transaction that claims; the others wait for their confirmations.
+    claimer: tokio::sync::Mutex<()>,
+    /// Set at every notification, cleared just before a claim: a commit notified while no
+    /// transaction listened (between two claimers) is not missed.
+    due: AtomicBool,
+    /// Wakes a claimer waiting for commits.
+    wake: Notify,
+}
+
+/// One transaction of a relay: the rows it claimed, each handed to the backend at once, held
+/// (locked) until the broker confirmed or refused it, then marked, and committed.
+struct Batch<'r> {
+    relay: &'r Relay,
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    /// Rows claimed and not yet marked: excluded from this transaction's further claims (a
+    /// transaction does not skip the rows it locked itself).
+    held: Vec<Uuid>,
+    /// Rows claimed in all.
+    claimed: usize,
+    in_flight: FuturesUnordered<BoxFuture<'r, Outcome>>,
+    /// Confirmed, to mark.
+    delivered: Vec<Uuid>,
+    /// Refused or timed out, to mark for a retry: id, error, retry delay (ms).
+    failed: (Vec<Uuid>, Vec<String>, Vec<i64>),
+    /// Marked in this transaction, counted at its commit: delivered, failed, parked.
+    marked: (u64, u64, u64),
+}
+
+impl<'r> Batch<'r> {
+    async fn begin(relay: &'r Relay) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            relay,
+            tx: relay.pool.begin().await?,
+            held: Vec::new(),
+            claimed: 0,
+            in_flight: FuturesUnordered::new(),
+            delivered: Vec::new(),
+            failed: Default::default(),
+            marked: (0, 0, 0),
+        })
+    }
+
+    /// Claims up to `limit` more due rows and hands each to the backend; returns how many.
+    async fn claim(&mut self, limit: usize) -> Result<usize, sqlx::Error> {
+        let relay = self.relay;
+        let sql = &relay.outbox.inner().sql;
+        let window = i64::try_from(relay.config.batch_size)
+            .unwrap_or(i64::MAX / CLAIM_WINDOW)
+            .saturating_mul(CLAIM_WINDOW);
+        let rows = sqlx::query(&sql.claim)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(window)
+            .bind(&self.held)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        for row in &rows {
+            let claimed = Claimed {
+                id: row.try_get("id")?,
+                event: row.try_get("event")?,
+                payload: row.try_get("payload")?,
+                eta: row.try_get("eta")?,
+                expires: row.try_get("expires")?,
+                priority: row.try_get("priority")?,
+                queue: row.try_get("queue")?,
+                attempts: row.try_get("attempts")?,
+                keyed: row.try_get("keyed")?,
+            };
+            self.held.push(claimed.id);
+            self.in_flight.push(Box::pin(async move {
+                let result = relay.deliver(&claimed).await;
+                (claimed, result)
+            }));
+        }
+        if !rows.is_empty() {
+            relay.counters.batches.fetch_add(1, Ordering::Relaxed);
+        }
+        self.claimed += rows.len();
+        Ok(rows.len())
+    }
+
+    /// Takes one delivery's outcome in (marked at the next [`mark`](Self::mark)).
+    fn settle(&mut self, (row, result): Outcome) {
+        match result {
+            Ok(()) => self.delivered.push(row.id),
+            Err(error) => {
+                tracing::warn!(
+                    id = %row.id,
+                    event = %row.event,
+                    attempt = row.attempts + 1,
+                    %error,
+                    "outbox relay: delivery failed"
+                );
+                self.failed.0.push(row.id);
+                self.failed.1.push(error);
+                self.failed.2.push(self.relay.backoff_ms(row.attempts));
+            }
+        }
+    }
+
+    /// Marks the settled rows in this transaction: confirmed ones deleted (or kept as
+    /// delivered), failed ones due again after their backoff, or parked.
+    async fn mark(&mut self) -> Result<(), sqlx::Error> {
+        let relay = self.relay;
+        let sql = &relay.outbox.inner().sql;
+        if !self.delivered.is_empty() {
+            let mark = match relay.config.retention {
+                None => &sql.delete_delivered,
+                Some(_) => &sql.mark_delivered,
+            };
+            sqlx::query(mark)
+                .bind(&self.delivered)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        if !self.failed.0.is_empty() {
+            let states: Vec<i16> = sqlx::query_scalar(&sql.mark_failed)
+                .bind(&self.failed.0)
+                .bind(&self.failed.1)
+                .bind(&self.failed.2)
+                .bind(relay.config.max_attempts)
+                .fetch_all(&mut *self.tx)
+                .await?;
+            self.marked.2 += states.iter().filter(|&&s| s == 2).count() as u64;
+        }
+        self.marked.0 += self.delivered.len() as u64;
+        self.marked.1 += self.failed.0.len() as u64;
+        let marked: std::collections::HashSet<Uuid> = self
+            .delivered
+            .drain(..)
+            .chain(self.failed.0.drain(..))
+            .collect();
+        self.failed.1.clear();
+        self.failed.2.clear();
+        if !marked.is_empty() {
+            self.held.retain(|id| !marked.contains(id));
+        }
+        Ok(())
+    }
+
+    /// Waits for every delivery still in flight, marks all rows and commits.
+    async fn finish(mut self) -> Result<(), sqlx::Error> {
+        while let Some(outcome) = self.in_flight.next().await {
+            self.settle(outcome);
+        }
+        self.mark().await?;
+        let Self {
+            relay, tx, marked, ..
+        } = self;
+        tx.commit().await?;
+        let (delivered, failed, parked) = marked;
+        let c = &relay.counters;
+        c.delivered.fetch_add(delivered, Ordering::Relaxed);
+        c.failed_attempts.fetch_add(failed, Ordering::Relaxed);
+        if parked > 0 {
+            c.parked.fetch_add(parked, Ordering::Relaxed);
+            tracing::error!(
+                table = %relay.outbox.table_name(),
+                parked,
+                "outbox relay: events parked as failed after their last attempt; list them \
+                 with `Outbox::failed`, replay them with `Outbox::replay_failed`"
+            );
+        }
+        tracing::debug!(delivered, failed, "outbox batch done");
+        Ok(())
+    }
 }
 
 impl Relay {
@@ -209,14 +393,16 @@ impl Relay {
         }
     }
 
-    /// How many rows one batch claims (default 256).
+    /// How many rows one transaction claims at most, and so holds until the broker confirmed
+    /// them (default 512).
     pub fn batch_size(mut self, rows: usize) -> Self {
         self.config.batch_size = rows.max(1);
         self
     }
 
-    /// How many batches this relay has in flight at once, each on its own connection
-    /// (default 2: one claims while the other waits for the broker).
+    /// How many transactions (batches) this relay has open at once, each on its own pool
+    /// connection (default 2): one claims while the others wait for their last confirmations
+    /// and commit. At most `concurrency × batch_size` rows wait for the broker at once.
     pub fn concurrency(mut self, batches: usize) -> Self {
         self.config.concurrency = batches.max(1);
         self
@@ -274,20 +460,24 @@ impl Relay {
     /// broker outage.
     pub async fn run_until<F: Future>(self, shutdown: F) -> RelayReport {
         let (stop_tx, stop) = watch::channel(false);
-        let wake = Arc::new(Notify::new());
+        let shared = Arc::new(Shared {
+            claimer: tokio::sync::Mutex::new(()),
+            // Rows committed before the relay started are due.
+            due: AtomicBool::new(true),
+            wake: Notify::new(),
+        });
         let listener = self.config.listen.then(|| {
             tokio::spawn(listen(
                 self.pool.clone(),
                 self.outbox.channel().to_owned(),
-                Arc::clone(&wake),
+                Arc::clone(&shared),
                 stop.clone(),
             ))
         });
         let loops = join_all((0..self.config.concurrency).map(|n| {
             let span =
                 tracing::info_span!("outbox_relay", table = %self.outbox.table_name(), loop_ = n);
-            self.claim_loop(n, Arc::clone(&wake), stop.clone())
-                .instrument(span)
+            self.claim_loop(n, &shared, stop.clone()).instrument(span)
         }));
         let stopping = async {
             shutdown.await;
@@ -306,11 +496,14 @@ impl Relay {
     /// [`run_until`](Self::run_until).
     pub async fn drain(&self) -> Result<u64, OutboxError> {
         let before = self.counters.delivered.load(Ordering::Relaxed);
+        let database = |e| OutboxError::database("relay", self.outbox.table_name(), e);
         loop {
-            let claimed = self
-                .batch()
+            let mut batch = Batch::begin(self).await.map_err(database)?;
+            let claimed = batch
+                .claim(self.config.batch_size)
                 .await
-                .map_err(|e| OutboxError::database("relay", self.outbox.table_name(), e))?;
+                .map_err(database)?;
+            batch.finish().await.map_err(database)?;
             if claimed == 0 {
                 break;
             }
@@ -318,22 +511,33 @@ impl Relay {
         Ok(self.counters.delivered.load(Ordering::Relaxed) - before)
     }
 
-    async fn claim_loop(&self, n: usize, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    /// One of the relay's `concurrency` loops: waits to be the claimer, then runs one
+    /// transaction (see [`batch`](Self::batch)); again and again until stopped.
+    async fn claim_loop(&self, n: usize, shared: &Shared, mut stop: watch::Receiver<bool>) {
         let mut error_delay = Duration::from_millis(100);
         let mut last_purge = std::time::Instant::now();
         loop {
             if *stop.borrow() {
                 break;
             }
-            // Registered before claiming: a commit notified while the batch runs is not lost.
-            let notified = wake.notified();
+            // Registered before waiting for the claimer's place: nothing notified meanwhile is
+            // lost (and `due` covers what was notified before).
+            let notified = shared.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let claimed = match self.batch().await {
-                Ok(claimed) => {
-                    error_delay = Duration::from_millis(100);
-                    claimed
+            let claimer = tokio::select! {
+                claimer = shared.claimer.lock() => claimer,
+                _ = stop.changed() => continue,
+            };
+            if !shared.due.load(Ordering::Acquire) {
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep(self.config.poll_interval) => {}
+                    _ = stop.changed() => continue,
                 }
+            }
+            match self.batch(claimer, shared, &mut stop).await {
+                Ok(()) => error_delay = Duration::from_millis(100),
                 Err(error) => {
                     self.counters
                         .database_errors
@@ -344,6 +548,8 @@ impl Relay {
                         retry_in_ms = error_delay.as_millis() as u64,
                         "outbox relay: database error, the batch was rolled back; retrying"
                     );
+                    // Its rows are due again.
+                    shared.due.store(true, Ordering::Release);
                     tokio::select! {
                         _ = tokio::time::sleep(error_delay) => {}
                         _ = stop.changed() => {}
@@ -351,7 +557,7 @@ impl Relay {
                     error_delay = (error_delay * 2).min(Duration::from_secs(5));
                     continue;
                 }
-            };
+            }
             if n == 0
                 && let Some(retention) = self.config.retention
                 && last_purge.elapsed() >= Duration::from_secs(60).min(retention)
@@ -359,15 +565,72 @@ impl Relay {
                 last_purge = std::time::Instant::now();
                 self.purge(retention).await;
             }
-            if claimed >= self.config.batch_size {
-                continue;
+        }
+    }
+
+    /// One transaction: claims rows (as the claimer) and hands them to the backend, claiming
+    /// again at every commit notified, without waiting for the broker, until it holds
+    /// `batch_size` rows, nothing is due and every row it holds is settled, or a row with an
+    /// ordering key was confirmed (its key's next row waits for this commit); then leaves the
+    /// claiming to another loop, waits for its last confirmations, marks its rows and commits.
+    async fn batch(
+        &self,
+        claimer: tokio::sync::MutexGuard<'_, ()>,
+        shared: &Shared,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), sqlx::Error> {
+        let mut batch = Batch::begin(self).await?;
+        let mut claimer = Some(claimer);
+        let notified = shared.wake.notified();
+        tokio::pin!(notified);
+        let poll = tokio::time::sleep(self.config.poll_interval);
+        tokio::pin!(poll);
+        let mut claim = true;
+        let mut key_released = false;
+        while let Some(_claiming) = &claimer {
+            if claim || shared.due.load(Ordering::Acquire) {
+                // Armed before claiming: a commit notified during the claim wakes the next one.
+                notified.set(shared.wake.notified());
+                notified.as_mut().enable();
+                shared.due.store(false, Ordering::Release);
+                poll.as_mut()
+                    .reset(tokio::time::Instant::now() + self.config.poll_interval);
+                let limit = self.config.batch_size - batch.claimed;
+                let claimed = batch.claim(limit).await?;
+                claim = false;
+                if claimed == limit {
+                    // Full: more rows may be due; the next claimer claims them at once.
+                    shared.due.store(true, Ordering::Release);
+                    break;
+                }
+            }
+            if batch.in_flight.is_empty() {
+                // Nothing due, nothing waiting for the broker: commit what is settled.
+                break;
             }
             tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep(self.config.poll_interval) => {}
-                _ = stop.changed() => {}
+                Some(outcome) = batch.in_flight.next() => {
+                    if outcome.0.keyed && outcome.1.is_ok() {
+                        // Its key's next row is claimable once this transaction committed (not
+                        // before: were it rolled back, the two would go again, out of order).
+                        key_released = true;
+                        claimer = None;
+                    }
+                    batch.settle(outcome);
+                }
+                _ = &mut notified => claim = true,
+                _ = &mut poll => claim = true,
+                _ = stop.changed() => claimer = None,
             }
         }
+        // Another loop claims while this one waits for the broker and commits.
+        drop(claimer);
+        batch.finish().await?;
+        if key_released {
+            shared.due.store(true, Ordering::Release);
+            shared.wake.notify_waiters();
+        }
+        Ok(())
     }
 
     async fn purge(&self, retention: Duration) {
@@ -390,102 +653,6 @@ impl Relay {
                 }
             }
         }
-    }
-
-    /// Claims, delivers and marks one batch, in one transaction; returns how many rows it
-    /// claimed.
-    async fn batch(&self) -> Result<usize, sqlx::Error> {
-        let sql = &self.outbox.inner().sql;
-        let mut tx = self.pool.begin().await?;
-        let batch = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX / 8);
-        let rows = sqlx::query(&sql.claim)
-            .bind(batch)
-            .bind(batch.saturating_mul(CLAIM_WINDOW))
-            .fetch_all(&mut *tx)
-            .await?;
-        if rows.is_empty() {
-            tx.commit().await?;
-            return Ok(0);
-        }
-        let claimed = rows
-            .iter()
-            .map(|row| {
-                Ok(Claimed {
-                    id: row.try_get("id")?,
-                    event: row.try_get("event")?,
-                    payload: row.try_get("payload")?,
-                    eta: row.try_get("eta")?,
-                    expires: row.try_get("expires")?,
-                    priority: row.try_get("priority")?,
-                    queue: row.try_get("queue")?,
-                    attempts: row.try_get("attempts")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let count = claimed.len();
-        let span = tracing::debug_span!("outbox_batch", rows = count);
-        let results = join_all(claimed.iter().map(|row| self.deliver(row)))
-            .instrument(span)
-            .await;
-        let mut delivered = Vec::with_capacity(count);
-        let (mut failed_ids, mut errors, mut delays) = (Vec::new(), Vec::new(), Vec::new());
-        for (row, result) in claimed.iter().zip(results) {
-            match result {
-                Ok(()) => delivered.push(row.id),
-                Err(error) => {
-                    tracing::warn!(
-                        id = %row.id,
-                        event = %row.event,
-                        attempt = row.attempts + 1,
-                        %error,
-                        "outbox relay: delivery failed"
-                    );
-                    failed_ids.push(row.id);
-                    errors.push(error);
-                    delays.push(self.backoff_ms(row.attempts));
-                }
-            }
-        }
-        if !delivered.is_empty() {
-            let mark = match self.config.retention {
-                None => &sql.delete_delivered,
-                Some(_) => &sql.mark_delivered,
-            };
-            sqlx::query(mark).bind(&delivered).execute(&mut *tx).await?;
-        }
-        let mut parked = 0;
-        if !failed_ids.is_empty() {
-            let states: Vec<i16> = sqlx::query_scalar(&sql.mark_failed)
-                .bind(&failed_ids)
-                .bind(&errors)
-                .bind(&delays)
-                .bind(self.config.max_attempts)
-                .fetch_all(&mut *tx)
-                .await?;
-            parked = states.iter().filter(|&&s| s == 2).count() as u64;
-        }
-        tx.commit().await?;
-        let c = &self.counters;
-        c.batches.fetch_add(1, Ordering::Relaxed);
-        c.delivered
-            .fetch_add(delivered.len() as u64, Ordering::Relaxed);
-        c.failed_attempts
-            .fetch_add(failed_ids.len() as u64, Ordering::Relaxed);
-        if parked > 0 {
-            c.parked.fetch_add(parked, Ordering::Relaxed);
-            tracing::error!(
-                table = %self.outbox.table_name(),
-                parked,
-                "outbox relay: events parked as failed after their last attempt; list them \
-                 with `Outbox::failed`, replay them with `Outbox::replay_failed`"
-            );
-        }
-        tracing::debug!(
-            claimed = count,
-            delivered = delivered.len(),
-            "outbox batch done"
-        );
-        Ok(count)
     }
 
     fn backoff_ms(&self, attempts_before: i32) -> i64 {
@@ -551,7 +718,16 @@ impl std::fmt::Debug for Relay {
 
 /// Holds a `LISTEN` connection and wakes the claim loops on every notification, and whenever
 /// the connection was lost (notifications may have been missed meanwhile).
-async fn listen(pool: PgPool, channel: String, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+async fn listen(
+    pool: PgPool,
+    channel: String,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let wake = || {
+        shared.due.store(true, Ordering::Release);
+        shared.wake.notify_waiters();
+    };
     loop {
         if *stop.borrow() {
             return;
@@ -573,19 +749,19 @@ async fn listen(pool: PgPool, channel: String, wake: Arc<Notify>, mut stop: watc
                 continue;
             }
         };
-        wake.notify_waiters();
+        wake();
         loop {
             let received = tokio::select! {
                 received = listener.try_recv() => received,
                 _ = stop.changed() => return,
             };
             match received {
-                Ok(Some(_)) => wake.notify_waiters(),
+                Ok(Some(_)) => wake(),
                 // The connection was lost; `try_recv` reconnects on the next call.
-                Ok(None) => wake.notify_waiters(),
+                Ok(None) => wake(),
                 Err(error) => {
                     tracing::warn!(%error, channel, "outbox relay: LISTEN connection failed");
-                    wake.notify_waiters();
+                    wake();
                     break;
                 }
             }

@@ -120,6 +120,103 @@ async fn rollback_delivers_nothing_commit_delivers_in_process() {
     drop_outbox(&pool, &outbox).await;
 }
 
+/// A backend that holds the delivery of tick 0 until released, and records every tick it was
+/// handed.
+struct Gated {
+    handed: Mutex<Vec<u64>>,
+    release: tokio::sync::Semaphore,
+}
+
+impl events_core::Backend for Gated {
+    fn kind(&self) -> events_core::BackendKind {
+        events_core::BackendKind::MEMORY
+    }
+    fn subscribe(&self, _: events_core::Handler) -> Result<(), events_core::Error> {
+        Ok(())
+    }
+    fn publish<'a>(
+        &'a self,
+        event: events_core::EventRef<'a>,
+    ) -> events_core::BoxFuture<'a, Result<events_core::Receipt, events_core::Error>> {
+        let seq = event
+            .value()
+            .downcast_ref::<OutboxTick>()
+            .expect("only ticks")
+            .seq;
+        Box::pin(async move {
+            self.handed.lock().unwrap().push(seq);
+            if seq == 0 {
+                self.release.acquire().await.unwrap().forget();
+            }
+            Ok(events_core::Receipt::Handled {
+                event: event.name(),
+                handlers: 1,
+            })
+        })
+    }
+    fn publish_blocking(
+        &self,
+        _: events_core::EventRef<'_>,
+    ) -> Result<events_core::Receipt, events_core::Error> {
+        unreachable!("the relay publishes asynchronously")
+    }
+}
+
+/// Claiming does not wait for the broker: while an event's confirmation is outstanding, an
+/// event committed after it is claimed (in the same transaction, by a relay with one loop and
+/// no polling) and handed to the backend, and both are marked once confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claiming_does_not_wait_for_outstanding_confirmations() {
+    let pool = pool("outbox_pipelined", 4).await;
+    let outbox = fresh_outbox(&pool, "pipelined").await;
+    let backend = Arc::new(Gated {
+        handed: Mutex::default(),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let relay = Relay::from_shared(outbox.clone(), pool.clone(), backend.clone())
+        .concurrency(1)
+        .poll_interval(Duration::from_secs(3600));
+    let (stop, done) = spawn_relay(relay);
+    let handed = |n: usize| {
+        let backend = Arc::clone(&backend);
+        eventually(Duration::from_secs(20), move || {
+            let backend = Arc::clone(&backend);
+            async move {
+                let handed = backend.handed.lock().unwrap().clone();
+                (handed.len() >= n).then_some(handed)
+            }
+        })
+    };
+    let mut conn = pool.acquire().await.unwrap();
+    outbox
+        .publish_in(&mut conn, &tick("pipelined", 0))
+        .await
+        .unwrap();
+    handed(1)
+        .await
+        .expect("tick 0 was not handed to the backend");
+    outbox
+        .publish_in(&mut conn, &tick("pipelined", 1))
+        .await
+        .unwrap();
+    let both = handed(2).await;
+    backend.release.add_permits(1);
+    assert_eq!(
+        both.expect("tick 1 waited for tick 0's confirmation"),
+        [0, 1]
+    );
+    eventually(Duration::from_secs(20), || async {
+        (rows(&pool, &outbox).await == 0).then_some(())
+    })
+    .await
+    .expect("the delivered rows were not deleted");
+    stop.send(()).unwrap();
+    let report = done.await.unwrap();
+    assert_eq!(report.delivered, 2, "{report:?}");
+    drop(conn);
+    drop_outbox(&pool, &outbox).await;
+}
+
 /// `publish_json_in` checks the name and payload against the program's events: an unknown name
 /// or a payload that does not fit writes nothing.
 #[tokio::test]
